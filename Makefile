@@ -1,0 +1,38 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export YOLO_OFFLINE := 1
+export YOLO_AUTOINSTALL := 0
+
+.PHONY: demo test data eval train bench clean-venv
+
+$(STAMP): requirements.txt requirements-nodeps.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+# Sample photos and the evaluation set, from Debian packages (apt-get download + dpkg -x, no system install).
+data/.fetched: $(STAMP) scripts/fetch_data.py
+	$(PY) scripts/fetch_data.py --what all
+	touch $@
+
+data: data/.fetched
+
+demo: data/.fetched
+	$(PY) -m pipeline --source demo --simulate-blur 3 --save runs/demo/demo.mp4 \
+		--summary runs/demo/summary.json --save-json runs/demo/detections.jsonl
+
+test: data/.fetched
+	$(PY) -m pytest -q
+
+eval: data/.fetched
+	$(PY) eval_detection.py blurred_vs_deblurred
+
+train: data/.fetched
+	$(PY) train_deblur.py
+
+clean-venv:
+	rm -rf $(VENV)

