@@ -16,6 +16,14 @@ def _check_range(name: str, value: float, lo: float | None = None, hi: float | N
         raise ValueError(f"'{name}' must be in {rng}, got {value!r}")
 
 
+def _check_pair(name: str, pair: tuple, lo: float, hi: float) -> None:
+    """A (low, high) range: both ends within [lo, hi] and low <= high."""
+    for v in pair:
+        _check_range(name, v, lo, hi)
+    if pair[0] > pair[1]:
+        raise ValueError(f"'{name}' must be (low, high) with low <= high, got {tuple(pair)}")
+
+
 NormName = Literal["instance", "batch", "none"]
 
 
@@ -48,6 +56,7 @@ class BlurConfig:
     )
     kernel_size: int = 31  # trajectory kernels are drawn on a canvas of this size
     trajectory_exposure: tuple[float, float] = (0.5, 1.0)  # fraction of the trajectory integrated
+    trajectory_length: tuple[float, float] = (0.5, 2.0)  # walk length / kernel_size (walks that overflow are shrunk to fit)
     linear_length: tuple[int, int] = (5, 25)  # pixels
     imagenet_c_severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     centered: bool = True  # shift kernels so their centre of mass sits in the middle (no image shift)
@@ -64,6 +73,15 @@ class BlurConfig:
         if not any(w > 0 for w in self.kinds.values()):
             raise ValueError(f"'kinds' needs at least one positive weight, got {self.kinds}")
         _check_range("kernel_size", self.kernel_size, 3, 201)
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"'kernel_size' must be odd (the kernel has a centre pixel), got {self.kernel_size}")
+        _check_pair("trajectory_exposure", self.trajectory_exposure, 0.01, 1.0)
+        _check_pair("trajectory_length", self.trajectory_length, 0.0, 10.0)
+        _check_pair("linear_length", self.linear_length, 1, 201)
+        _check_pair("noise_sigma", self.noise_sigma, 0.0, 1.0)
+        _check_pair("jpeg_quality", self.jpeg_quality, 1, 100)
+        if not self.imagenet_c_severities and self.kinds.get("imagenet_c", 0) > 0:
+            raise ValueError("'imagenet_c_severities' is empty but kinds.imagenet_c > 0: list severities 1..5 or set its weight to 0")
         for s in self.imagenet_c_severities:
             _check_range("imagenet_c_severities", s, 1, 5)
         _check_range("jpeg_prob", self.jpeg_prob, 0.0, 1.0)

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from detect.base import Detector, read_names, xywh_to_xyxy
+from detect.base import COCO_NAMES, Detector, read_names, xywh_to_xyxy
 from detect.config import DetectorConfig
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = "yolov5su.pt"
-_ENV_DEFAULTS = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0", "YOLO_VERBOSE": "0"}
+_ENV_DEFAULTS = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0"}
 
 
 def import_ultralytics():
@@ -75,27 +75,15 @@ class UltralyticsDetector(Detector):
 
     def __init__(self, cfg: DetectorConfig) -> None:
         super().__init__(cfg)
-        import_ultralytics()
-        from ultralytics import YOLO
-        from ultralytics.nn.autobackend import AutoBackend
-
-        weights = cfg.weights or DEFAULT_WEIGHTS
-        source = _locate(weights)
-        try:
-            if str(source).endswith((".yaml", ".yml")):
-                module = YOLO(str(source), task="detect").model
-                backend = AutoBackend(module, device=self.device, fp16=self.half, fuse=True, verbose=False)
-            else:
-                backend = AutoBackend(str(source), device=self.device, fp16=self.half, fuse=True, verbose=False)
-        except (ConnectionError, FileNotFoundError) as e:
-            raise _missing_weights_error(weights, [Path(str(source))]) from e
-        finally:
-            self.keep_threads()
+        with self.keep_threads():
+            backend, source = self._load(cfg.weights or DEFAULT_WEIGHTS)
         self.model = backend.eval()
         self.stride = max(int(backend.stride if not hasattr(backend.stride, "max") else backend.stride.max()), 32)
         self.imgsz = -(-cfg.imgsz // self.stride) * self.stride
         names = backend.names
         self.names = [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
+        if len(self.names) == len(COCO_NAMES) and all(n in (str(i), f"class{i}") for i, n in enumerate(self.names)):
+            self.names = list(COCO_NAMES)  # an untrained .yaml model has placeholder names; nc=80 means COCO
         if cfg.names:
             file_names = read_names(cfg.names)
             if len(file_names) != len(self.names):
@@ -111,12 +99,26 @@ class UltralyticsDetector(Detector):
             source, getattr(backend, "format", "?"), self.imgsz, self.device, self.half, torch.get_num_threads(),
         )
 
+    def _load(self, weights: str):
+        """-> (AutoBackend, resolved source). FileNotFoundError naming the file and the choices."""
+        import_ultralytics()
+        from ultralytics import YOLO
+        from ultralytics.nn.autobackend import AutoBackend
+
+        source = _locate(weights)
+        try:
+            if str(source).endswith((".yaml", ".yml")):
+                module = YOLO(str(source), task="detect").model  # untrained: for tests and exports
+                backend = AutoBackend(module, device=self.device, fp16=self.half, fuse=True, verbose=False)
+            else:
+                backend = AutoBackend(str(source), device=self.device, fp16=self.half, fuse=True, verbose=False)
+        except (ConnectionError, FileNotFoundError) as e:
+            raise _missing_weights_error(weights, [Path(str(source))]) from e
+        return backend, source
+
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         """(B,3,h,w) RGB [0,1] -> (B,4+C,N) [cx,cy,w,h,class scores] (or (B,N,6) for end-to-end heads)."""
-        try:
-            y = self.model(x)
-        finally:
-            self.keep_threads()
+        y = self.model(x)
         return y[0] if isinstance(y, (list, tuple)) else y
 
     def decode(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

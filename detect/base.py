@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -18,6 +19,19 @@ from detect.config import DetectorConfig
 logger = logging.getLogger(__name__)
 
 PAD_GRAY = 114  # letterbox padding value (Ultralytics' gray)
+
+# The 80 COCO class names in YOLO order (darknet coco.names, Ultralytics coco.yaml).
+COCO_NAMES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorbike", "aeroplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase",
+    "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard",
+    "surfboard", "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl",
+    "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake",
+    "chair", "sofa", "pottedplant", "bed", "diningtable", "toilet", "tvmonitor", "laptop", "mouse",
+    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +148,22 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+# Darknet's coco.names and Ultralytics' coco.yaml spell six classes differently; either spelling works in cfg.classes.
+_DARKNET_TO_ULTRALYTICS = {
+    "motorbike": "motorcycle", "aeroplane": "airplane", "sofa": "couch", "pottedplant": "potted plant",
+    "diningtable": "dining table", "tvmonitor": "tv",
+}
+_ALIASES = {**_DARKNET_TO_ULTRALYTICS, **{v: k for k, v in _DARKNET_TO_ULTRALYTICS.items()}}
+
+
 def class_indices(classes: list[str] | None, names: list[str]) -> list[int] | None:
     """Class names -> indices into `names`; ValueError with close matches for an unknown name."""
     if classes is None:
         return None
     out = []
     for name in classes:
+        if name not in names and _ALIASES.get(name) in names:
+            name = _ALIASES[name]
         if name not in names:
             close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
             hint = f" Did you mean {close}?" if close else ""
@@ -179,20 +203,27 @@ class Detector:
         self.half = cfg.half and self.device.type == "cuda"
         if cfg.half and not self.half:
             logger.warning("detect.half=True ignored: device resolved to %s (fp16 is CUDA only)", self.device)
-        self._threads = cfg.threads if cfg.threads > 0 else torch.get_num_threads()
-        self.keep_threads()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
 
     def _setup_classes(self) -> None:
         """Call once `self.names` is known: resolves cfg.classes to a device tensor of indices."""
         ids = class_indices(self.cfg.classes, self.names)
         self._class_ids = None if ids is None else torch.tensor(ids, dtype=torch.long, device=self.device)
 
-    def keep_threads(self) -> None:
-        """Re-apply the intra-op thread count this detector was configured with (cfg.threads or the count
-        found at construction), in case a library changed it."""
-        if torch.get_num_threads() != self._threads:
-            logger.debug("torch threads %d -> %d", torch.get_num_threads(), self._threads)
-            torch.set_num_threads(self._threads)
+    @contextmanager
+    def keep_threads(self) -> Iterator[None]:
+        """Run a block with torch's intra-op thread count = cfg.threads (0: the count found on entry) and
+        put it back afterwards if something inside (Ultralytics' select_device) changed it."""
+        want = self.cfg.threads or torch.get_num_threads()
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
+        try:
+            yield
+        finally:
+            if torch.get_num_threads() != want:
+                logger.debug("torch threads changed to %d inside the detector; restoring %d", torch.get_num_threads(), want)
+                torch.set_num_threads(want)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -202,7 +233,7 @@ class Detector:
     def __call__(self, frames: Sequence[np.ndarray] | torch.Tensor) -> list[list[Detection]]:
         """frames: a sequence of (H,W,3) uint8 BGR arrays of any sizes, or a (B,3,H,W) RGB float [0,1]
         tensor on self.device with H, W multiples of self.stride (fed as-is; boxes in its pixels)."""
-        with torch.inference_mode():
+        with self.keep_threads(), torch.inference_mode():
             x, infos = self.preprocess(frames)
             if x is None:
                 return []
@@ -267,7 +298,7 @@ class Detector:
     def warmup(self) -> None:
         """One forward pass on a gray imgsz x imgsz batch of 1 (allocations, cuDNN autotune)."""
         x = torch.full((1, 3, self.imgsz, self.imgsz), PAD_GRAY / 255.0, device=self.device, dtype=self.dtype)
-        with torch.inference_mode():
+        with self.keep_threads(), torch.inference_mode():
             self.infer(x)
 
     def _check_tensor(self, x: torch.Tensor) -> torch.Tensor:

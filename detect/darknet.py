@@ -82,7 +82,7 @@ class YoloLayer(nn.Module):
     def __init__(self, anchors: list[tuple[float, float]], num_classes: int, scale_x_y: float = 1.0) -> None:
         super().__init__()
         self.num_anchors, self.num_classes, self.scale_x_y = len(anchors), num_classes, scale_x_y
-        self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32).view(1, 1, 1, -1, 2), persistent=False)
+        self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32), persistent=False)  # (A,2) w,h pixels
 
     def forward(self, p: torch.Tensor, img_h: int, img_w: int) -> torch.Tensor:
         b, _, h, w = p.shape
@@ -93,7 +93,7 @@ class YoloLayer(nn.Module):
         xy = p[..., :2].sigmoid() * s - (s - 1) / 2
         x = (xy[..., 0] + xs) * (img_w / w)
         y = (xy[..., 1] + ys) * (img_h / h)
-        wh = p[..., 2:4].exp() * self.anchors.to(p.dtype)
+        wh = p[..., 2:4].exp() * self.anchors.to(p.dtype).view(1, 1, 1, -1, 2)
         rest = p[..., 4:].sigmoid()
         out = torch.cat([x.unsqueeze(-1), y.unsqueeze(-1), wh, rest], dim=-1)
         return out.reshape(b, h * w * self.num_anchors, 5 + self.num_classes)

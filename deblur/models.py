@@ -1,0 +1,406 @@
+"""Generator registry, builder and the lean export format (``save_generator`` / ``load_generator``).
+
+Every generator maps ``(B,3,H,W)`` RGB float in ``[-1,1]`` (any ``H, W >= 32``) to the same shape and range.
+
+Export file (``torch.save``, read back with ``weights_only=True``)::
+
+    {"format": "deblur-generator-v1", "model": state_dict, "cfg": dataclasses.asdict(GeneratorConfig),
+     "step": int, "meta": dict}
+
+``load_generator`` also accepts a training checkpoint holding ``"model"`` and ``"cfg"`` (the cfg may be a
+GeneratorConfig, a ModelConfig or a whole TrainConfig as a dict).
+
+CLI: ``python -m deblur.models --summary`` prints params and GFLOPs of every generator at 1280x720.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from configs.loader import ConfigError, from_dict
+from deblur.arch_fpn_densenet import FPNDenseNet121
+from deblur.arch_fpn_mobilenet import FPNGenerator, FPNMobileNetV2, FPNMobileNetV2DSC
+from deblur.config import GeneratorConfig, ModelConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "EXPORT_FORMAT",
+    "GENERATORS",
+    "build_generator",
+    "count_params",
+    "generator_flops",
+    "load_generator",
+    "resolve_device",
+    "save_generator",
+]
+
+GENERATORS: dict[str, type[FPNGenerator]] = {
+    "fpn_mobilenet_v2": FPNMobileNetV2,
+    "fpn_mobilenet_v2_dsc": FPNMobileNetV2DSC,
+    "fpn_densenet121": FPNDenseNet121,
+}
+
+EXPORT_FORMAT = "deblur-generator-v1"
+TRAIN_FORMAT = "deblur-train-v1"  # deblur/train.py checkpoints hold "model" and "cfg" too
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "fpn_mobilenet_v2.pt"
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile
+# torchvision < 0.4 DenseNet keys ("denselayer1.norm.1.weight") -> current ("denselayer1.norm1.weight")
+_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _unknown_generator(name: str) -> ValueError:
+    close = difflib.get_close_matches(str(name), list(GENERATORS), n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ValueError(
+        f"Unknown generator '{name}'. Available: {sorted(GENERATORS)}.{hint} "
+        "Set GeneratorConfig.name (model.g_name in the training YAML) to one of them."
+    )
+
+
+def _arch_kwargs(cfg: GeneratorConfig) -> dict[str, Any]:
+    """GeneratorConfig fields that are constructor arguments (all but name and backbone_weights)."""
+    kwargs = dataclasses.asdict(cfg)
+    kwargs.pop("name")
+    kwargs.pop("backbone_weights")
+    return kwargs
+
+
+def build_generator(cfg: GeneratorConfig) -> nn.Module:
+    """Build the generator ``cfg.name`` (train mode, float32, CPU); load ``cfg.backbone_weights`` if set.
+
+    ``cfg.backbone_weights``: a torchvision-format state dict of the backbone (e.g. MobileNetV2 with keys
+    like ``"features.0.0.weight"``; ``"classifier.*"`` and layers the generator does not use are ignored).
+    """
+    if not isinstance(cfg, GeneratorConfig):
+        raise TypeError(f"build_generator expects a GeneratorConfig, got {type(cfg).__name__}; "
+                        "build one with GeneratorConfig(name=...) or ModelConfig.generator()")
+    cls = GENERATORS.get(cfg.name)
+    if cls is None:
+        raise _unknown_generator(cfg.name)
+    model = cls(**_arch_kwargs(cfg))
+    if cfg.backbone_weights:
+        load_backbone_weights(model, cfg.backbone_weights)
+    return model
+
+
+def _strip_prefixes(key: str, prefixes: tuple[str, ...] = _WRAPPER_PREFIXES) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in prefixes:
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    return key
+
+
+def _short(keys, n: int = 5) -> str:
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - n} more)" if len(keys) > n else ""
+    return f"{keys[:n]}{more}"
+
+
+def load_backbone_weights(model: FPNGenerator, path: str | os.PathLike) -> None:
+    """Load a torchvision-format backbone state dict from ``path`` into ``model.backbone`` (strictly).
+
+    Accepts a plain state dict or one wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``; strips
+    ``module.`` and ``features.`` prefixes, ignores ``classifier.*`` and the backbone layers this
+    generator does not use. Missing or unexpected keys and wrong shapes raise ValueError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Backbone weights not found: {path}. Set backbone_weights to a torchvision-format state dict "
+            f"of {model.backbone_name} (torch.save(model.state_dict(), path)), or to '' for random init."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types; we re-raise with the file name
+        raise ValueError(f"Cannot read backbone weights {path} as a torch state dict: {e}") from e
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"Backbone weights {path} are not a state dict (name -> tensor), got {type(state).__name__}")
+
+    expected = model.backbone.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    ignored = []
+    for key, value in state.items():
+        key = _strip_prefixes(key)
+        if key.startswith("classifier.") or key in ("fc.weight", "fc.bias"):
+            ignored.append(key)
+            continue
+        key = _strip_prefixes(key, ("features.",))
+        key = _OLD_DENSENET_KEY.sub(r"\1\2", key)
+        if key.startswith(model.backbone_unused):
+            ignored.append(key)
+            continue
+        loaded[key] = value
+    what = f"{path} does not fit the {model.backbone_name} backbone of this generator"
+    unexpected = set(loaded) - set(expected)
+    missing = {k for k in set(expected) - set(loaded) if not k.endswith("num_batches_tracked")}
+    if unexpected or missing:
+        raise ValueError(
+            f"{what}: unexpected keys {_short(unexpected)}, missing keys {_short(missing)}. "
+            f"Pass a state dict of {model.backbone_name}(weights=None).state_dict() layout."
+        )
+    bad_shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+                  for k, v in loaded.items() if v.shape != expected[k].shape]
+    if bad_shapes:
+        raise ValueError(f"{what}: wrong shapes {bad_shapes[:5]}")
+    model.backbone.load_state_dict(loaded, strict=False)  # strict key check done above (num_batches_tracked optional)
+    logger.info("Loaded %d backbone tensors from %s (ignored %d unused keys)", len(loaded), path, len(ignored))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside torch.compile (``_orig_mod``) and DataParallel/DDP (``module``) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None:
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def _check_meta(value: Any, where: str = "meta") -> None:
+    """meta must survive torch.load(weights_only=True): plain str/int/float/bool/None/list/tuple/dict."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_meta(v, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: keys must be strings, got {k!r}")
+            _check_meta(v, f"{where}.{k}")
+        return
+    raise TypeError(f"{where} = {value!r} ({type(value).__name__}) cannot be stored: use str/int/float/bool/None/list/dict "
+                    "(e.g. str(path))")
+
+
+def save_generator(
+    model: nn.Module,
+    cfg: GeneratorConfig,
+    path: str | os.PathLike,
+    step: int = 0,
+    meta: dict | None = None,
+    half: bool = False,
+) -> Path:
+    """Export ``model`` with its ``cfg`` to ``path`` atomically (temp file + os.replace); returns the path.
+
+    The state dict has no ``module.``/``_orig_mod.`` prefixes; ``half=True`` stores floating tensors as
+    float16 (half the size; ``load_generator`` gives float32 back).
+    """
+    if not isinstance(cfg, GeneratorConfig):
+        raise TypeError(f"save_generator expects cfg to be a GeneratorConfig, got {type(cfg).__name__}")
+    meta = dict(meta or {})
+    _check_meta(meta)
+    state = {}
+    for key, value in _unwrap(model).state_dict().items():
+        value = value.detach().cpu()
+        if half and value.is_floating_point():
+            value = value.half()
+        state[_strip_prefixes(key)] = value.clone()
+    payload = {"format": EXPORT_FORMAT, "model": state, "cfg": dataclasses.asdict(cfg), "step": int(step), "meta": meta}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    logger.info("Saved %s generator (step %d%s) to %s", cfg.name, step, ", fp16" if half else "", path)
+    return path
+
+
+def _cfg_from_dict(raw: Any, path: Path) -> GeneratorConfig:
+    """GeneratorConfig from a stored cfg: a GeneratorConfig, ModelConfig or TrainConfig dict."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{path}: 'cfg' should be a dict (dataclasses.asdict(GeneratorConfig)), got {type(raw).__name__}")
+    raw = dict(raw)
+    try:
+        if "name" in raw and "g_name" not in raw and "model" not in raw:
+            return from_dict(GeneratorConfig, raw)
+        if "g_name" in raw:
+            return from_dict(ModelConfig, raw).generator()
+        if isinstance(raw.get("model"), Mapping) and "g_name" in raw["model"]:
+            return from_dict(ModelConfig, dict(raw["model"])).generator()
+    except (ConfigError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: its stored generator config is invalid: {e}") from e
+    raise ValueError(f"{path}: 'cfg' holds none of GeneratorConfig/ModelConfig/TrainConfig (keys {_short(raw)})")
+
+
+def _architecture_of(state: Mapping[str, torch.Tensor], cfg: GeneratorConfig) -> str | None:
+    """Name of the registered generator whose state dict keys and shapes equal ``state`` (built on meta)."""
+    for name, cls in GENERATORS.items():
+        with torch.device("meta"):
+            ref = cls(**_arch_kwargs(cfg)).state_dict()
+        if set(ref) == set(state) and all(ref[k].shape == state[k].shape for k in ref):
+            return name
+    return None
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cpu', 'cuda', 'cuda:N' are checked."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"Unknown device {device!r}. Use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"Unsupported device {device!r}. Use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    return dev
+
+
+def load_generator(
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    expect_name: str | None = None,
+) -> tuple[nn.Module, GeneratorConfig]:
+    """Load an exported generator (or a training checkpoint with "model"/"cfg"): -> (model, cfg).
+
+    The model is float32, in eval mode, on ``device`` ('cpu', 'cuda', 'cuda:N' or 'auto').
+    ``weights=None`` loads ``DEFAULT_WEIGHTS``. ``expect_name`` (a GENERATORS key) makes a file holding
+    another architecture an error. Raises FileNotFoundError for a missing file and ValueError for a file
+    that is not in our format or whose weights do not fit its architecture.
+    """
+    if weights is None:
+        path = DEFAULT_WEIGHTS
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No default deblurring weights at {path}. Train a generator (python train_deblur.py "
+                f"--config configs/deblur_train.yaml) and export it with deblur.save_generator to that path, "
+                f"or pass --weights / weights=PATH to an exported generator."
+            )
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"Generator weights not found: {path}. Pass the path of a file written by "
+                                    "deblur.save_generator (or a training checkpoint).")
+    if expect_name is not None and expect_name not in GENERATORS:
+        raise _unknown_generator(expect_name)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types; we re-raise with the file name
+        raise ValueError(
+            f"{path} is not a deblur generator file: torch.load(weights_only=True) failed ({e}). "
+            "Export generators with deblur.save_generator (a pickled nn.Module is not accepted)."
+        ) from e
+
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path} is not a deblur generator file: it holds a {type(obj).__name__}, "
+                         f"expected a dict with format '{EXPORT_FORMAT}' (write it with deblur.save_generator)")
+    fmt = obj.get("format")
+    if fmt is not None and fmt not in (EXPORT_FORMAT, TRAIN_FORMAT):
+        raise ValueError(f"{path} has format {fmt!r}; this loader reads '{EXPORT_FORMAT}'")
+    if "model" not in obj or "cfg" not in obj:
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise ValueError(
+                f"{path} holds a bare state dict ({len(obj)} tensors, e.g. {_short(obj, 3)}) without a 'cfg', so "
+                "its architecture is unknown. Re-export it with deblur.save_generator(model, cfg, path); a torchvision "
+                "backbone goes in GeneratorConfig.backbone_weights instead."
+            )
+        raise ValueError(f"{path} is not a deblur generator file: it holds a dict with keys {_short(obj)}, expected "
+                         f"'format'='{EXPORT_FORMAT}', 'model' and 'cfg' (write it with deblur.save_generator)")
+
+    cfg = _cfg_from_dict(obj["cfg"], path)
+    cfg = dataclasses.replace(cfg, backbone_weights="")  # the backbone is in the state dict already
+    if cfg.name not in GENERATORS:
+        raise ValueError(f"{path} holds generator '{cfg.name}', which this code does not know. "
+                         f"Available: {sorted(GENERATORS)}")
+    if expect_name is not None and cfg.name != expect_name:
+        raise ValueError(f"{path} holds a '{cfg.name}' generator but '{expect_name}' was asked for. Pass weights "
+                         f"exported for '{expect_name}', or ask for '{cfg.name}'.")
+    raw_state = obj["model"]
+    if not isinstance(raw_state, Mapping):
+        raise ValueError(f"{path}: 'model' should be a state dict, got {type(raw_state).__name__}")
+    state = {_strip_prefixes(k): v for k, v in raw_state.items()}
+
+    model = build_generator(cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        found = _architecture_of(state, cfg)
+        if found is not None:
+            raise ValueError(f"{path}: its cfg says '{cfg.name}' but its weights are a '{found}' generator; "
+                             f"re-export it with the right cfg (name='{found}').") from e
+        ref = model.state_dict()
+        missing, unexpected = set(ref) - set(state), set(state) - set(ref)
+        raise ValueError(
+            f"{path}: its weights do not fit the '{cfg.name}' architecture (norm_layer={cfg.norm_layer!r}) "
+            f"nor any other of {sorted(GENERATORS)}: missing {_short(missing)}, unexpected {_short(unexpected)}"
+        ) from e
+    model = model.float().to(resolve_device(device)).eval()
+    logger.info("Loaded %s generator (step %s) from %s", cfg.name, obj.get("step", "?"), path)
+    return model, cfg
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def generator_flops(cfg: GeneratorConfig, height: int = 720, width: int = 1280) -> int:
+    """FLOPs of one forward pass at ``height x width`` (batch 1), counted by torch's FlopCounterMode.
+
+    FlopCounterMode counts 2 FLOPs per multiply-accumulate of convolutions/matmuls (norms, activations
+    and resampling are not counted). Built on the meta device: nothing is allocated or computed.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = GENERATORS[cfg.name](**_arch_kwargs(cfg)).eval()
+        x = torch.empty(1, 3, height, width)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deblur.models", description="Deblurring generator registry.")
+    parser.add_argument("--summary", action="store_true", help="print params and GFLOPs of every generator")
+    parser.add_argument("--size", default="1280x720", help="WxH for the GFLOPs column (default 1280x720)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.summary:
+        parser.print_help()
+        return 0
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        parser.error(f"--size must look like 1280x720 (WxH), got {args.size!r}")
+    rows = []
+    for name in GENERATORS:
+        cfg = GeneratorConfig(name=name)
+        with torch.device("meta"):
+            params = count_params(GENERATORS[name](**_arch_kwargs(cfg)))
+        rows.append((name, params, generator_flops(cfg, height, width)))
+    print(f"{'generator':<24}{'params (M)':>12}{f'GFLOPs @{width}x{height}':>22}")
+    for name, params, flops in rows:
+        print(f"{name:<24}{params / 1e6:>12.3f}{flops / 1e9:>22.1f}")
+    print("GFLOPs = 2 x multiply-accumulates of convs (torch.utils.flop_counter.FlopCounterMode), batch 1")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

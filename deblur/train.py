@@ -1,0 +1,435 @@
+"""Training loop for the deblurring GAN: CPU, one CUDA GPU (AMP), or many with torchrun (DDP).
+
+Run folder ``<project>/<name>/`` holds ``config.yaml`` (resolved), TensorBoard logs and
+``last.pt`` / ``best.pt`` (by val PSNR). Checkpoints carry everything needed to continue
+exactly: models, optimisers, schedulers, AMP scaler, step and RNG states. They are written
+atomically and read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from configs import save_config, to_dict
+from deblur.config import TrainConfig
+from deblur.dataset import build_dataset
+from deblur.discriminators import build_discriminator
+from deblur.losses import build_adv_loss, build_content_loss
+from deblur.metrics import psnr, ssim
+from deblur.models import TRAIN_FORMAT, build_generator, resolve_device, save_generator
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = TRAIN_FORMAT
+
+
+# ----------------------------------------------------------------------------- helpers
+def cpu_has_fast_bf16() -> bool:
+    """bf16 pays off on CPUs with AMX or AVX-512-bf16 only; elsewhere it is emulated and slower."""
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device`` (None = fp32)."""
+    if amp == "none":
+        return None
+    if amp == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_fast_bf16() else None
+    if amp == "fp16" and device.type == "cpu":
+        raise ValueError("amp=fp16 needs CUDA; on CPU use amp=bf16 or amp=none")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """torch.save to a temp file, fsync, then rename: a crash or full disk leaves the old file intact."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OSError(f"Could not write checkpoint {path} ({e}); the previous {path.name} is intact.") from e
+        raise
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": list(random.getstate()[1]) + [random.getstate()[2] or 0],
+        "python_version": random.getstate()[0],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": np_state[2],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((state["python_version"], tuple(py[:-1]), None))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base lr at ``step`` (warm-up, then constant/linear/cosine decay)."""
+    sch = cfg.scheduler
+    if sch.warmup_steps and step < sch.warmup_steps:
+        return (step + 1) / sch.warmup_steps
+    total = cfg.num_epochs * cfg.train_batches_per_epoch
+    min_factor = sch.min_lr / cfg.optimizer.lr
+    if sch.name == "constant":
+        return 1.0
+    if sch.name == "cosine":
+        t = min(1.0, (step - sch.warmup_steps) / max(1, total - sch.warmup_steps))
+        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * t))
+    start = sch.start_epoch * cfg.train_batches_per_epoch  # linear (DeblurGANv2): flat, then linear to min_lr
+    if step < start:
+        return 1.0
+    t = min(1.0, (step - start) / max(1, total - start))
+    return 1.0 + (min_factor - 1.0) * t
+
+
+def _optimizer(params, cfg) -> torch.optim.Optimizer:
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.name]
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+class _Batches:
+    """Deterministic batches of dataset indices for (seed, epoch); shard ``rank`` of ``world``.
+
+    Sampling is with replacement (small corpora, many batches per epoch); each draw carries its own
+    position so a repeated image still gets a fresh crop and blur.
+    """
+
+    def __init__(self, n_items: int, batch_size: int, batches: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.bs, self.batches, self.seed, self.rank, self.world = n_items, batch_size, batches, seed, rank, world
+
+    def epoch(self, epoch: int, start_batch: int = 0):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        idx = torch.randint(self.n, (self.batches, self.bs * self.world), generator=g)
+        for b in range(start_batch, self.batches):
+            row = idx[b, self.rank * self.bs : (self.rank + 1) * self.bs].tolist()
+            yield b, row
+
+
+# ----------------------------------------------------------------------------- trainer
+class Trainer:
+    """Build everything from a TrainConfig and run (or resume) training.
+
+    ``extra_losses`` lets an entry point plug named content-loss modules in (e.g. a loss on a frozen
+    detector's features), without deblur/ importing the detector.
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, extra_losses: dict[str, nn.Module] | None = None):
+        self.cfg = cfg
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "gloo")
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.is_main = self.rank == 0
+
+        self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and self.distributed:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.set_flush_denormal(True)  # denormals made GAN steps 40x slower on this CPU (FACTS.md)
+        self.amp_dtype = resolve_amp(cfg.amp, self.device)
+        self.run_dir = Path(cfg.project) / cfg.name
+
+        torch.manual_seed(cfg.seed + self.rank)
+        np.random.seed(cfg.seed + self.rank)
+        random.seed(cfg.seed + self.rank)
+
+        size = cfg.image_size or cfg.train.size
+        self.train_set = build_dataset(dataclasses.replace(cfg.train, size=size), seed=cfg.seed)
+        val_size = cfg.image_size or cfg.val.size
+        self.val_set = build_dataset(dataclasses.replace(cfg.val, size=val_size), seed=cfg.seed) if cfg.val_batches_per_epoch else None
+        self.batches = _Batches(len(self.train_set), cfg.batch_size, cfg.train_batches_per_epoch, cfg.seed, self.rank, self.world)
+
+        self.gen_cfg = cfg.model.generator()
+        self.G = build_generator(self.gen_cfg).to(self.device)
+        self.D = build_discriminator(cfg.model.d_name)
+        self.D = self.D.to(self.device) if self.D is not None else None
+        if cfg.channels_last:
+            self.G = self.G.to(memory_format=torch.channels_last)
+            if self.D is not None:
+                self.D = self.D.to(memory_format=torch.channels_last)
+        self.content_loss = build_content_loss(dict(cfg.model.content_loss), vgg_weights=cfg.model.vgg_weights, extra=extra_losses).to(self.device)
+        self.adv_loss = build_adv_loss(cfg.model.disc_loss) if self.D is not None else None
+        self.ema = copy.deepcopy(self.G).eval().requires_grad_(False) if cfg.ema else None
+
+        self.opt_g = _optimizer(self.G.parameters(), cfg.optimizer)
+        self.opt_d = _optimizer(self.D.parameters(), cfg.d_optimizer) if self.D is not None else None
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lambda s: lr_factor(s, cfg))
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lambda s: lr_factor(s, cfg)) if self.opt_d else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+        self.step = 0
+        self.best_psnr = -math.inf
+        if resume:
+            self._load(self.run_dir / "last.pt")
+
+        self.G_train = self.G
+        self.D_train = self.D
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.G_train = nn.parallel.DistributedDataParallel(self.G, device_ids=ids)
+            if self.D is not None:
+                self.D_train = nn.parallel.DistributedDataParallel(self.D, device_ids=ids)
+        self.writer = None
+
+    # -------------------------------------------------------------- checkpoints
+    def _state(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.G.state_dict(),
+            "cfg": dataclasses.asdict(self.gen_cfg),
+            "train_cfg": to_dict(self.cfg),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "discriminator": self.D.state_dict() if self.D is not None else None,
+            "optimizer_g": self.opt_g.state_dict(),
+            "optimizer_d": self.opt_d.state_dict() if self.opt_d else None,
+            "scheduler_g": self.sched_g.state_dict(),
+            "scheduler_d": self.sched_d.state_dict() if self.sched_d else None,
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "best_psnr": self.best_psnr,
+            "rng": _rng_state(),
+        }
+
+    def save(self, name: str = "last.pt") -> Path:
+        path = self.run_dir / name
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_save(self._state(), path)
+        return path
+
+    def _load(self, path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"Cannot resume: {path} does not exist. Start without --resume, or pass the run name that holds last.pt.")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a training checkpoint of this project (format {ckpt.get('format')!r}).")
+        saved = ckpt["cfg"].get("name")
+        if saved != self.gen_cfg.name:
+            raise ValueError(
+                f"Cannot resume {path}: it holds generator '{saved}', but the config asks for '{self.gen_cfg.name}'. "
+                f"Set model.g_name={saved} or start a new run (name=...)."
+            )
+        self.G.load_state_dict(ckpt["model"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        if self.D is not None and ckpt.get("discriminator") is not None:
+            self.D.load_state_dict(ckpt["discriminator"])
+            self.opt_d.load_state_dict(ckpt["optimizer_d"])
+            self.sched_d.load_state_dict(ckpt["scheduler_d"])
+        self.opt_g.load_state_dict(ckpt["optimizer_g"])
+        self.sched_g.load_state_dict(ckpt["scheduler_g"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = ckpt["step"]
+        self.best_psnr = ckpt["best_psnr"]
+        _set_rng_state(ckpt["rng"])
+        logger.info("Resumed %s at step %d (best val PSNR %.2f dB)", path, self.step, self.best_psnr)
+
+    # -------------------------------------------------------------- steps
+    def _batch(self, indices: list[int], dataset, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stack items; ``key`` seeds their crops and blur (the global batch number: a repeated image gets a fresh draw)."""
+        dataset.set_epoch(key)
+        items = [dataset[i] for i in indices]
+        blur = torch.stack([it["blur"] for it in items]).to(self.device, non_blocking=True)
+        sharp = torch.stack([it["sharp"] for it in items]).to(self.device, non_blocking=True)
+        if self.cfg.channels_last:
+            blur, sharp = blur.contiguous(memory_format=torch.channels_last), sharp.contiguous(memory_format=torch.channels_last)
+        return blur, sharp
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _set_backbone_frozen(self, frozen: bool) -> None:
+        backbone = getattr(self.G, "backbone", None)
+        if backbone is not None:
+            backbone.requires_grad_(not frozen)
+
+    def train_step(self, blur: torch.Tensor, sharp: torch.Tensor) -> dict[str, float]:
+        self.G_train.train()
+        logs = {}
+        with self._autocast():
+            restored = self.G_train(blur)
+        if self.D is not None:
+            self.D_train.train()
+            self.opt_d.zero_grad(set_to_none=True)
+            with self._autocast():
+                d_loss = self.adv_loss.d_loss(self.D_train, restored.detach(), sharp)
+            self.scaler.scale(d_loss).backward()
+            self.scaler.step(self.opt_d)
+            logs["d_loss"] = d_loss.detach()
+        self.opt_g.zero_grad(set_to_none=True)
+        with self._autocast():
+            content, parts = self.content_loss(restored, sharp)
+            g_loss = content
+            if self.D is not None:
+                self.D.requires_grad_(False)
+                adv = self.adv_loss.g_loss(self.D_train, restored, sharp)
+                self.D.requires_grad_(True)
+                g_loss = content + self.cfg.model.adv_lambda * adv
+                logs["g_adv"] = adv.detach()
+        if not torch.isfinite(g_loss):
+            raise FloatingPointError(
+                f"Generator loss is {g_loss.item()} at step {self.step} (parts: { {k: float(v) for k, v in parts.items()} }). "
+                f"Training stopped; the last good checkpoint {self.run_dir / 'last.pt'} is kept. Lower optimizer.lr or set amp=none."
+            )
+        self.scaler.scale(g_loss).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        self.sched_g.step()
+        if self.sched_d:
+            self.sched_d.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for e, p in zip(self.ema.parameters(), self.G.parameters()):
+                    e.lerp_(p.detach(), 1 - self.cfg.ema)
+                for e, b in zip(self.ema.buffers(), self.G.buffers()):
+                    e.copy_(b)
+        logs["g_loss"] = g_loss.detach()
+        logs.update({f"g_{k}": v.detach() for k, v in parts.items()})
+        return {k: float(v) for k, v in logs.items()}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """PSNR/SSIM of the (EMA) generator and of the blurred input on the fixed val batches."""
+        model = (self.ema or self.G).eval()
+        scores = {"psnr": [], "ssim": [], "psnr_blur": [], "ssim_blur": []}
+        n = len(self.val_set)
+        for b in range(self.cfg.val_batches_per_epoch):
+            idx = [(b * self.cfg.batch_size + k) % n for k in range(self.cfg.batch_size)]
+            blur, sharp = self._batch(idx, self.val_set, 0)
+            with self._autocast():
+                restored = model(blur)
+            restored, blur, sharp = ((t.float() + 1) / 2 for t in (restored, blur, sharp))
+            scores["psnr"].append(psnr(restored, sharp, data_range=1.0))
+            scores["ssim"].append(ssim(restored, sharp, data_range=1.0))
+            scores["psnr_blur"].append(psnr(blur, sharp, data_range=1.0))
+            scores["ssim_blur"].append(ssim(blur, sharp, data_range=1.0))
+            if b * self.cfg.batch_size >= n:
+                break
+        out = {k: float(torch.cat([torch.as_tensor(x).reshape(-1).float() for x in v]).mean()) for k, v in scores.items()}
+        out["psnr_gain"] = out["psnr"] - out["psnr_blur"]
+        return out
+
+    # -------------------------------------------------------------- loop
+    def fit(self) -> dict[str, float]:
+        cfg = self.cfg
+        if self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            self.writer = SummaryWriter(str(self.run_dir))
+            logger.info(
+                "Training %s (%d params) on %s, amp=%s, %d threads, data %d train / %d val images -> %s",
+                self.gen_cfg.name, sum(p.numel() for p in self.G.parameters()), self.device,
+                self.amp_dtype, torch.get_num_threads(), len(self.train_set), len(self.val_set or []), self.run_dir,
+            )
+        total = cfg.max_steps or cfg.num_epochs * cfg.train_batches_per_epoch
+        t_start = time.monotonic()
+        last_val: dict[str, float] = {}
+        try:
+            while self.step < total:
+                epoch, start = divmod(self.step, cfg.train_batches_per_epoch)
+                self._set_backbone_frozen(epoch < cfg.warmup_num)
+                last_val = self._epoch(epoch, start, total, t_start) or last_val
+                if cfg.max_minutes and (time.monotonic() - t_start) / 60 >= cfg.max_minutes:
+                    logger.info("max_minutes=%.1f reached at step %d", cfg.max_minutes, self.step)
+                    break
+        except KeyboardInterrupt:
+            logger.warning("Interrupted at step %d: saving %s", self.step, self.run_dir / "last.pt")
+            self.save("last.pt")
+            raise
+        self.save("last.pt")
+        if self.writer:
+            self.writer.close()
+        return last_val
+
+    def _epoch(self, epoch: int, start: int, total: int, t_start: float) -> dict[str, float]:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        bar = tqdm(
+            self.batches.epoch(epoch, start), total=cfg.train_batches_per_epoch, initial=start,
+            desc=f"epoch {epoch}", disable=not self.is_main, dynamic_ncols=True, mininterval=2.0,
+        )
+        for b, indices in bar:
+            blur, sharp = self._batch(indices, self.train_set, epoch * cfg.train_batches_per_epoch + b)
+            logs = self.train_step(blur, sharp)
+            self.step += 1
+            if self.is_main:
+                bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k in ("g_loss", "d_loss")})
+                if self.step % cfg.log_every == 0:
+                    for k, v in logs.items():
+                        self.writer.add_scalar(f"train/{k}", v, self.step)
+                    self.writer.add_scalar("train/lr_g", self.opt_g.param_groups[0]["lr"], self.step)
+                    if self.opt_d:
+                        self.writer.add_scalar("train/lr_d", self.opt_d.param_groups[0]["lr"], self.step)
+                if self.step % cfg.image_every == 0:
+                    self._log_images(blur, sharp)
+                if self.step % cfg.save_every == 0:
+                    self.save("last.pt")
+            if self.step >= total or (cfg.max_minutes and (time.monotonic() - t_start) / 60 >= cfg.max_minutes):
+                break
+        bar.close()
+        val = {}
+        if self.val_set is not None and self.is_main and (self.step % cfg.train_batches_per_epoch == 0 or self.step >= total):
+            val = self.validate()
+            for k, v in val.items():
+                self.writer.add_scalar(f"val/{k}", v, self.step)
+            logger.info("step %d: val PSNR %.2f dB (blurred %.2f, gain %+.2f), SSIM %.4f",
+                        self.step, val["psnr"], val["psnr_blur"], val["psnr_gain"], val["ssim"])
+            if val["psnr"] > self.best_psnr:
+                self.best_psnr = val["psnr"]
+                self.save("best.pt")
+            self.save("last.pt")
+        return val
+
+    @torch.no_grad()
+    def _log_images(self, blur: torch.Tensor, sharp: torch.Tensor) -> None:
+        model = (self.ema or self.G).eval()
+        with self._autocast():
+            restored = model(blur[:2])
+        grid = torch.cat([blur[:2], restored.float(), sharp[:2]], dim=3)  # blurred | restored | sharp
+        self.writer.add_images("triplet/blurred_restored_sharp", ((grid.float() + 1) / 2).clamp(0, 1), self.step)
+
+    def export(self, out: Path, which: str = "best.pt", half: bool = False) -> Path:
+        """Lean inference file from a checkpoint of this run (EMA weights when the run kept them)."""
+        path = self.run_dir / which
+        self._load(path)
+        model = self.ema if self.ema is not None else self.G
+        meta = {"run": str(self.cfg.name), "checkpoint": which, "best_val_psnr": self.best_psnr}
+        save_generator(model, self.gen_cfg, out, step=self.step, meta=meta, half=half)
+        return Path(out)

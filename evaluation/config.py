@@ -1,0 +1,159 @@
+"""Typed config of the detection evaluation (configs/eval_detection.yaml). Every default lives here.
+
+Sections: ``data`` (what is evaluated and its ground truth), ``blur`` (synthetic blur), ``deblur``
+(our model), ``detector`` (detect.DetectorConfig, run at a low threshold for mAP), ``methods``
+(conditions besides ``sharp`` and ``blurred``) and the metric options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from detect import DetectorConfig
+
+DataFormat = Literal["images", "yolo", "coco", "paired"]
+BlurKind = Literal["imagenet_c", "trajectory", "shake"]
+GroundTruth = Literal["auto", "labels", "pseudo"]
+
+# Conditions that need something besides the blurred image: 'wiener' needs the true kernel.
+METHOD_NAMES = ("deblurred", "unsharp", "wiener")
+
+
+def _check_range(name: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ValueError(f"'{name}' must be in {rng}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class EvalDataConfig:
+    """What is evaluated.
+
+    format:
+      images  unlabelled images and/or videos (``sources``: globs) -> pseudo ground truth.
+      yolo    ``sources``: dataset roots holding ``images/`` and ``labels/*.txt`` (YOLO: cls cx cy w h,
+              normalised); ``names``: class names (data.yaml or a .txt, one a line; "" = COCO's 80).
+      coco    ``sources``: one images folder; ``annotations``: an instances .json (bbox xywh pixels).
+      paired  real blur: ``sources`` = glob of sharp images, ``blurred`` = glob of blurred images, matched
+              by relative path (folders named blur/blurred/sharp are ignored when matching, GoPro-style);
+              optional ``labels``: folder of YOLO .txt files named like the sharp images (else pseudo GT).
+    """
+
+    format: DataFormat = "images"
+    sources: list[str] = field(default_factory=lambda: ["data/eval/vtest/*.jpg", "data/eval/photos/*.jpg"])
+    annotations: str = ""  # coco: instances json
+    blurred: str = ""  # paired: glob of the blurred images
+    labels: str = ""  # paired: optional folder of YOLO label files
+    names: str = ""  # yolo / paired labels: class-name file (data.yaml or .txt); "" = the 80 COCO names
+    ground_truth: GroundTruth = "auto"  # auto: the labels when the format has them, else pseudo
+    video_frame_step: int = 5  # videos in 'images' sources: take every Nth frame
+    max_video_frames: int = 0  # per video, 0 = all
+    block_size: int = 10  # bootstrap block: this many consecutive frames of one video; each photo is its own block
+
+    def __post_init__(self):
+        if not self.sources:
+            raise ValueError("'sources' is empty: give at least one glob of images (or videos, or a dataset root)")
+        if self.format == "coco" and not self.annotations:
+            raise ValueError("format 'coco' needs 'annotations': the path of an instances .json")
+        if self.format == "paired" and not self.blurred:
+            raise ValueError("format 'paired' needs 'blurred': a glob of the blurred images matching 'sources'")
+        if self.format == "images" and self.ground_truth == "labels":
+            raise ValueError("format 'images' has no labels: set ground_truth to 'pseudo' or 'auto'")
+        _check_range("video_frame_step", self.video_frame_step, 1)
+        _check_range("max_video_frames", self.max_video_frames, 0)
+        _check_range("block_size", self.block_size, 1)
+
+
+@dataclass(frozen=True)
+class EvalBlurConfig:
+    """Synthetic blur (ignored for 'paired' data, whose blur is real).
+
+    kind: imagenet_c (deblur.blur_synth.imagenet_c_kernel at each severity), shake (shake_kernel) or
+    trajectory (trajectory_kernel, random camera paths). Every image gets its own kernel from a seed
+    derived from a stable hash of (seed, image name, severity): every method sees the same blurred image.
+    """
+
+    kind: BlurKind = "imagenet_c"
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    centered: bool = False  # imagenet_c: False = ImageNet-C's one-sided kernel (it also shifts the image)
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.severities:
+            raise ValueError("'severities' is empty: give at least one of 1..5")
+        if len(set(self.severities)) != len(self.severities):
+            raise ValueError(f"'severities' has duplicates: {self.severities}")
+        for s in self.severities:
+            _check_range("severities", s, 1, 5)
+
+
+@dataclass(frozen=True)
+class EvalDeblurConfig:
+    weights: str = ""  # "" = deblur.DEFAULT_WEIGHTS (deblur/weights/fpn_mobilenet_v2.pt)
+    device: str = "cpu"
+    max_side: int = 0  # 0 = deblur at full resolution; N = shrink so the long side is <= N, then resize back
+    channels_last: bool = True
+
+    def __post_init__(self):
+        _check_range("max_side", self.max_side, 0)
+        if 0 < self.max_side < 32:
+            raise ValueError(f"'max_side' must be 0 (full resolution) or >= 32, got {self.max_side}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    name: str = "blurred_vs_deblurred"
+    out: str = ""  # "" = runs/eval/<name>
+    limit: int = 0  # evaluate at most this many images, spread evenly over the set (0 = all)
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    blur: EvalBlurConfig = field(default_factory=EvalBlurConfig)
+    deblur: EvalDeblurConfig = field(default_factory=EvalDeblurConfig)
+    # mAP needs the low-confidence tail: the detector runs at conf 0.001 (COCO practice)
+    detector: DetectorConfig = field(default_factory=lambda: DetectorConfig(conf=0.001, max_det=300))
+    methods: list[str] = field(default_factory=lambda: ["deblurred", "unsharp", "wiener"])
+    unsharp_amount: float = 1.5
+    unsharp_sigma: float = 2.0  # Gaussian sigma of the unsharp mask, pixels
+    wiener_balance: float = 0.002  # Wiener regularisation (noise-to-signal, Laplacian prior)
+    pseudo_gt_conf: float = 0.5  # pseudo ground truth: the detector's own detections >= this on sharp
+    operating_conf: float = 0.25  # precision, recall, mean TP confidence and counts at this threshold
+    classes: list[str] | None = None  # evaluate only these classes (None = every class with ground truth)
+    max_dets: int = 100  # per image and class, as COCO
+    per_class_top: int = 5  # per-class AP for this many most frequent classes (person always)
+    bootstrap: int = 500  # block-bootstrap resamples (0 = no intervals)
+    ci: float = 0.95
+    seed: int = 0
+    batch_size: int = 4  # frames per detector call
+    n_examples: int = 3  # rows in the examples grid
+    min_recovery_gap: float = 0.01  # recovery is NaN when mAP_sharp - mAP_blurred is below this
+
+    def __post_init__(self):
+        for m in self.methods:
+            if m not in METHOD_NAMES:
+                raise ValueError(
+                    f"method '{m}' is unknown. Available: {list(METHOD_NAMES)} ('sharp' and 'blurred' are always run)"
+                )
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"'methods' has duplicates: {self.methods}")
+        _check_range("limit", self.limit, 0)
+        _check_range("unsharp_amount", self.unsharp_amount, 0.0)
+        _check_range("unsharp_sigma", self.unsharp_sigma, 0.1)
+        _check_range("wiener_balance", self.wiener_balance, 1.0e-8)
+        _check_range("pseudo_gt_conf", self.pseudo_gt_conf, 0.0, 1.0)
+        _check_range("operating_conf", self.operating_conf, 0.0, 1.0)
+        if self.operating_conf < self.detector.conf:
+            raise ValueError(
+                f"'operating_conf' ({self.operating_conf}) is below detector.conf ({self.detector.conf}): "
+                "lower detector.conf (e.g. 0.001) so the detector keeps the boxes it is scored on"
+            )
+        if self.pseudo_gt_conf < self.detector.conf:
+            raise ValueError(f"'pseudo_gt_conf' ({self.pseudo_gt_conf}) is below detector.conf ({self.detector.conf})")
+        if self.classes is not None and not self.classes:
+            raise ValueError("'classes' is an empty list: use null for every class, or name some")
+        _check_range("max_dets", self.max_dets, 1)
+        _check_range("per_class_top", self.per_class_top, 0)
+        _check_range("bootstrap", self.bootstrap, 0)
+        _check_range("ci", self.ci, 0.5, 0.999)
+        _check_range("batch_size", self.batch_size, 1)
+        _check_range("n_examples", self.n_examples, 0)
+        _check_range("min_recovery_gap", self.min_recovery_gap, 0.0)

@@ -1,0 +1,177 @@
+"""report.md, report.json, report.csv and the plots, all written atomically (temp file + os.replace)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+from evaluation import plots
+
+logger = logging.getLogger(__name__)
+
+CSV_FIELDS = [
+    "severity", "condition", "map50", "map50_lo", "map50_hi", "map50_95", "map50_95_lo", "map50_95_hi",
+    "person_ap50", "person_ap50_lo", "person_ap50_hi", "precision", "recall", "mean_conf_tp", "n_det", "n_tp",
+    "n_gt", "psnr", "ssim", "recovery_map50", "recovery_map50_lo", "recovery_map50_hi", "recovery_map50_95",
+    "recovery_map50_95_lo", "recovery_map50_95_hi", "delta_map50", "delta_map50_lo", "delta_map50_hi",
+    "person_delta_ap50", "person_delta_ap50_lo", "person_delta_ap50_hi",
+]
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _num(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:.{digits}f}"
+
+
+def _with_ci(v, ci, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if not ci or ci[0] is None:
+        return _num(v, digits)
+    return f"{_num(v, digits)} [{_num(ci[0], digits)}, {_num(ci[1], digits)}]"
+
+
+def _pct(v, ci) -> str:
+    if v is None:
+        return "n/a"
+    s = f"{100 * v:.0f}%"
+    if ci and ci[0] is not None:
+        s += f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]"
+    return s
+
+
+def main_table(report: dict) -> str:
+    """The markdown table printed by eval_detection.py and at the top of report.md."""
+    head = ("| sev | condition | mAP@.5 [95% CI] | mAP@.5:.95 [95% CI] | person AP@.5 | P | R | TP conf | dets "
+            "| PSNR | SSIM | recovery @.5 | recovery @.5:.95 |")
+    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    for sev, by_cond in report["results"].items():
+        for cond, e in by_cond.items():
+            person = e["per_class"].get("person", {})
+            lines.append("| " + " | ".join([
+                sev, cond, _with_ci(e["map50"], e.get("map50_ci")), _with_ci(e["map50_95"], e.get("map50_95_ci")),
+                _with_ci(person.get("ap50"), person.get("ap50_ci")), _num(e["precision"]), _num(e["recall"]),
+                _num(e["mean_conf_tp"]), str(e["n_det"]), _num(e["psnr"], 2), _num(e["ssim"]),
+                _pct(e.get("recovery_map50"), e.get("recovery_map50_ci")) if "recovery_map50" in e else "",
+                _pct(e.get("recovery_map50_95"), e.get("recovery_map50_95_ci")) if "recovery_map50_95" in e else "",
+            ]) + " |")
+    return "\n".join(lines)
+
+
+def per_class_table(report: dict) -> str:
+    classes = list(next(iter(next(iter(report["results"].values())).values()))["per_class"])
+    head = "| sev | condition | " + " | ".join(f"{c} AP@.5" for c in classes) + " |"
+    lines = [head, "|" + "|".join(["---"] * (2 + len(classes))) + "|"]
+    for sev, by_cond in report["results"].items():
+        for cond, e in by_cond.items():
+            lines.append(f"| {sev} | {cond} | " + " | ".join(_num(e["per_class"][c]["ap50"]) for c in classes) + " |")
+    return "\n".join(lines)
+
+
+def delta_table(report: dict) -> str:
+    """Each method against blurred, with paired-bootstrap intervals: all classes and person."""
+    lines = ["| sev | method | Δ mAP@.5 vs blurred [95% CI] | Δ mAP@.5:.95 [95% CI] | Δ person AP@.5 [95% CI] |",
+             "|---|---|---|---|---|"]
+    for sev, by_cond in report["results"].items():
+        for cond, e in by_cond.items():
+            if "delta_map50" not in e:
+                continue
+            lines.append(f"| {sev} | {cond} | {_with_ci(e['delta_map50'], e.get('delta_map50_ci'))} | "
+                         f"{_with_ci(e['delta_map50_95'], e.get('delta_map50_95_ci'))} | "
+                         f"{_with_ci(e.get('person_delta_ap50'), e.get('person_delta_ap50_ci'))} |")
+    return "\n".join(lines)
+
+
+def _markdown(report: dict, table: str, plot_files: list[str]) -> str:
+    d, det, deb = report["data"], report["detector"], report["deblur"]
+    gt = report["ground_truth"]
+    lines = [
+        f"# Detection under blur: {report['name']}",
+        "",
+        f"- **Ground truth: {gt['kind']}** — {gt['description']}",
+        f"- Data: {d['source']} — {d['n_images']} images"
+        + (f" (of {d['n_available']}, --limit {d['limit']})" if d["limit"] and d["n_available"] > d["n_images"] else "")
+        + f", {d['n_sequences']} sequences/photos, {d['n_blocks']} bootstrap blocks, {d['n_gt_boxes']} GT boxes "
+        f"{d['gt_per_class']}; skipped: {d['n_skipped']}",
+        f"- Blur: {report['blur']['kind']}, severities {report['blur']['severities']}"
+        + ("" if report["blur"]["kind"] == "real (paired)" else
+           f", centred={report['blur']['centered']}, seed {report['blur']['seed']} (per image: hash of name + severity)"),
+        f"- Detector: {det['config']['backend']} {det['weights']} (sha256 {det['sha256']}), imgsz "
+        f"{det['config']['imgsz']}, conf {det['config']['conf']} (mAP), operating conf "
+        f"{report['metrics']['operating_conf']} (P, R, TP conf, dets)",
+        f"- Deblur weights: {deb['weights']} (sha256 {deb['sha256']}), "
+        f"{'full resolution' if not deb['max_side'] else 'long side ' + str(deb['max_side'])}" if deb else
+        "- Deblur: not run",
+        f"- mAP: {report['metrics']['map']}",
+        f"- Intervals: {report['metrics']['ci']}",
+        f"- Recovery: {report['metrics']['recovery']}",
+        "",
+        table,
+        "",
+        "## Each method against blurred (paired bootstrap)",
+        "",
+        delta_table(report),
+        "",
+        "## Per-class AP@0.5 (person always; the most frequent classes)",
+        "",
+        per_class_table(report),
+        "",
+    ]
+    if report["notes"]:
+        lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    if d["skipped"]:
+        lines += ["## Skipped images", ""] + [f"- {s}" for s in d["skipped"]] + [""]
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plot_files] + [""]
+    t = report["timing"]
+    lines += [f"Run time {t['total_s']} s; deblur {t['deblur_ms_per_image']} ms/image, detect "
+              f"{t['detect_ms_per_frame']} ms/frame; {report['created']}.", ""]
+    return "\n".join(lines)
+
+
+def _csv(report: dict) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for sev, by_cond in report["results"].items():
+        for cond, e in by_cond.items():
+            row = {"severity": sev, "condition": cond}
+            for k in CSV_FIELDS[2:]:
+                if k.endswith("_lo") or k.endswith("_hi"):
+                    base = k[:-3]
+                    ci = e["per_class"].get("person", {}).get("ap50_ci") if base == "person_ap50" else e.get(f"{base}_ci")
+                    row[k] = "" if not ci or ci[0] is None else ci[0 if k.endswith("_lo") else 1]
+                elif k == "person_ap50":
+                    row[k] = e["per_class"].get("person", {}).get("ap50")
+                else:
+                    row[k] = e.get(k)
+                if row[k] is None:
+                    row[k] = ""
+            w.writerow(row)
+    return buf.getvalue()
+
+
+def write_reports(report: dict, extras: dict, examples: list[dict], out_dir: Path, names: list[str]) -> str:
+    """Write every output into ``out_dir``; -> the main markdown table."""
+    out_dir = Path(out_dir)
+    plot_files = ["map_vs_severity.png", "tp_confidence.png"] + (["examples.png"] if examples else [])
+    plots.plot_map_vs_severity(report, out_dir / "map_vs_severity.png")
+    plots.plot_tp_confidence(extras["tp_conf"], report["conditions"], report["metrics"]["operating_conf"],
+                             out_dir / "tp_confidence.png")
+    plots.plot_examples(examples, names, report["metrics"]["operating_conf"], out_dir / "examples.png")
+    table = main_table(report)
+    _atomic_text(out_dir / "report.json", json.dumps(report, indent=1, allow_nan=False))
+    _atomic_text(out_dir / "report.csv", _csv(report))
+    _atomic_text(out_dir / "report.md", _markdown(report, table, plot_files))
+    return table

@@ -1,0 +1,95 @@
+"""Typed config of the streaming pipeline: one frozen dataclass, every default lives here.
+
+Keys match the command-line flags (``--save-json`` -> ``save_json``) and, where Ultralytics has
+a name, Ultralytics' names. The detector's own options (conf, iou, classes, imgsz, device, half)
+live in the nested ``detector`` section, a :class:`detect.DetectorConfig`; the deblur model runs
+on ``detector.device`` so the batch is handed from deblur to detect without leaving the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from detect.config import DetectorConfig
+
+RUNTIMES = ("torch",)
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+
+
+def _check_range(name: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ValueError(f"'{name}' must be in {rng}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Options of `python -m pipeline` (see `python -m pipeline --help` for the flag of each)."""
+
+    # --- input
+    source: str = "demo"  # demo | cam0 | 0 | video file | image/dir/glob | rtsp:// rtmp:// http(s)://
+    vid_stride: int = 1  # keep every Nth frame of the source (indices stay the source's)
+    max_frames: int = 0  # stop after this many frames (0 = until the source ends)
+    queue_size: int = 8  # frames a file/image source decodes ahead (blocking put: backpressure)
+    reconnect_attempts: int = 5  # camera/stream: reconnects (exponential backoff) before giving up
+    reconnect_delay: float = 0.5  # seconds before the first reconnect; doubles each time (max 8 s)
+    open_timeout: float = 10.0  # seconds to open a network stream / wait for its next packet
+    simulate_blur: int = 0  # synthetic camera-shake blur on every input frame: 0 = off, 1..5 severity
+    blur_seed: int = 0  # seed of the (fixed per run) shake kernel
+    # --- deblur
+    deblur: bool = True  # False: the same pipeline without the deblurring stage
+    deblur_weights: str = ""  # "" = the shipped default (deblur.DEFAULT_WEIGHTS)
+    deblur_size: int | Literal["full"] = "full"  # deblur the full frame, or a copy whose long side is N
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: fp16 on CUDA, bf16 on CPUs that have it
+    channels_last: bool = True
+    runtime: str = "torch"
+    # --- batching / threads
+    batch: int = 1  # frames per inference batch (at most)
+    max_latency: float = 50.0  # ms to wait for a batch to fill before running it
+    threads: int = 2  # torch intra-op threads for the whole process (0 = leave as is)
+    warmup: bool = True  # one untimed pass on a frame of the source's size before the loop
+    # --- detector (Ultralytics names: conf, iou, classes, imgsz, device, half)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    # --- outputs
+    show: bool = False  # window: input | deblurred side by side, boxes, fps; q or Esc quits
+    show_max_width: int = 1920  # the shown canvas is scaled down to at most this width
+    save: str = ""  # H.264 video of input | output with boxes (e.g. runs/demo/demo.mp4)
+    save_fps: float = 0.0  # frame rate of --save (0 = the source's, 25 when unknown)
+    save_crf: int = 23  # libx264 constant rate factor (0 = lossless .. 51 = worst)
+    save_preset: str = "veryfast"  # libx264 preset
+    save_json: str = ""  # one JSON line per frame: index, timestamp, detections
+    summary: str = ""  # JSON summary: frames in/out, dropped, fps, ms/frame per stage, latency
+    log_every: float = 5.0  # seconds between progress log lines (0 = off)
+
+    def __post_init__(self) -> None:
+        for name in ("vid_stride", "queue_size", "batch"):
+            _check_range(name, getattr(self, name), 1)
+        for name in ("max_frames", "reconnect_attempts", "threads", "blur_seed"):
+            _check_range(name, getattr(self, name), 0)
+        _check_range("simulate_blur", self.simulate_blur, 0, 5)
+        _check_range("reconnect_delay", self.reconnect_delay, 0.0, 60.0)
+        _check_range("open_timeout", self.open_timeout, 0.1)
+        _check_range("max_latency", self.max_latency, 0.0, 10_000.0)
+        _check_range("save_fps", self.save_fps, 0.0, 1000.0)
+        _check_range("save_crf", self.save_crf, 0, 51)
+        _check_range("show_max_width", self.show_max_width, 64)
+        _check_range("log_every", self.log_every, 0.0)
+        if not self.source.strip():
+            raise ValueError("'source' is empty. Give --source demo, cam0, a file, a directory, a glob or a URL.")
+        if self.deblur_size != "full" and (not isinstance(self.deblur_size, int) or self.deblur_size < 32):
+            raise ValueError(
+                f"'deblur_size' must be 'full' or an integer >= 32 (the long side in pixels), got {self.deblur_size!r}"
+            )
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"'runtime' {self.runtime!r} is not available. Valid: {list(RUNTIMES)}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"'amp' {self.amp!r} is not valid. Valid: {list(AMP_MODES)}")
+        if self.amp == "fp16" and self.detector.device == "cpu":
+            raise ValueError(
+                "'amp'='fp16' with detector.device='cpu': fp16 is CUDA only. Fix: amp=bf16 (CPU) or --device cuda."
+            )
+        if self.save and not self.save.lower().endswith((".mp4", ".mkv", ".mov")):
+            raise ValueError(f"'save' {self.save!r} must end in .mp4, .mkv or .mov (H.264 video). Fix: --save out.mp4")
+        if self.save and self.save_json and self.save == self.save_json:
+            raise ValueError(f"'save' and 'save_json' are the same file {self.save!r}: give two paths")

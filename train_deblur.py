@@ -1,0 +1,54 @@
+"""Train the deblurring GAN: python train_deblur.py [--config YAML] [--resume] [key=value ...]
+
+Examples:
+  python train_deblur.py                                   # configs/deblur_train.yaml
+  python train_deblur.py model.g_name=fpn_mobilenet_v2_dsc batch_size=4 max_minutes=10
+  python train_deblur.py --resume name=fpn_mobilenet_v2    # continue runs/deblur/fpn_mobilenet_v2/last.pt
+  python train_deblur.py --export deblur/weights/fpn_mobilenet_v2.pt name=fpn_mobilenet_v2
+  torchrun --nproc_per_node 2 train_deblur.py device=cpu   # DistributedDataParallel (gloo on CPU)
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+from configs import CONFIG_DIR, load_config
+from deblur.config import TrainConfig
+from deblur.train import Trainer
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(CONFIG_DIR / "deblur_train.yaml"), help="training YAML (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true", help="continue <project>/<name>/last.pt exactly")
+    parser.add_argument("--export", metavar="OUT", help="write the lean inference file of the run's best.pt to OUT and exit")
+    parser.add_argument("--export-from", default="best.pt", help="checkpoint of the run to export (default: %(default)s)")
+    parser.add_argument("--half", action="store_true", help="export fp16 weights (half the size)")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. optimizer.lr=3.0e-4")
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    trainer = Trainer(cfg, resume=args.resume, extra_losses=_extra_losses(cfg))
+    if args.export:
+        print(f"exported {trainer.export(args.export, which=args.export_from, half=args.half)}")
+        return 0
+    try:
+        val = trainer.fit()
+    except KeyboardInterrupt:
+        print(f"interrupted: saved {trainer.run_dir / 'last.pt'}; continue with --resume", file=sys.stderr)
+        return 130
+    if rank == 0:
+        print(f"done: step {trainer.step}, last val {val}, run folder {trainer.run_dir}")
+    return 0
+
+
+def _extra_losses(cfg: TrainConfig) -> dict:
+    """Content losses that need a network from outside deblur/ (the frozen detector), built here."""
+    return {}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
