@@ -30,6 +30,7 @@ __all__ = [
     "MultiScaleDiscriminator",
     "NLayerDiscriminator",
     "build_discriminator",
+    "random_crops",
 ]
 
 _NORMS = ("instance", "batch", "none")

@@ -35,7 +35,14 @@ __all__ = ["Deblurrer", "IMAGE_EXTENSIONS", "collect_images", "output_path", "re
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 OUTPUT_SUFFIX = "_deblurred"
-AMP_CHOICES = ("none", "bf16", "fp16")
+AMP_CHOICES = ("none", "auto", "bf16", "fp16")
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast pays off on ``device``: CUDA with bf16, or a CPU with AMX / AVX512-bf16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
 class Deblurrer:
@@ -45,8 +52,9 @@ class Deblurrer:
         weights: exported generator file (``deblur.save_generator``); None -> ``deblur.models.DEFAULT_WEIGHTS``.
         device: 'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'.
         channels_last: run the model in channels_last memory format (faster on CPU and GPU; same result).
-        amp: 'none' (float32), 'bf16' (autocast bfloat16: ~2x faster on AMX/AVX512-bf16 CPUs and on GPUs)
-            or 'fp16' (autocast float16, CUDA only).
+        amp: 'none' (float32), 'bf16' (autocast bfloat16: ~2x faster on AMX/AVX512-bf16 CPUs and on GPUs,
+            but ~10x SLOWER on CPUs without them, e.g. AVX2-only: it is emulated there), 'fp16' (autocast
+            float16, CUDA only) or 'auto' (bf16 where it is fast, else float32).
         max_batch: frames of one size are run at most this many at a time.
         expect_name: if set, the weights must hold this generator architecture.
     """
@@ -84,6 +92,11 @@ class Deblurrer:
             raise ValueError(f"amp='fp16' needs a CUDA device, got device '{device}'; use amp='bf16' on CPU")
         if max_batch < 1:
             raise ValueError(f"'max_batch' must be >= 1, got {max_batch}")
+        if amp == "auto":
+            amp = "bf16" if fast_bf16(device) else "none"
+        elif amp == "bf16" and not fast_bf16(device):
+            logger.warning("amp='bf16' on %s without native bf16 (no AMX/AVX512-bf16): emulated, expect it to be "
+                           "several times slower than float32; use amp='none' or 'auto'", device)
         self.device = device
         self.channels_last = channels_last
         self.amp = amp

@@ -71,7 +71,7 @@ def _locate(weights: str) -> Path | str:
 class UltralyticsDetector(Detector):
     """Ultralytics model through AutoBackend; our own letterbox (stride-aligned) and NMS."""
 
-    rect = True
+    rect = True  # set per model in __init__: PyTorch models take stride-aligned rectangles
 
     def __init__(self, cfg: DetectorConfig) -> None:
         super().__init__(cfg)
@@ -80,6 +80,15 @@ class UltralyticsDetector(Detector):
         self.model = backend.eval()
         self.stride = max(int(backend.stride if not hasattr(backend.stride, "max") else backend.stride.max()), 32)
         self.imgsz = -(-cfg.imgsz // self.stride) * self.stride
+        fmt = getattr(backend, "format", "pt")
+        self.rect = fmt == "pt"  # exported graphs may have a fixed input size: always feed imgsz x imgsz
+        meta = getattr(backend, "metadata", None) or {}
+        fixed = meta.get("imgsz")
+        if fmt != "pt" and not meta.get("dynamic") and fixed and list(fixed) != [self.imgsz, self.imgsz]:
+            raise ValueError(
+                f"detect.imgsz={cfg.imgsz} but {source} was exported with a fixed input size {list(fixed)}. "
+                f"Fix: set detect.imgsz={fixed[0]}, or export with dynamic=True."
+            )
         names = backend.names
         self.names = [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
         if len(self.names) == len(COCO_NAMES) and all(n in (str(i), f"class{i}") for i, n in enumerate(self.names)):
@@ -96,7 +105,7 @@ class UltralyticsDetector(Detector):
         self._setup_classes()
         logger.info(
             "Detector backend=ultralytics weights=%s format=%s imgsz=%d device=%s half=%s threads=%d",
-            source, getattr(backend, "format", "?"), self.imgsz, self.device, self.half, torch.get_num_threads(),
+            source, fmt, self.imgsz, self.device, self.half, torch.get_num_threads(),
         )
 
     def _load(self, weights: str):

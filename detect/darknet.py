@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 logger = logging.getLogger(__name__)
 
@@ -228,13 +229,22 @@ class DarknetModel(nn.Module):
         saved, _ = self._run(x, set(layers), max(layers))
         return {i: saved[i] for i in layers}
 
+    def fuse(self) -> DarknetModel:
+        """Fold each batch norm into its convolution (inference only; outputs change by ~1e-4). Returns self."""
+        for block, layer in zip(self.blocks, self.layers):
+            if block["type"] == "convolutional" and isinstance(layer[1], nn.BatchNorm2d):
+                layer[0] = fuse_conv_bn_eval(layer[0].eval(), layer[1].eval())
+                layer[1] = nn.Identity()
+        return self
+
     def expected_weight_floats(self) -> int:
         """Number of float32 values a .weights file for this cfg holds after its header."""
         n = 0
         for block, layer in zip(self.blocks, self.layers):
             if block["type"] == "convolutional":
                 conv = layer[0]
-                n += conv.weight.numel() + conv.out_channels * (4 if int(block.get("batch_normalize", 0)) else 1)
+                bn = int(block.get("batch_normalize", 0))
+                n += conv.weight.numel() + conv.out_channels * (4 if bn else 1)
         return n
 
 

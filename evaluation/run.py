@@ -285,7 +285,7 @@ def run_blurred_vs_deblurred(
 
     gt_desc = (
         f"labels ({cfg.data.format})" if gt_kind == "labels" else
-        f"pseudo: the detector's own detections with conf >= {cfg.pseudo_gt_conf} on the sharp images "
+        f"the detector's own detections with conf >= {cfg.pseudo_gt_conf} on the sharp images "
         "(DeblurGAN's YOLO protocol; sharp scores ~1 by construction)"
     )
     elapsed = time.perf_counter() - t_start
@@ -349,6 +349,8 @@ def _add_notes(report: dict, cfg: EvalConfig) -> None:
             "classes other than person may be few distinct objects seen in many frames (in vtest the car and the "
             "van are one parked object each): their AP moves as one object; read the person rows and the "
             "block-bootstrap intervals")
+    if cfg.bootstrap and data["n_blocks"] < 10:
+        notes.append(f"only {data['n_blocks']} bootstrap blocks: the intervals are rough (use more images)")
     if total and counts.get("person", 0) == 0:
         notes.append("no person in the ground truth: person AP is undefined")
     for sev, by_cond in report["results"].items():

@@ -101,11 +101,12 @@ class Runner:
         self._capture_factory = capture_factory
         self._stop = threading.Event()  # stop taking new frames (Ctrl-C, q, max_frames, error)
         self._abandon = threading.Event()  # the sink loop stopped consuming: do not block on the out queue
-        self._out: queue.Queue = queue.Queue(maxsize=max(2, cfg.queue_size // max(1, cfg.batch)))
+        self._out: queue.Queue = queue.Queue(maxsize=2)  # batches ready for the sink loop
         self.frames_in = 0
         self.frames_out = 0
         self.interrupted = False
         self.quit_by_user = False
+        self._t_stop_request: float | None = None  # when Ctrl-C / q asked to stop
         self.peak_out_queue = 0
         self._latencies: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)
         self._pending: Frame | None = None
@@ -281,6 +282,7 @@ class Runner:
                 with self.timer.time("show", 1):
                     if not sinks["show"].show(batch.canvases[i], self._fps_now()):
                         self.quit_by_user = True
+                        self._t_stop_request = time.perf_counter()
                         self._stop.set()
             t_out = time.perf_counter()
             self._latencies.append(t_out - frame.t_capture)
@@ -335,6 +337,7 @@ class Runner:
             if self._stop.is_set() and self.interrupted:
                 raise KeyboardInterrupt
             self.interrupted = True
+            self._t_stop_request = time.perf_counter()
             self._stop.set()
             logger.warning("%s: stopping, flushing outputs (press Ctrl-C again to abort)", signal.Signals(signum).name)
 
@@ -396,7 +399,9 @@ class Runner:
                 if worker.is_alive():
                     logger.warning("The inference thread did not stop within 10 s")
                 # leaving the ExitStack closes the sinks (video trailer, JSON lines) and the source
-        wall = time.perf_counter() - t_start
+        t_end = time.perf_counter()
+        wall = t_end - t_start
+        self.stop_s = None if self._t_stop_request is None else t_end - self._t_stop_request
         if failure is not None:
             raise failure
         summary = self.summary(wall)
@@ -421,6 +426,7 @@ class Runner:
             "source_stopped_early": self.source.stopped_early,
             "interrupted": self.interrupted,
             "quit_by_user": self.quit_by_user,
+            "stop_s": None if self.stop_s is None else round(self.stop_s, 3),  # stop request -> outputs closed
             "wall_s": round(wall_s, 3),
             "fps": round(fps, 3),
             "ms_per_frame": self.timer.ms_per_frame(),

@@ -235,12 +235,15 @@ def test_classes_filter_and_max_det(backend, bus_bgr):
     det = build_detector(DetectorConfig(**kwargs))
     dets = det([bus_bgr])[0]
     assert 0 < len(dets) <= 3 and {d.name for d in dets} <= {"person", "bus"}
-    with pytest.raises(ValueError, match="'person'"):
-        build_detector(DetectorConfig(**{**BACKEND_CFGS[backend], "classes": ["persn"]}))
+
+
+def test_unknown_class_name_fails_at_build_time():
+    with pytest.raises(ValueError, match="persn.*'person'"):
+        build_detector(DetectorConfig(classes=["persn"]))
 
 
 @pytest.mark.parametrize("backend", sorted(BACKEND_CFGS))
-@pytest.mark.parametrize("threads, initial, expected", [(0, 2, 2), (1, 2, 1), (2, 1, 2)])
+@pytest.mark.parametrize("threads, initial, expected", [(0, 2, 2), (2, 1, 2)])
 def test_thread_count_is_kept(backend, threads, initial, expected, bus_bgr):
     """Ultralytics' select_device() sets torch's thread count to cpu_count - 1 (= 1 on 2 cores). A hook calls
     it inside every forward pass, as Ultralytics' own predict does; the count must come back to

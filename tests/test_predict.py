@@ -49,7 +49,7 @@ def test_identity_model_preserves_colours(identity_weights):
 
 
 def test_identity_with_bf16_autocast(identity_weights):
-    frame = _chelsea_bgr()[:64, :96]
+    frame = np.ascontiguousarray(_chelsea_bgr()[:32, :48])  # bf16 is emulated (slow) on CPUs without AVX512-bf16/AMX
     (out,) = Deblurrer(identity_weights, device="cpu", amp="bf16")([frame])
     assert np.abs(out.astype(int) - frame.astype(int)).max() <= 1
 

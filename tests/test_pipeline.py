@@ -1,0 +1,213 @@
+"""The runner end to end on generated clips: N frames in -> N results, batching, box mapping,
+backpressure vs drops, config/CLI mapping, Ctrl-C, errors. Fake detector and toy deblur models
+keep it fast; one test runs the real CLI with the real detector and a saved (untrained) generator."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from configs import ConfigError, load_config
+from detect.config import DetectorConfig
+from pipeline.__main__ import build_parser, config_from_args, main
+from pipeline.config import PipelineConfig
+from pipeline.runner import run_pipeline
+from pipeline.sources import CameraSource, VideoFileSource
+from pipeline.stages import Batch, Detect, Postprocess, Preprocess
+from pipeline.sources import Frame
+from pipeline.testing import FakeCapture, FakeDetector, InvertModel, SlowIdentity, make_frame, write_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", n=12)
+
+
+def _lines(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def _decode_count(path):
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0)), (c.streams.video[0].width, c.streams.video[0].height)
+
+
+def test_n_frames_in_n_results_out_batched(clip, tmp_path):
+    det = FakeDetector(imgsz=64)
+    cfg = PipelineConfig(
+        source=str(clip), batch=4, max_latency=200.0, save=str(tmp_path / "o.mp4"), save_json=str(tmp_path / "d.jsonl"),
+        summary=str(tmp_path / "s.json"),
+    )
+    s = run_pipeline(cfg, deblur_model=InvertModel(), detector=det)
+    assert s["frames_in"] == s["frames_out"] == 12 and s["dropped"] == 0 and not s["interrupted"]
+    lines = _lines(tmp_path / "d.jsonl")
+    assert [r["index"] for r in lines] == list(range(12))
+    # FakeDetector boxes the middle of its 64x64 input; the 64x48 frame was padded 8 px top and bottom
+    assert lines[0]["detections"] == [{"xyxy": [16.0, 8.0, 48.0, 40.0], "conf": 0.9, "cls": 0, "name": "thing"}]
+    assert max(c[0] for c in det.calls) == 4 and all(c[1:] == (3, 64, 64) for c in det.calls)
+    lo, hi = det.inputs_range[-1]
+    assert 0.0 <= lo and hi <= 1.0  # handed over in [0,1]
+    n, size = _decode_count(tmp_path / "o.mp4")
+    assert n == 12 and size == (128, 48)  # input | deblurred side by side
+    written = json.loads((tmp_path / "s.json").read_text())
+    assert written["frames_out"] == 12 and set(written["ms_per_frame"]) >= {"preprocess", "deblur", "detect", "save"}
+    assert written["latency_ms"]["p50"] > 0 and written["latency_ms"]["p95"] >= written["latency_ms"]["p50"]
+    assert torch.get_num_threads() == cfg.threads
+
+
+def test_saved_video_shows_input_left_and_output_right(clip, tmp_path):
+    cfg = PipelineConfig(source=str(clip), save=str(tmp_path / "o.mp4"), save_crf=10)
+    run_pipeline(cfg, deblur_model=InvertModel(), detector=FakeDetector())
+    with av.open(str(tmp_path / "o.mp4")) as c:
+        img = next(c.decode(video=0)).to_ndarray(format="bgr24").astype(int)
+    src = make_frame(0).astype(int)
+    left, right = img[:, :64], img[:, 64:]
+    region = (slice(0, 5), slice(2, 30))  # above the box (y >= 8) and the moving square, away from the caption
+    assert np.abs(left[region] - src[region]).mean() < 12
+    assert np.abs(right[region] - (255 - src[region])).mean() < 12  # InvertModel: colours inverted
+
+
+def test_no_deblur_and_deblur_size(clip, tmp_path):
+    det = FakeDetector()
+    s = run_pipeline(
+        PipelineConfig(source=str(clip), deblur=False, save=str(tmp_path / "o.mp4")), detector=det
+    )
+    assert s["frames_out"] == 12 and "deblur" in s["ms_per_frame"]
+    assert _decode_count(tmp_path / "o.mp4")[1] == (64, 48)  # one pane
+
+    batch = Preprocess(torch.device("cpu"), long_side=32)(Batch([Frame(0, 0.0, make_frame(0))]))
+    assert batch.blur.shape == (1, 3, 32, 32) and -1.0 <= batch.blur.min() and batch.blur.max() <= 1.0
+    batch.restored = batch.blur
+    batch = Postprocess()(batch)
+    assert batch.restored_bgr[0].shape == (48, 64, 3)
+    batch = Detect(det)(batch)
+    assert batch.detections[0][0].xyxy == (16.0, 8.0, 48.0, 40.0)  # frame pixels, whatever the deblur size
+
+
+def test_file_source_slow_stage_backpressure(clip):
+    src = VideoFileSource(clip, queue_size=2)
+    s = run_pipeline(PipelineConfig(source=str(clip), queue_size=2), source=src, deblur_model=SlowIdentity(0.03), detector=FakeDetector())
+    assert s["frames_out"] == 12 and s["dropped"] == 0
+    assert s["peak_source_queue"] <= 2
+
+
+def test_camera_slow_stage_drops_and_max_frames():
+    src = CameraSource(0, capture_factory=lambda i: FakeCapture(period=0.003))
+    s = run_pipeline(
+        PipelineConfig(source="cam0", max_frames=6), source=src, deblur_model=SlowIdentity(0.04), detector=FakeDetector()
+    )
+    assert s["frames_out"] == 6 and s["dropped"] > 0 and s["live"] and s["peak_source_queue"] <= 1
+
+
+def test_config_yaml_flags_and_overrides():
+    yaml_cfg = load_config(PipelineConfig, ROOT / "configs" / "pipeline.yaml")
+    assert yaml_cfg == PipelineConfig()
+    args = build_parser().parse_args(
+        ["--config", str(ROOT / "configs" / "pipeline.yaml"), "--source", "cam1", "--conf", "0.4", "--classes", "0", "2",
+         "--imgsz", "320", "--batch", "3", "--no-deblur", "--deblur-size", "256", "--save-json", "x.jsonl", "save_crf=30", "detector.iou=0.5"]
+    )
+    cfg = config_from_args(args)
+    assert cfg.source == "cam1" and cfg.batch == 3 and cfg.deblur is False and cfg.deblur_size == 256
+    assert cfg.detector.conf == 0.4 and cfg.detector.classes == ["person", "car"] and cfg.detector.imgsz == 320
+    assert cfg.detector.iou == 0.5 and cfg.save_crf == 30 and cfg.save_json == "x.jsonl"
+    with pytest.raises(ConfigError, match=r"Did you mean 'batch'"):
+        config_from_args(build_parser().parse_args(["batchh=2"]))
+    with pytest.raises(ConfigError, match=r"deblur_size"):
+        load_config(PipelineConfig, overrides=["deblur_size=16"])
+    with pytest.raises(ConfigError, match=r"simulate_blur"):
+        load_config(PipelineConfig, overrides=["simulate_blur=9"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--deblur-size", "huge"])
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["--source", "no/such/thing.xyz", "--no-deblur"]) == 1
+    err = capsys.readouterr().err
+    assert "Unknown source 'no/such/thing.xyz'" in err and "cam0" in err and "rtsp://" in err
+    assert main(["--batch", "0"]) == 2
+    assert "'batch' must be in [1, inf]" in capsys.readouterr().err
+
+
+def test_show_without_display_fails_cleanly(clip, monkeypatch, capsys):
+    """In-process on purpose: a regression (cv2.imshow without a display) would SIGABRT pytest itself."""
+    monkeypatch.delenv("DISPLAY", raising=False)
+    assert main(["--source", str(clip), "--show", "--no-deblur"]) == 1
+    assert "--show needs a display" in capsys.readouterr().err
+
+
+def test_cli_end_to_end_real_detector_and_generator(tmp_path):
+    """The real thing at tiny sizes: saved generator weights, simulated blur, YOLOv3-tiny at 64."""
+    from deblur import GeneratorConfig, build_generator, save_generator
+
+    gen_cfg = GeneratorConfig(num_filters=16, num_filters_fpn=32)
+    weights = tmp_path / "g.pt"
+    save_generator(build_generator(gen_cfg), gen_cfg, weights)
+    clip = write_clip(tmp_path / "c.mp4", n=6, h=64, w=96)
+    out = tmp_path / "out"
+    code = main([
+        "--source", str(clip), "--deblur-weights", str(weights), "--simulate-blur", "2", "--imgsz", "64",
+        "--save", str(out / "o.mp4"), "--save-json", str(out / "d.jsonl"), "--summary", str(out / "s.json"), "--batch", "2",
+    ])
+    assert code == 0
+    summary = json.loads((out / "s.json").read_text())
+    assert summary["frames_out"] == 6 and "simulate_blur" in summary["ms_per_frame"]
+    assert [r["index"] for r in _lines(out / "d.jsonl")] == list(range(6))
+    assert _decode_count(out / "o.mp4") == (6, (192, 64))
+
+
+_SIGINT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pipeline.__main__ import build_parser, config_from_args
+    from pipeline.runner import run_pipeline
+    from pipeline.testing import FakeDetector, SlowIdentity
+    cfg = config_from_args(build_parser().parse_args(sys.argv[1:]))
+    s = run_pipeline(cfg, deblur_model=SlowIdentity(0.05), detector=FakeDetector())
+    print("frames_out", s["frames_out"], "interrupted", s["interrupted"], flush=True)
+    sys.exit(130 if s["interrupted"] else 0)
+    """
+)
+
+
+def test_sigint_stops_fast_and_leaves_playable_outputs(tmp_path):
+    clip = write_clip(tmp_path / "long.mp4", n=200)
+    out_mp4, out_json = tmp_path / "o.mp4", tmp_path / "d.jsonl"
+    proc = subprocess.Popen(
+        [PY, "-c", _SIGINT_SCRIPT, "--source", str(clip), "--save", str(out_mp4), "--save-json", str(out_json),
+         "--summary", str(tmp_path / "s.json")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:  # wait until frames flow
+            if out_json.exists() and len(out_json.read_text().splitlines()) >= 5:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+        stopped_in = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stopped_in < 20.0, stopped_in  # process exit (interpreter teardown included, on a loaded machine)
+    n_json = len(out_json.read_text().splitlines())
+    n_video, _ = _decode_count(out_mp4)
+    assert 5 <= n_video < 200 and n_video == n_json
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["interrupted"] and summary["frames_out"] == n_video
+    assert summary["stop_s"] < 1.0, summary["stop_s"]  # Ctrl-C -> every output flushed and closed
