@@ -329,6 +329,11 @@ class SyntheticBlur(_Base):
         self._sources = sources
         logger.info("SyntheticBlur: %d images/frames in bounds %s from %s", len(names), cfg.bounds, cfg.sources)
 
+    def image(self, index: int) -> np.ndarray:
+        """The whole sharp image ``index`` as (H,W,3) uint8 RGB (shrunk to ``preload_size`` when preloading)."""
+        src = self._sources[index]
+        return src if isinstance(src, np.ndarray) else read_rgb(src)
+
     def _decode_video(self, path: Path, rel: str) -> list[tuple[int, np.ndarray]]:
         import av
 
@@ -351,8 +356,7 @@ class SyntheticBlur(_Base):
 
     def __getitem__(self, index: int) -> dict:
         rng = self._rng(index)
-        src = self._sources[index]
-        img = src if isinstance(src, np.ndarray) else read_rgb(src)
+        img = self.image(index)
         kernel, info = sample_kernel(self.cfg.blur, rng)
         S, pad = self.cfg.size, kernel.shape[0] // 2
         region = S + 2 * pad

@@ -124,6 +124,7 @@ class EvalConfig:
     ci: float = 0.95
     seed: int = 0
     batch_size: int = 4  # frames per detector call
+    threads: int = 0  # torch intra-op threads for deblur + detection (0 = leave as is; 1 when the cores are shared)
     n_examples: int = 3  # rows in the examples grid
     min_recovery_gap: float = 0.01  # recovery is NaN when mAP_sharp - mAP_blurred is below this
 
@@ -155,5 +156,6 @@ class EvalConfig:
         _check_range("bootstrap", self.bootstrap, 0)
         _check_range("ci", self.ci, 0.5, 0.999)
         _check_range("batch_size", self.batch_size, 1)
+        _check_range("threads", self.threads, 0)
         _check_range("n_examples", self.n_examples, 0)
         _check_range("min_recovery_gap", self.min_recovery_gap, 0.0)

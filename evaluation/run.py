@@ -21,6 +21,7 @@ from typing import Callable
 
 import cv2
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from configs import save_config, to_dict
@@ -153,9 +154,12 @@ def run_blurred_vs_deblurred(
     cfg = replace(cfg, out=str(out_dir))
     save_config(cfg, out_dir / "config.yaml")
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     injected_detector = detector is not None
     if detector is None:
-        detector = build_detector(cfg.detector)
+        det_cfg = cfg.detector if cfg.detector.threads or not cfg.threads else replace(cfg.detector, threads=cfg.threads)
+        detector = build_detector(det_cfg)
     names = list(detector.names)
     eval_set = load_eval_set(cfg.data, names)
     samples = spread_subset(eval_set.samples, cfg.limit)

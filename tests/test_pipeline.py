@@ -22,12 +22,20 @@ from pipeline.__main__ import build_parser, config_from_args, main
 from pipeline.config import PipelineConfig
 from pipeline.runner import run_pipeline
 from pipeline.sources import CameraSource, VideoFileSource
-from pipeline.stages import Batch, Detect, Postprocess, Preprocess
+from pipeline.stages import Batch, Deblur, Detect, Postprocess, Preprocess
 from pipeline.sources import Frame
 from pipeline.testing import FakeCapture, FakeDetector, InvertModel, SlowIdentity, make_frame, write_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """The runner sets torch's process-wide thread count (cfg.threads); put back the test session's."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +219,20 @@ def test_sigint_stops_fast_and_leaves_playable_outputs(tmp_path):
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["interrupted"] and summary["frames_out"] == n_video
     assert summary["stop_s"] < 1.0, summary["stop_s"]  # Ctrl-C -> every output flushed and closed
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_stages_on_cuda_fp16_pinned_upload():
+    dev = torch.device("cuda")
+    det = FakeDetector()
+    det.device = dev
+    pre, deblur, detect, post = Preprocess(dev, None, channels_last=True), Deblur(InvertModel(), dev, amp="fp16"), Detect(det), Postprocess()
+    for step in range(3):  # the two pinned buffers are reused in turn
+        batch = Batch([Frame(i, 0.0, make_frame(i + step)) for i in range(2)])
+        batch = pre(batch)
+        assert batch.blur.is_cuda and batch.blur.is_contiguous(memory_format=torch.channels_last)
+        batch = post(detect(deblur(batch)))
+        assert batch.detections[0][0].xyxy == (16.0, 8.0, 48.0, 40.0)
+        for i in range(2):
+            assert np.abs(batch.restored_bgr[i].astype(int) - (255 - make_frame(i + step).astype(int))).mean() < 2
