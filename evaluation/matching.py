@@ -15,6 +15,7 @@ bootstrap resample) is then a weighted cumulative sum over the pooled, pre-sorte
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,59 +132,48 @@ def match_all(
     return tables
 
 
-def average_precision(table: ClassTable, weights: np.ndarray | None = None, chunk: int = 32) -> np.ndarray:
+def average_precision(table: ClassTable, weights: np.ndarray | None = None, chunk: int = 64) -> np.ndarray:
     """AP per IoU threshold. weights: None (each image once) -> (T,); (B, n_images) image multiplicities
-    (a bootstrap resample per row) -> (B,T). NaN where the (resampled) images hold no ground truth."""
+    (a bootstrap resample per row) -> (B,T). NaN where the (resampled) images hold no ground truth.
+
+    Only the true positives matter: recall changes only there, and between two of them precision is
+    highest at the first (fewest false positives), so the monotone envelope read at the 101 recall points
+    is the same when computed on the true-positive positions alone, with precision = TP weight / all
+    weight up to that position. That makes a bootstrap resample cost O(#TP) per threshold, not O(#dets).
+    """
     single = weights is None
     w_all = np.ones((1, len(table.n_gt))) if single else np.atleast_2d(np.asarray(weights, np.float64))
-    n_thr, n_det = table.tp.shape
+    n_thr = table.tp.shape[0]
+    tp_pos = [np.flatnonzero(table.tp[t]) for t in range(n_thr)]
     out = np.empty((w_all.shape[0], n_thr))
-    tp = table.tp.astype(np.float32)
-    fp = 1.0 - tp
     for start in range(0, w_all.shape[0], chunk):
         w_img = w_all[start : start + chunk]  # (b, n_images)
         n_pos = w_img @ table.n_gt  # (b,)
-        b = len(w_img)
-        if n_det == 0:
-            ap = np.zeros((b, n_thr))
-        else:
-            w = w_img[:, table.image].astype(np.float32)[:, None, :]  # (b,1,N)
-            tp_sum = np.cumsum(w * tp[None], axis=-1, dtype=np.float64)  # (b,T,N)
-            fp_sum = np.cumsum(w * fp[None], axis=-1, dtype=np.float64)
-            recall = tp_sum / np.maximum(n_pos, _EPS)[:, None, None]
-            precision = tp_sum / (tp_sum + fp_sum + _EPS)
-            precision = np.maximum.accumulate(precision[..., ::-1], axis=-1)[..., ::-1]
-            rows = b * n_thr
-            flat_rc = recall.reshape(rows, n_det)
-            idx = np.stack([np.searchsorted(flat_rc[r], RECALL_POINTS, side="left") for r in range(rows)])
-            valid = idx < n_det
-            flat_pr = precision.reshape(rows, n_det)
-            q = np.where(valid, np.take_along_axis(flat_pr, np.minimum(idx, n_det - 1), axis=1), 0.0)
-            ap = q.mean(axis=1).reshape(b, n_thr)
+        w = w_img[:, table.image]  # (b, N) weight of each detection
+        seen = np.cumsum(w, axis=1)  # (b, N) detections so far (TP + FP)
+        ap = np.zeros((len(w_img), n_thr))
+        for t, pos in enumerate(tp_pos):
+            if len(pos) == 0:
+                continue
+            tp_sum = np.cumsum(w[:, pos], axis=1)  # (b, K)
+            precision = tp_sum / (seen[:, pos] + _EPS)
+            precision = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+            recall = tp_sum / np.maximum(n_pos, _EPS)[:, None]
+            for r in range(len(w_img)):
+                idx = np.searchsorted(recall[r], RECALL_POINTS, side="left")
+                valid = idx < len(pos)
+                ap[r, t] = np.where(valid, precision[r, np.minimum(idx, len(pos) - 1)], 0.0).sum() / len(RECALL_POINTS)
         ap[n_pos == 0] = np.nan
-        out[start : start + b] = ap
+        out[start : start + len(w_img)] = ap
     return out[0] if single else out
 
 
 def mean_ap(tables: dict[int, ClassTable], weights: np.ndarray | None = None) -> np.ndarray:
     """Mean over classes (with ground truth) of AP per IoU threshold: (T,) or (B,T)."""
     aps = np.stack([average_precision(t, weights) for t in tables.values()])  # (C,T) or (C,B,T)
-    with np.errstate(invalid="ignore"), _quiet_nanmean():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slice -> NaN is the intended answer
         return np.nanmean(aps, axis=0)
-
-
-class _quiet_nanmean:
-    """np.nanmean of an all-NaN slice warns; NaN is the intended answer here."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
 
 
 def operating_point(tables: dict[int, ClassTable], conf: float) -> dict:

@@ -9,14 +9,25 @@ the same (paired) resamples.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from evaluation.bootstrap import block_bootstrap_weights, make_blocks, percentile_interval
-from evaluation.matching import Boxes, ClassTable, average_precision, match_all, mean_ap, operating_point, tp_confidences
+from evaluation.data import canonical_name
+from evaluation.matching import (
+    IOU_THRESHOLDS,
+    Boxes,
+    ClassTable,
+    average_precision,
+    match_all,
+    operating_point,
+    tp_confidences,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +74,21 @@ def score_condition(
     weights: np.ndarray | None, operating_conf: float, max_dets: int,
 ) -> Scored:
     tables: dict[int, ClassTable] = match_all(gts, dets, classes, max_dets=max_dets)
+    # AP of every class once (point and resamples); the mean over classes and the per-class rows reuse it
+    ap = {c: average_precision(t) for c, t in tables.items()}  # (T,)
+    ap_samples = {c: average_precision(t, weights) for c, t in tables.items()} if weights is not None else None
     class_ap, class_samples = {}, {}
     for name in report_classes:
         c = class_names.index(name) if name in class_names else -1
-        if c in tables:
-            class_ap[name] = average_precision(tables[c])
-            class_samples[name] = average_precision(tables[c], weights) if weights is not None else None
-        else:
-            class_ap[name] = np.full(10, np.nan)
-            class_samples[name] = None
+        class_ap[name] = ap[c] if c in ap else np.full(len(IOU_THRESHOLDS), np.nan)
+        class_samples[name] = ap_samples[c] if ap_samples is not None and c in ap_samples else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slice: no ground truth in a resample
+        map_t = np.nanmean(np.stack(list(ap.values())), axis=0)
+        samples_t = np.nanmean(np.stack(list(ap_samples.values())), axis=0) if ap_samples is not None else None
     return Scored(
-        map_t=mean_ap(tables),
-        samples_t=mean_ap(tables, weights) if weights is not None else None,
+        map_t=map_t,
+        samples_t=samples_t,
         class_ap=class_ap,
         class_samples=class_samples,
         op=operating_point(tables, operating_conf),
@@ -84,8 +98,6 @@ def score_condition(
 
 def eval_classes(gts: list[Boxes], class_names: list[str], wanted: list[str] | None) -> list[int]:
     """Indices of the classes to evaluate: ``wanted`` by name, else every class with ground truth."""
-    from evaluation.data import canonical_name  # local: data imports matching, keep this module light
-
     if wanted is None:
         present = sorted({int(c) for g in gts for c in g.cls})
         return present
@@ -94,8 +106,6 @@ def eval_classes(gts: list[Boxes], class_names: list[str], wanted: list[str] | N
     for name in wanted:
         key = canonical_name(name)
         if key not in index:
-            import difflib
-
             close = difflib.get_close_matches(key, list(index), n=3)
             raise ValueError(f"classes: {name!r} is not a class name of the detector or labels."
                              f"{' Did you mean ' + repr(close) + '?' if close else ''} "

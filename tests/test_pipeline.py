@@ -236,3 +236,23 @@ def test_stages_on_cuda_fp16_pinned_upload():
         assert batch.detections[0][0].xyxy == (16.0, 8.0, 48.0, 40.0)
         for i in range(2):
             assert np.abs(batch.restored_bgr[i].astype(int) - (255 - make_frame(i + step).astype(int))).mean() < 2
+
+
+def test_on_device_handover_matches_the_detectors_own_letterbox():
+    """Detect (tensor path: [-1,1] -> [0,1], letterbox on the device, boxes mapped back) gives the
+    boxes the detector finds on the numpy frame itself (its cv2 letterbox)."""
+    import cv2
+
+    from detect import build_detector
+    from detect.assets import ultralytics_asset
+    from pipeline.stages import Identity
+
+    det = build_detector(DetectorConfig())
+    img = cv2.imread(str(ultralytics_asset("zidane.jpg")))  # 1280x720: letterboxed with gray bars
+    ref = sorted(det([img])[0], key=lambda d: -d.conf)
+    batch = Batch([Frame(0, 0.0, img)])
+    got = sorted(Detect(det)(Identity()(Preprocess(torch.device("cpu"))(batch))).detections[0], key=lambda d: -d.conf)
+    assert len(ref) >= 2 and [d.name for d in got[:2]] == [d.name for d in ref[:2]]
+    for r, g in zip(ref[:2], got[:2]):
+        assert abs(r.conf - g.conf) < 0.02
+        assert np.abs(np.array(r.xyxy) - np.array(g.xyxy)).max() < 4.0  # pixels of the 1280x720 frame
