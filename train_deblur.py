@@ -47,7 +47,14 @@ def main(argv=None) -> int:
 
 def _extra_losses(cfg: TrainConfig) -> dict:
     """Content losses that need a network from outside deblur/ (the frozen detector), built here."""
-    return {}
+    if cfg.model.content_loss.get("detector_perceptual", 0) <= 0:
+        return {}
+    from deblur.losses import FeatureLoss
+    from detect import DetectorConfig, build_darknet_model
+
+    net = build_darknet_model(DetectorConfig(backend="darknet", device="cpu"))
+    m = cfg.model
+    return {"detector_perceptual": FeatureLoss(net, m.detector_layers, m.detector_layer_weights, m.detector_criterion)}
 
 
 if __name__ == "__main__":

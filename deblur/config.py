@@ -130,6 +130,11 @@ class ModelConfig:
     dropout: float = 0.0
     backbone_weights: str = ""
     vgg_weights: str = ""  # VGG19 state dict for the 'perceptual' content loss
+    # 'detector_perceptual' content loss: layers of the frozen darknet detector (YOLOv3-tiny: 4 = stride 4,
+    # 8 = stride 16, 13 = stride 32), their weights (empty = equal) and the distance
+    detector_layers: list[int] = field(default_factory=lambda: [4, 8, 13])
+    detector_layer_weights: list[float] = field(default_factory=list)
+    detector_criterion: Literal["mse", "l1"] = "mse"
 
     def __post_init__(self):
         _check_range("adv_lambda", self.adv_lambda, 0.0)
@@ -190,6 +195,7 @@ class TrainConfig:
     d_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     warmup_num: int = 0  # epochs with the backbone frozen
+    init_weights: str = ""  # start the generator from an exported file (fine-tuning); ignored by --resume
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CPUs with AMX/AVX512-bf16 and on CUDA
     channels_last: bool = True

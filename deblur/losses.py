@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ from deblur.metrics import ssim_components
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "FeatureLoss",
     "ADV_LOSSES",
     "CONTENT_LOSSES",
     "AdversarialLoss",
@@ -404,6 +405,51 @@ class PerceptualLoss(nn.Module):
 
 
 # Built-in content losses, each constructible without arguments except 'perceptual' (vgg_weights).
+class FeatureLoss(nn.Module):
+    """Distance between a frozen network's features of the restored and the sharp image.
+
+    ``net`` is any module with ``forward_features(x, layers) -> {layer: Tensor}`` taking (B,3,H,W) RGB in
+    [0,1] (the darknet detector's convention; the entry point builds it, deblur/ never imports detect/).
+    The network is frozen and kept in eval mode; gradients reach only the restored image. Each layer's
+    distance is divided by the mean square (``mse``) or mean magnitude (``l1``) of the sharp features, so
+    layers of different scale weigh alike; ``layer_weights`` then weighs them.
+    """
+
+    def __init__(self, net: nn.Module, layers: Sequence[int], layer_weights: Sequence[float] | None = None,
+                 criterion: str = "mse"):
+        super().__init__()
+        if not hasattr(net, "forward_features"):
+            raise TypeError(f"{type(net).__name__} has no forward_features(x, layers); pass e.g. detect.build_darknet_model(cfg)")
+        if not layers:
+            raise ValueError("FeatureLoss needs at least one layer index to tap (model.detector_layers)")
+        layer_weights = list(layer_weights) if layer_weights else [1.0] * len(layers)
+        if len(layer_weights) != len(layers):
+            raise ValueError(f"{len(layers)} layers {list(layers)} but {len(layer_weights)} layer weights {layer_weights}")
+        if criterion not in ("mse", "l1"):
+            raise ValueError(f"criterion must be 'mse' or 'l1', got {criterion!r}")
+        self.net = net.eval().requires_grad_(False)
+        self.layers = [int(i) for i in layers]
+        self.layer_weights = [float(w) for w in layer_weights]
+        self.criterion = criterion
+
+    def train(self, mode: bool = True):  # the frozen network stays in eval mode
+        return self
+
+    def forward(self, restored: Tensor, sharp: Tensor) -> Tensor:
+        restored01 = (restored.float() + 1) / 2
+        with torch.no_grad():
+            target = self.net.forward_features((sharp.float() + 1) / 2, self.layers)
+        feats = self.net.forward_features(restored01, self.layers)
+        total = restored.new_zeros((), dtype=torch.float32)
+        for layer, w in zip(self.layers, self.layer_weights):
+            f, t = feats[layer].float(), target[layer].float()
+            if self.criterion == "mse":
+                total = total + w * F.mse_loss(f, t) / (t.pow(2).mean() + 1e-6)
+            else:
+                total = total + w * F.l1_loss(f, t) / (t.abs().mean() + 1e-6)
+        return total / sum(self.layer_weights)
+
+
 CONTENT_LOSSES: dict[str, type[nn.Module]] = {
     "l1": L1Loss,
     "charbonnier": CharbonnierLoss,

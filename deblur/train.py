@@ -29,7 +29,7 @@ from deblur.dataset import build_dataset
 from deblur.discriminators import build_discriminator
 from deblur.losses import build_adv_loss, build_content_loss
 from deblur.metrics import psnr, ssim
-from deblur.models import TRAIN_FORMAT, build_generator, resolve_device, save_generator
+from deblur.models import TRAIN_FORMAT, build_generator, load_generator, resolve_device, save_generator
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,12 @@ class Trainer:
         self.batches = _Batches(len(self.train_set), cfg.batch_size, cfg.train_batches_per_epoch, cfg.seed, self.rank, self.world)
 
         self.gen_cfg = cfg.model.generator()
-        self.G = build_generator(self.gen_cfg).to(self.device)
+        self.G = build_generator(self.gen_cfg)
+        if cfg.init_weights and not resume:
+            start, _ = load_generator(cfg.init_weights, expect_name=self.gen_cfg.name)
+            self.G.load_state_dict(start.state_dict())
+            logger.info("Generator initialised from %s", cfg.init_weights)
+        self.G = self.G.to(self.device)
         self.D = build_discriminator(cfg.model.d_name)
         self.D = self.D.to(self.device) if self.D is not None else None
         if cfg.channels_last:

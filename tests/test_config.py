@@ -102,7 +102,7 @@ def _schema_for(path):
     """Each YAML file names its schema by file name."""
     from deblur.config import TrainConfig as Train
 
-    schemas = {"deblur_train": Train}
+    schemas = {"deblur_train": Train}  # deblur_train*.yaml
     try:
         from detect.config import DetectorConfig
 
