@@ -32,7 +32,8 @@ def main(argv=None) -> int:
         overrides.append(f"out={args.out}")
     cfg = load_config(EvalConfig, args.config, overrides)
     report = EXPERIMENTS[args.experiment](cfg, progress=not args.quiet)
-    print(f"Ground truth: {report['ground_truth']['description']}")
+    gt = report["ground_truth"]
+    print(f"Ground truth: {gt['kind']} ({gt['description']})")
     print(report["table"])
     print(f"Report: {cfg.out or 'runs/eval/' + cfg.name}/report.md")
     return 0

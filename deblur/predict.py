@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from deblur.models import load_generator, resolve_device
+from runtime import RUNTIMES, compile_module, resolve_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,11 @@ class Deblurrer:
             float16, CUDA only) or 'auto' (bf16 where it is fast, else float32).
         max_batch: frames of one size are run at most this many at a time.
         expect_name: if set, the weights must hold this generator architecture.
+        runtime: 'torch' (eager, this class's own path), 'torch_compile', 'onnxruntime', 'openvino' (CPU) or
+            'auto' (the fastest available: openvino on CPU, torch with CUDA graphs on CUDA); see runtime/.
+            Non-torch runtimes pad to a multiple of 32 outside the exported graph and crop back.
+        threads: intra-op threads of onnxruntime/openvino (0 = torch.get_num_threads()).
+        cache_dir: where exports are cached (None = $BLURDET_CACHE or ~/.cache/blurdet).
     """
 
     def __init__(
@@ -67,25 +73,31 @@ class Deblurrer:
         amp: str = "none",
         max_batch: int = 8,
         expect_name: str | None = None,
+        runtime: str = "torch",
+        threads: int = 0,
+        cache_dir: str | os.PathLike | None = None,
     ):
         dev = resolve_device(device)
         model, cfg = load_generator(weights, device=dev, expect_name=expect_name)
-        self._setup(model, dev, channels_last, amp, max_batch)
+        self._setup(model, dev, channels_last, amp, max_batch, runtime, threads, cache_dir)
         self.cfg = cfg
 
     @classmethod
     def from_model(
         cls, model: nn.Module, device: str | torch.device = "cpu", channels_last: bool = True, amp: str = "none",
-        max_batch: int = 8,
+        max_batch: int = 8, runtime: str = "torch", threads: int = 0, cache_dir: str | os.PathLike | None = None,
     ) -> "Deblurrer":
         """Wrap an already built generator (it is moved to ``device`` and put in eval mode)."""
         self = cls.__new__(cls)
         dev = resolve_device(device)
-        self._setup(model.to(dev), dev, channels_last, amp, max_batch)
+        self._setup(model.to(dev), dev, channels_last, amp, max_batch, runtime, threads, cache_dir)
         self.cfg = None
         return self
 
-    def _setup(self, model: nn.Module, device: torch.device, channels_last: bool, amp: str, max_batch: int) -> None:
+    def _setup(self, model: nn.Module, device: torch.device, channels_last: bool, amp: str, max_batch: int,
+               runtime: str = "torch", threads: int = 0, cache_dir: str | os.PathLike | None = None) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"Unknown runtime '{runtime}'. Available: {list(RUNTIMES)}")
         if amp not in AMP_CHOICES:
             raise ValueError(f"Unknown amp '{amp}'. Available: {list(AMP_CHOICES)}")
         if amp == "fp16" and device.type != "cuda":
@@ -104,6 +116,13 @@ class Deblurrer:
         self.model = model.eval()
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.runtime = resolve_runtime(runtime, device)
+        self.engine = None  # runtime.CompiledModule when not eager torch on the CPU
+        if self.runtime != "torch" or device.type == "cuda":
+            precision = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}[amp]
+            self.engine = compile_module(self.model, None, self.runtime, device, precision, cache_dir=cache_dir,
+                                         threads=threads, spatial_multiple=32, pad_mode="reflect")
+            logger.info("Deblurrer runtime: %s", self.engine.name)
 
     # --- stages -------------------------------------------------------------------------------------
     def preprocess(self, frames_bgr: Sequence[np.ndarray]) -> torch.Tensor:
@@ -117,6 +136,8 @@ class Deblurrer:
     @torch.inference_mode()
     def restore(self, blur: torch.Tensor) -> torch.Tensor:
         """blur (B,3,H,W) RGB float in [-1,1] on the device -> restored, same layout, float32 in [-1,1]."""
+        if self.engine is not None:
+            return self.engine(blur).clamp_(-1.0, 1.0)
         if self.amp == "none":
             return self.model(blur).float()
         dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
@@ -231,6 +252,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="keep the default NCHW memory format")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
+    parser.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                        help="inference runtime (default: torch; auto = the fastest available here)")
     return parser.parse_args(argv)
 
 
@@ -246,7 +269,8 @@ def run(args: argparse.Namespace) -> list[Path]:
                          "run them separately or omit --out to write beside each input")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    deblurrer = Deblurrer(args.weights, device=args.device, channels_last=args.channels_last, amp=args.amp)
+    deblurrer = Deblurrer(args.weights, device=args.device, channels_last=args.channels_last, amp=args.amp,
+                          runtime=args.runtime, threads=args.threads)
     logger.info("Deblurring %d image(s) on %s (amp=%s)", len(images), deblurrer.device, args.amp)
     for src, dst in zip(images, outputs):
         frame_bgr = read_image(src)

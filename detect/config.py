@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 
+from runtime import RUNTIMES
+
 BACKEND_NAMES = ("darknet", "ultralytics")
 _DEVICE_RE = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
 _IMGSZ_RANGE = (32, 4096)
@@ -33,6 +35,10 @@ class DetectorConfig:
     half:      fp16 inference; CUDA only.
     threads:   0 = leave torch's intra-op thread count as it was; N > 0 = torch.set_num_threads(N),
                re-applied after every Ultralytics call (Ultralytics lowers it to cpu_count - 1).
+               Also the intra-op threads of the onnxruntime/openvino runtimes (0 = torch's count).
+    runtime:   darknet backend only: "torch" (eager; on CUDA fp16 + CUDA graphs), "torch_compile",
+               "onnxruntime", "openvino" (CPU) or "auto" (the fastest available; see runtime/).
+               The ultralytics backend picks its runtime from the weights' format (.pt/.onnx/_openvino_model).
     """
 
     backend: str = "darknet"
@@ -47,6 +53,7 @@ class DetectorConfig:
     device: str = "cpu"
     half: bool = False
     threads: int = 0
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -78,6 +85,13 @@ class DetectorConfig:
         if self.threads < 0:
             raise ValueError(
                 f"detect.threads={self.threads} is out of range. Valid: 0 (leave torch's thread count) or N >= 1."
+            )
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"detect.runtime={self.runtime!r} is not a runtime. Valid: {list(RUNTIMES)}.")
+        if self.runtime != "torch" and self.backend != "darknet":
+            raise ValueError(
+                f"detect.runtime={self.runtime!r} applies to the darknet backend only (backend={self.backend!r}). "
+                "Fix: runtime='torch', and give Ultralytics an exported model as weights (.onnx, *_openvino_model/)."
             )
         if self.classes is not None and (len(self.classes) == 0 or not all(isinstance(c, str) for c in self.classes)):
             raise ValueError(

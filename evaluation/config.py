@@ -94,6 +94,8 @@ class EvalDeblurConfig:
     device: str = "cpu"
     max_side: int = 0  # 0 = deblur at full resolution; N = shrink so the long side is <= N, then resize back
     channels_last: bool = True
+    # deblur.predict.Deblurrer runtime: torch (eager, the reference) | torch_compile | onnxruntime | openvino | auto
+    runtime: Literal["torch", "torch_compile", "onnxruntime", "openvino", "auto"] = "torch"
 
     def __post_init__(self):
         _check_range("max_side", self.max_side, 0)

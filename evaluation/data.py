@@ -448,8 +448,24 @@ def load_eval_set(cfg: EvalDataConfig, detector_names: list[str]) -> EvalSet:
 
 
 def spread_subset(samples: list[Sample], limit: int) -> list[Sample]:
-    """At most ``limit`` samples spread evenly over the (ordered) set, so a quick run still sees every part."""
+    """At most ``limit`` samples for a quick run: the budget goes round-robin over the sequences (every
+    photo, every video gets one before any gets two), and within a sequence the frames are spread evenly.
+    The order of ``samples`` is kept."""
     if limit <= 0 or limit >= len(samples):
         return samples
-    idx = np.unique(np.round(np.linspace(0, len(samples) - 1, limit)).astype(int))
-    return [samples[i] for i in idx]
+    by_seq: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_seq.setdefault(s.sequence, []).append(i)
+    quota = dict.fromkeys(by_seq, 0)
+    left = limit
+    while left:
+        for seq, members in by_seq.items():
+            if left and quota[seq] < len(members):
+                quota[seq] += 1
+                left -= 1
+    keep = []
+    for seq, members in by_seq.items():
+        if quota[seq]:
+            pick = np.round(np.linspace(0, len(members) - 1, quota[seq])).astype(int)
+            keep.extend(members[k] for k in np.unique(pick))
+    return [samples[i] for i in sorted(keep)]

@@ -112,7 +112,8 @@ def _markdown(report: dict, table: str, plot_files: list[str]) -> str:
         f"{det['config']['imgsz']}, conf {det['config']['conf']} (mAP), operating conf "
         f"{report['metrics']['operating_conf']} (P, R, TP conf, dets)",
         f"- Deblur weights: {deb['weights']} (sha256 {deb['sha256']}), "
-        f"{'full resolution' if not deb['max_side'] else 'long side ' + str(deb['max_side'])}" if deb else
+        f"{'full resolution' if not deb['max_side'] else 'long side ' + str(deb['max_side'])}, runtime "
+        f"{deb.get('runtime', 'torch')}" if deb else
         "- Deblur: not run",
         f"- mAP: {report['metrics']['map']}",
         f"- Intervals: {report['metrics']['ci']}",

@@ -96,8 +96,10 @@ class SharpCache:
         arr = np.asarray(rows, np.float64).reshape(-1, 6)
         return Boxes.make(arr[:, :4], arr[:, 5].astype(np.int64), arr[:, 4])
 
-    def put(self, name: str, boxes: Boxes) -> None:
-        self.items[name] = np.concatenate([boxes.xyxy, boxes.conf[:, None], boxes.cls[:, None]], 1).round(3).tolist()
+    def put(self, name: str, boxes: Boxes) -> Boxes:
+        """Store (rounded to 1e-4) and return what a later get() will give, so fresh and cached runs agree."""
+        self.items[name] = np.concatenate([boxes.xyxy, boxes.conf[:, None], boxes.cls[:, None]], 1).round(4).tolist()
+        return self.get(name)
 
     def save(self) -> None:
         _atomic_write_text(self.path, json.dumps({"fingerprint": self.fingerprint, "items": self.items}))
@@ -123,10 +125,13 @@ def _build_deblurrer(cfg: EvalConfig):
             "Fix: pass deblur.weights=PATH to a generator exported with deblur.save_generator, or leave 'deblurred' "
             "out: methods=[unsharp,wiener]."
         )
-    deblurrer = Deblurrer(str(path), device=cfg.deblur.device, channels_last=cfg.deblur.channels_last, max_batch=1)
+    deblurrer = Deblurrer(str(path), device=cfg.deblur.device, channels_last=cfg.deblur.channels_last, max_batch=1,
+                          runtime=cfg.deblur.runtime, threads=cfg.threads)
     gen_cfg = to_dict(deblurrer.cfg) if deblurrer.cfg is not None else None
+    engine = getattr(deblurrer, "engine", None)
     return deblurrer, {"weights": str(path), "sha256": file_sha256(path), "generator": gen_cfg,
-                       "max_side": cfg.deblur.max_side, "device": cfg.deblur.device}
+                       "max_side": cfg.deblur.max_side, "device": cfg.deblur.device,
+                       "runtime": engine.name if engine is not None else getattr(deblurrer, "runtime", "torch")}
 
 
 def _resize_for_grid(img: np.ndarray, width: int = 480) -> np.ndarray:
@@ -178,10 +183,15 @@ def run_blurred_vs_deblurred(
             deblurrer, deblur_info = _build_deblurrer(cfg)
         else:
             deblur_info = {"weights": cfg.deblur.weights or "<injected>", "sha256": None, "generator": None,
-                           "max_side": cfg.deblur.max_side, "device": cfg.deblur.device}
+                           "max_side": cfg.deblur.max_side, "device": cfg.deblur.device, "runtime": "<injected>"}
             if cfg.deblur.weights and Path(cfg.deblur.weights).is_file():
                 deblur_info["sha256"] = file_sha256(cfg.deblur.weights)
         deblur_fn = DeblurMethod(deblurrer, cfg.deblur.max_side)
+    if cfg.detector.conf > 0.01:
+        msg = (f"detector.conf={cfg.detector.conf} cuts the precision-recall curve there, so mAP is lower than "
+               "COCO-style mAP (which runs the detector at conf 0.001); set detector.conf=0.001")
+        logger.warning(msg)
+        notes.append(msg)
     conditions = ["sharp", "blurred"] + methods
     severities = [REAL] if paired else [str(s) for s in cfg.blur.severities]
 
@@ -234,8 +244,7 @@ def run_blurred_vs_deblurred(
                 continue
             sharp_boxes = cache.get(sample.name)
             if sharp_boxes is None:
-                sharp_boxes = detect([sharp])[0]
-                cache.put(sample.name, sharp_boxes)
+                sharp_boxes = cache.put(sample.name, detect([sharp])[0])
             else:
                 cached_hits += 1
             if gt_kind == "labels":
@@ -353,6 +362,9 @@ def _add_notes(report: dict, cfg: EvalConfig) -> None:
             "classes other than person may be few distinct objects seen in many frames (in vtest the car and the "
             "van are one parked object each): their AP moves as one object; read the person rows and the "
             "block-bootstrap intervals")
+    if "wiener" in report["conditions"]:
+        notes.append("wiener deconvolves with the TRUE blur kernel: an oracle upper bound that no camera has, "
+                     "not a competitor")
     if cfg.bootstrap and data["n_blocks"] < 10:
         notes.append(f"only {data['n_blocks']} bootstrap blocks: the intervals are rough (use more images)")
     if total and counts.get("person", 0) == 0:

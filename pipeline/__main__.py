@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="deblur the full frame, or a copy whose long side is N pixels" + d % _P.deblur_size)
     db.add_argument("--amp", choices=AMP_MODES, help="deblur precision: auto = fp16 on CUDA, bf16 on CPUs with "
                     "native bf16, else fp32" + d % _P.amp)
-    db.add_argument("--runtime", choices=RUNTIMES, help="inference runtime" + d % _P.runtime)
+    db.add_argument("--runtime", choices=RUNTIMES, help="runtime of the deblurrer and the darknet detector: torch, "
+                    "torch_compile, onnxruntime or openvino (CPU; exported once, cached), auto = the fastest "
+                    "available here" + d % _P.runtime)
 
     dt = p.add_argument_group("detector (Ultralytics names)")
     dt.add_argument("--conf", type=float, metavar="F", help="confidence threshold" + d % _D.conf)

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from detect.config import DetectorConfig
-
-RUNTIMES = ("torch",)
+from runtime import CPU_ONLY, RUNTIMES
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 
 
@@ -43,7 +42,8 @@ class PipelineConfig:
     deblur_size: int | Literal["full"] = "full"  # deblur the full frame, or a copy whose long side is N
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: fp16 on CUDA, bf16 on CPUs that have it
     channels_last: bool = True
-    runtime: str = "torch"
+    runtime: str = "torch"  # torch | torch_compile | onnxruntime | openvino (CPU) | auto; also the darknet detector's
+    # (when detector.runtime is left at "torch"); exports cached in $BLURDET_CACHE or ~/.cache/blurdet
     # --- batching / threads
     batch: int = 1  # frames per inference batch (at most)
     max_latency: float = 50.0  # ms to wait for a batch to fill before running it
@@ -83,6 +83,11 @@ class PipelineConfig:
             )
         if self.runtime not in RUNTIMES:
             raise ValueError(f"'runtime' {self.runtime!r} is not available. Valid: {list(RUNTIMES)}")
+        if self.runtime in CPU_ONLY and self.detector.device != "cpu":
+            raise ValueError(
+                f"'runtime'={self.runtime!r} runs the deblur model on the CPU, but detector.device={self.detector.device!r}: "
+                "the batch could not stay on one device. Fix: runtime=torch with a GPU, or --device cpu."
+            )
         if self.amp not in AMP_MODES:
             raise ValueError(f"'amp' {self.amp!r} is not valid. Valid: {list(AMP_MODES)}")
         if self.amp == "fp16" and self.detector.device == "cpu":

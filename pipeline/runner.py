@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from pipeline.stages import (
     Identity,
     Postprocess,
     Preprocess,
+    RuntimeDeblur,
     SimulateBlur,
     resolve_amp,
 )
@@ -126,10 +128,16 @@ class Runner:
         if self._detector is None:
             from detect import build_detector
 
-            self._detector = build_detector(c.detector)
+            det_cfg = c.detector
+            if c.runtime != "torch" and det_cfg.backend == "darknet" and det_cfg.runtime == "torch":
+                det_cfg = dataclasses.replace(det_cfg, runtime=c.runtime)  # --runtime applies to both models
+            self._detector = build_detector(det_cfg)
         self.detector = self._detector
         self.device = torch.device(getattr(self.detector, "device", "cpu"))
         self.amp = "none"
+        from runtime import resolve_runtime
+
+        self.runtime = resolve_runtime(c.runtime, self.device)
         if c.deblur:
             model = self._deblur_model
             if model is None:
@@ -142,8 +150,12 @@ class Runner:
                         f"{e} -- For the pipeline: pass --deblur-weights PATH, or run without deblurring (--no-deblur)."
                     ) from e
                 logger.info("Deblur: %s from %s", gen_cfg.name, c.deblur_weights or "the default weights")
-            self.amp = resolve_amp(c.amp, self.device)
-            deblur = Deblur(model, self.device, amp=self.amp, channels_last=c.channels_last)
+            if self.runtime != "torch" or self.device.type == "cuda":
+                self.amp = resolve_amp(c.amp, self.device)
+                deblur = RuntimeDeblur(model, self.device, self.runtime, amp=self.amp, threads=c.threads)
+            else:
+                self.amp = resolve_amp(c.amp, self.device)
+                deblur = Deblur(model, self.device, amp=self.amp, channels_last=c.channels_last)
         else:
             deblur = Identity()
         long_side = None if (not c.deblur or c.deblur_size == "full") else int(c.deblur_size)
@@ -151,7 +163,7 @@ class Runner:
         if c.simulate_blur:
             stages.append(("simulate_blur", SimulateBlur(c.simulate_blur, c.blur_seed)))
         stages += [
-            ("preprocess", Preprocess(self.device, long_side, channels_last=c.channels_last and c.deblur)),
+            ("preprocess", Preprocess(self.device, long_side, channels_last=c.channels_last and c.deblur and self.runtime == "torch")),
             ("deblur", deblur),
             ("detect", Detect(self.detector)),
         ]
@@ -438,6 +450,8 @@ class Runner:
             "warmup_s": None if self.warmup_s is None else round(self.warmup_s, 3),
             "device": str(self.device),
             "amp": self.amp,
+            "runtime": self.runtime if c.deblur else None,
+            "detector_runtime": getattr(getattr(self.detector, "engine", None), "name", None) or "torch",
             "threads": torch.get_num_threads(),
             "peak_source_queue": self.source.peak_queued,
             "source_queue_max": self.source.maxsize,

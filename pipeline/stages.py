@@ -192,6 +192,29 @@ class Deblur:
         return batch
 
 
+class RuntimeDeblur:
+    """batch.blur -> batch.restored through runtime.compile_module: onnxruntime / openvino (CPU; exported
+    once per frame size and cached on disk), torch_compile, or torch on CUDA (fp16 + CUDA graphs).
+
+    amp: 'none' (fp32), 'bf16' or 'fp16' (resolved by resolve_amp). threads: intra-op threads of
+    onnxruntime/openvino. The generator's pad-to-32 happens outside the exported graph.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, runtime: str, amp: str = "none",
+                 threads: int = 0) -> None:
+        from runtime import compile_module
+
+        if amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"RuntimeDeblur amp must be 'none', 'bf16' or 'fp16' (resolve 'auto' with resolve_amp), got {amp!r}")
+        precision = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}[amp]
+        self.engine = compile_module(model, None, runtime, device, precision, threads=threads, spatial_multiple=32)
+        self.runtime = self.engine.runtime
+
+    def __call__(self, batch: Batch) -> Batch:
+        batch.restored = self.engine(batch.blur).float().clamp_(-1.0, 1.0)
+        return batch
+
+
 class Identity:
     """--no-deblur: batch.restored = batch.blur."""
 

@@ -111,8 +111,10 @@ def test_images_sequences_video_and_limit(tmp_path):
     with FrameReader() as reader:
         assert reader.read(frames[1].path, frames[1].frame).mean() == pytest.approx(80, abs=3)
         assert reader.read(frames[0].path, frames[0].frame).mean() == pytest.approx(0, abs=3)
-    sub = spread_subset(s.samples, 4)
-    assert len(sub) == 4 and sub[0] is s.samples[0] and sub[-1] is s.samples[-1]
+    sub = spread_subset(s.samples, 6)  # 12 frames, 2 photos, 1 video: every sequence gets its share
+    assert len(sub) == 6 and {x.sequence for x in sub} == set(seqs)
+    frames_kept = [x for x in sub if x.sequence == seqs[0]]
+    assert len(frames_kept) == 2 and frames_kept[0] is s.samples[0] and frames_kept[1] is s.samples[11]
 
 
 def test_paired_loader(tmp_path):

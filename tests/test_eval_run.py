@@ -54,7 +54,7 @@ def test_cli_end_to_end_identity_generator(photos, identity_weights, tmp_path, c
     out = tmp_path / "run"
     rc = eval_detection.main([
         "blurred_vs_deblurred", "--limit", "2", "--out", str(out), "--quiet",
-        f"data.sources=[{photos}/*.jpg]", "blur.severities=[2]", f"deblur.weights={identity_weights}",
+        f"data.sources=[{photos}/*.jpg]", "blur.severities=[2]", f"deblur.weights={identity_weights}", "deblur.runtime=torch",
         "bootstrap=50", "n_examples=2",
     ])
     assert rc == 0

@@ -256,3 +256,24 @@ def test_on_device_handover_matches_the_detectors_own_letterbox():
     for r, g in zip(ref[:2], got[:2]):
         assert abs(r.conf - g.conf) < 0.02
         assert np.abs(np.array(r.xyxy) - np.array(g.xyxy)).max() < 4.0  # pixels of the 1280x720 frame
+
+
+def test_openvino_runtime(clip, tmp_path, monkeypatch):
+    """--runtime openvino (runtime.compile_module) keeps N frames in -> N out and the deblur output."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("BLURDET_CACHE", str(tmp_path / "cache"))  # the ONNX export cache
+    conv = torch.nn.Conv2d(3, 3, 1)  # out = -x
+    with torch.no_grad():
+        conv.weight.copy_(-torch.eye(3).view(3, 3, 1, 1))
+        conv.bias.zero_()
+    s = run_pipeline(
+        PipelineConfig(source=str(clip), runtime="openvino", batch=2, save=str(tmp_path / "o.mp4"), save_crf=10),
+        deblur_model=conv, detector=FakeDetector(),
+    )
+    assert s["frames_out"] == 12 and s["runtime"] == "openvino"
+    with av.open(str(tmp_path / "o.mp4")) as c:
+        img = next(c.decode(video=0)).to_ndarray(format="bgr24").astype(int)
+    region = (slice(0, 5), slice(2, 30))
+    assert np.abs(img[:, 64:][region] - (255 - make_frame(0).astype(int)[region])).mean() < 12
+    with pytest.raises(ConfigError, match=r"runtime.*openvino.*CPU"):
+        load_config(PipelineConfig, overrides=["runtime=openvino", "detector.device=cuda"])

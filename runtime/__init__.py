@@ -1,0 +1,243 @@
+"""Inference runtimes behind one call: ``compile_module(module, example_shape, runtime, ...)`` -> callable.
+
+    from runtime import compile_module
+    engine = compile_module(generator, (1, 3, 360, 640), runtime="auto", device="cpu", spatial_multiple=32)
+    restored = engine(blur)          # (B,3,H,W) float tensor -> float32 tensor on the device; engine.name
+
+Runtimes (``RUNTIMES``): ``torch`` (eager, channels_last; on CUDA fp16 + CUDA graphs), ``torch_compile``
+(torch.compile; mode="reduce-overhead" on CUDA), ``onnxruntime`` (CPU), ``openvino`` (CPU) and ``auto``:
+the fastest available for the device, measured by bench/realtime.py: CPU -> openvino, else onnxruntime,
+else torch; CUDA -> torch (fp16 + CUDA graphs). ONNX exports are cached on disk (``cache_dir``, default
+``$BLURDET_CACHE`` or ``~/.cache/blurdet``), keyed by the weights' sha256, the input (C,H,W), the opset and
+the torch/onnx versions; a stale or corrupt entry is deleted and rebuilt.
+
+This package imports torch (and onnx/onnxruntime/openvino when they are used), never our other packages.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runtime.cache import CACHE_ENV, default_cache_dir, remove_entry, weights_digest
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "torch", "torch_compile", "onnxruntime", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CPU_ONLY = ("onnxruntime", "openvino")
+AUTO_ORDER = {"cpu": ("openvino", "onnxruntime", "torch"), "cuda": ("torch",)}
+_NEEDS = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
+
+__all__ = [
+    "AUTO_ORDER", "CACHE_ENV", "PRECISIONS", "RUNTIMES", "CompiledModule", "available_runtimes", "compile_module",
+    "cpu_native_bf16", "default_cache_dir", "resolve_precision", "resolve_runtime", "weights_digest",
+]
+
+
+def cpu_native_bf16() -> bool:
+    """True on CPUs that run bf16 natively (AMX or AVX512-BF16); elsewhere bf16 is emulated and slower than fp32."""
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def available_runtimes(device: str | torch.device = "cpu") -> dict[str, str | None]:
+    """Every concrete runtime -> None if it can run on ``device`` here, else the reason it cannot."""
+    dev = torch.device(device)
+    out: dict[str, str | None] = {}
+    for name in RUNTIMES[1:]:
+        missing = [m for m in _NEEDS.get(name, ()) if importlib.util.find_spec(m) is None]
+        if missing:
+            out[name] = f"Python package(s) {missing} not installed (pip install {' '.join(missing)})"
+        elif name in CPU_ONLY and dev.type != "cpu":
+            out[name] = f"{name} runs on the CPU only here (device is {dev})"
+        else:
+            out[name] = None
+    return out
+
+
+def resolve_runtime(runtime: str, device: str | torch.device = "cpu") -> str:
+    """'auto' -> the fastest runtime available for ``device``; a named one is checked. ValueError otherwise."""
+    dev = torch.device(device)
+    if runtime not in RUNTIMES:
+        raise ValueError(f"Unknown runtime {runtime!r}. Valid: {list(RUNTIMES)} ('auto' picks the fastest here).")
+    avail = available_runtimes(dev)
+    if runtime == "auto":
+        for name in AUTO_ORDER.get(dev.type, ("torch",)):
+            if avail[name] is None:
+                return name
+        return "torch"
+    if avail[runtime] is not None:
+        usable = [k for k, v in avail.items() if v is None]
+        raise ValueError(f"runtime {runtime!r} cannot run on {dev}: {avail[runtime]}. Usable here: {usable}; "
+                         "or use runtime='auto'.")
+    return runtime
+
+
+def resolve_precision(precision: str, runtime: str, device: str | torch.device = "cpu") -> str:
+    """'auto' | 'fp32' | 'bf16' | 'fp16' -> the precision used by ``runtime`` (already resolved) on ``device``.
+
+    auto: fp16 on CUDA; on the CPU bf16 where it is native (torch, openvino), else fp32. ONNX Runtime's
+    CPU provider runs fp32 only.
+    """
+    dev = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}. Valid: {list(PRECISIONS)}")
+    if precision == "auto":
+        if dev.type == "cuda":
+            return "fp16"
+        if runtime == "onnxruntime":
+            return "fp32"
+        if runtime == "openvino":
+            from runtime.engines import openvino_native_bf16
+
+            return "bf16" if openvino_native_bf16() else "fp32"
+        return "bf16" if cpu_native_bf16() else "fp32"
+    if precision == "fp16" and dev.type != "cuda":
+        raise ValueError(f"precision 'fp16' with runtime {runtime!r} needs CUDA (device is {dev}). "
+                         "Fix: precision='fp32' (or 'bf16' on AMX/AVX512-BF16 CPUs) or 'auto'.")
+    if precision == "bf16" and runtime == "onnxruntime":
+        raise ValueError("onnxruntime (CPU provider) runs fp32 only; got precision 'bf16'. "
+                         "Fix: precision='fp32', or runtime='openvino' for bf16.")
+    if precision == "bf16" and dev.type == "cpu" and not cpu_native_bf16():
+        logger.warning("precision bf16 on a CPU without AMX/AVX512-BF16: emulated, expect it several times "
+                       "slower than fp32 (use precision='auto' or 'fp32')")
+    return precision
+
+
+def _pad_to(x: torch.Tensor, multiple: int, mode: str, value: float) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not (ph or pw):
+        return x
+    if mode == "constant":
+        return F.pad(x, (0, pw, 0, ph), mode="constant", value=value)
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+class CompiledModule:
+    """A module run by one runtime: ``__call__(x: (B,C,H,W) float tensor) -> float32 tensor on the device``.
+
+    Inputs are padded right/bottom to a multiple of ``spatial_multiple`` outside the engine (reflect, or
+    constant ``pad_value``); a 4-D output with the padded H,W is cropped back. Engines are built per input
+    (C,H,W) on first use (torch: shape-agnostic). Attributes: name ('openvino-fp32', ...), runtime,
+    precision, device, threads.
+    """
+
+    def __init__(self, module: nn.Module, runtime: str, device: torch.device, precision: str,
+                 cache_dir: Path, key_extra: str, threads: int, spatial_multiple: int, pad_mode: str,
+                 pad_value: float, cuda_graphs: bool) -> None:
+        self.module = module
+        self.runtime = runtime
+        self.device = device
+        self.precision = precision
+        self.cache_dir = Path(cache_dir)
+        self.key_extra = key_extra
+        self.threads = threads
+        self.spatial_multiple = spatial_multiple
+        self.pad_mode = pad_mode
+        self.pad_value = pad_value
+        self.cuda_graphs = cuda_graphs
+        self.name = f"{runtime}-{precision}" + ("-cudagraph" if runtime == "torch" and cuda_graphs and device.type == "cuda" else "")
+        self._engines: dict[tuple[int, ...], Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._shared: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __repr__(self) -> str:
+        return f"CompiledModule({type(self.module).__name__}, {self.name}, device={self.device}, threads={self.threads})"
+
+    def _build(self, chw: tuple[int, int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+        from runtime import engines
+
+        if self.runtime in ("torch", "torch_compile"):
+            if self._shared is None:
+                mode = None
+                if self.runtime == "torch_compile":
+                    mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+                self._shared = engines.TorchEngine(self.module, self.device, self.precision, compile_mode=mode,
+                                                   cuda_graphs=self.cuda_graphs)
+            return self._shared
+        for attempt in (1, 2):
+            path = engines.onnx_export(self.module, chw, self.cache_dir, self.key_extra)
+            try:
+                if self.runtime == "onnxruntime":
+                    return engines.OnnxRuntimeEngine(path, self.threads)
+                return engines.OpenVINOEngine(path, self.threads, self.precision)
+            except Exception as e:  # noqa: BLE001 - a file the runtime cannot load is rebuilt once
+                if attempt == 2:
+                    raise RuntimeError(f"{self.runtime} cannot load the fresh export {path}: {e}. Try runtime='torch'.") from e
+                logger.warning("%s cannot load cached export %s (%s); deleting and rebuilding it", self.runtime, path, e)
+                remove_entry(path)
+        raise AssertionError("unreachable")
+
+    def prepare(self, shape: Sequence[int]) -> None:
+        """Build (or load from the cache) the engine for inputs of ``shape`` (B,C,H,W) and run it once."""
+        x = torch.zeros(tuple(shape), device=self.device)
+        self(x)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"{self.name}: expected a (B,C,H,W) tensor, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        xp = _pad_to(x, self.spatial_multiple, self.pad_mode, self.pad_value) if self.spatial_multiple > 1 else x
+        chw = tuple(int(s) for s in xp.shape[1:])
+        engine = self._engines.get(chw)
+        if engine is None:
+            engine = self._engines[chw] = self._build(chw)  # type: ignore[arg-type]
+        out = engine(xp)
+        if out.device != self.device:
+            out = out.to(self.device, non_blocking=True)
+        if out.ndim == 4 and tuple(out.shape[-2:]) == tuple(xp.shape[-2:]) and xp is not x:
+            out = out[..., :h, :w]
+        return out
+
+
+def compile_module(
+    module: nn.Module,
+    example_shape: Sequence[int] | None = None,
+    runtime: str = "auto",
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
+    key_extra: str = "",
+    threads: int = 0,
+    spatial_multiple: int = 1,
+    pad_mode: str = "reflect",
+    pad_value: float = 0.0,
+    cuda_graphs: bool = True,
+) -> CompiledModule:
+    """Run ``module`` (eval mode; the caller's copy is not changed) with ``runtime`` on ``device``.
+
+    example_shape: (B,C,H,W) to build and warm the engine for now (None: on the first call).
+    precision: 'auto' | 'fp32' | 'bf16' | 'fp16' (see resolve_precision). threads: intra-op threads of
+    onnxruntime/openvino (0 = torch.get_num_threads()); torch's own count is the process's to set.
+    key_extra: anything else the export depends on (part of the cache key).
+    spatial_multiple / pad_mode / pad_value: pad inputs outside the engine (see CompiledModule).
+    cuda_graphs: runtime 'torch' on CUDA replays a CUDA graph per input shape.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {dev} asked for but CUDA is not available here. Fix: device='cpu'.")
+    name = resolve_runtime(runtime, dev)
+    prec = resolve_precision(precision, name, dev)
+    if pad_mode not in ("reflect", "replicate", "constant"):
+        raise ValueError(f"Unknown pad_mode {pad_mode!r}. Valid: ['reflect', 'replicate', 'constant']")
+    threads = threads or torch.get_num_threads()
+    compiled = CompiledModule(module, name, dev, prec, Path(cache_dir) if cache_dir else default_cache_dir(),
+                              key_extra, threads, max(1, int(spatial_multiple)), pad_mode, pad_value, cuda_graphs)
+    logger.info("Runtime %s (asked %s/%s) on %s, %d thread(s), for %s", compiled.name, runtime, precision, dev,
+                threads, type(module).__name__)
+    if example_shape is not None:
+        compiled.prepare(example_shape)
+    return compiled
+
+
+def describe(compiled: Any) -> dict[str, Any]:
+    """JSON-friendly description of a CompiledModule (for summaries)."""
+    return {"name": compiled.name, "runtime": compiled.runtime, "precision": compiled.precision,
+            "device": str(compiled.device), "threads": compiled.threads}

