@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         if args.detect_limit:
             det_out = ROOT / "runs/recipes" / run_name / "detect"
             run([py, "eval_detection.py", "blurred_vs_deblurred", "--limit", str(args.detect_limit), "--out", str(det_out),
-                 f"deblur_weights={weights}"])
+                 f"deblur.weights={weights}"])
             entry["detection"] = json.loads((det_out / "report.json").read_text())
         results["runs"][name] = entry
 
