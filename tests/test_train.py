@@ -133,7 +133,7 @@ def test_unknown_key_and_bad_value_in_overrides(photos, tmp_path):
 
 
 def test_lr_schedule_shapes(photos, tmp_path):
-    cfg = tiny_cfg(photos, tmp_path, "scheduler.name=linear", "scheduler.start_epoch=1", "scheduler.min_lr=0.0")
+    cfg = tiny_cfg(photos, tmp_path, "scheduler.name=linear", "scheduler.start_epoch=1", "scheduler.min_lr=0.0", "scheduler.warmup_steps=0")
     assert lr_factor(0, cfg) == 1.0 and lr_factor(2, cfg) == 1.0  # flat through epoch 0
     assert lr_factor(3, cfg) == 1.0 and lr_factor(6, cfg) == pytest.approx(0.0)  # then linear to min_lr
     cos = tiny_cfg(photos, tmp_path, "scheduler.name=cosine", "scheduler.warmup_steps=2", "scheduler.min_lr=0.0")
