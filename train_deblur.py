@@ -11,6 +11,7 @@ Examples:
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from configs import CONFIG_DIR, load_config
@@ -30,6 +31,10 @@ def main(argv=None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    # Ctrl-C, and SIGTERM from a scheduler or `kill`, save last.pt and exit cleanly. SIGINT is re-armed
+    # because shells start background jobs with it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     cfg = load_config(TrainConfig, args.config, args.overrides)
     trainer = Trainer(cfg, resume=args.resume, extra_losses=_extra_losses(cfg))
     if args.export:

@@ -317,9 +317,11 @@ class Trainer:
         if self.sched_d:
             self.sched_d.step()
         if self.ema is not None:
+            # the decay ramps up (as in timm's ModelEmaV2 warm-up) so early weights do not linger for ~1/(1-ema) steps
+            decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
             with torch.no_grad():
                 for e, p in zip(self.ema.parameters(), self.G.parameters()):
-                    e.lerp_(p.detach(), 1 - self.cfg.ema)
+                    e.lerp_(p.detach(), 1 - decay)
                 for e, b in zip(self.ema.buffers(), self.G.buffers()):
                     e.copy_(b)
         logs["g_loss"] = g_loss.detach()
