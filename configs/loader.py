@@ -25,11 +25,18 @@ import yaml
 
 T = TypeVar("T")
 
-__all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "save_config", "parse_overrides"]
+__all__ = ["ConfigError", "check_range", "load_config", "from_dict", "to_dict", "save_config", "parse_overrides"]
 
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
+
+
+def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
+    """Range check for a dataclass's ``__post_init__``: ValueError naming the key, the range and the value."""
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ValueError(f"'{name}' must be in {rng}, got {value!r}")
 
 
 def _did_you_mean(key: str, choices: Sequence[str]) -> str:

@@ -9,17 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-
-def _check_range(name: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-        raise ValueError(f"'{name}' must be in {rng}, got {value!r}")
+from configs.loader import check_range
 
 
 def _check_pair(name: str, pair: tuple, lo: float, hi: float) -> None:
     """A (low, high) range: both ends within [lo, hi] and low <= high."""
     for v in pair:
-        _check_range(name, v, lo, hi)
+        check_range(name, v, lo, hi)
     if pair[0] > pair[1]:
         raise ValueError(f"'{name}' must be (low, high) with low <= high, got {tuple(pair)}")
 
@@ -41,9 +37,9 @@ class GeneratorConfig:
     backbone_weights: str = ""  # optional torchvision-format state dict of the backbone (ImageNet)
 
     def __post_init__(self):
-        _check_range("dropout", self.dropout, 0.0, 1.0)
-        _check_range("num_filters", self.num_filters, 8)
-        _check_range("num_filters_fpn", self.num_filters_fpn, 8)
+        check_range("dropout", self.dropout, 0.0, 1.0)
+        check_range("num_filters", self.num_filters, 8)
+        check_range("num_filters_fpn", self.num_filters_fpn, 8)
 
 
 @dataclass(frozen=True)
@@ -69,10 +65,10 @@ class BlurConfig:
         for k, w in self.kinds.items():
             if k not in known:
                 raise ValueError(f"blur kind '{k}' is unknown. Available: {sorted(known)}")
-            _check_range(f"kinds.{k}", w, 0.0)
+            check_range(f"kinds.{k}", w, 0.0)
         if not any(w > 0 for w in self.kinds.values()):
             raise ValueError(f"'kinds' needs at least one positive weight, got {self.kinds}")
-        _check_range("kernel_size", self.kernel_size, 3, 201)
+        check_range("kernel_size", self.kernel_size, 3, 201)
         if self.kernel_size % 2 == 0:
             raise ValueError(f"'kernel_size' must be odd (the kernel has a centre pixel), got {self.kernel_size}")
         _check_pair("trajectory_exposure", self.trajectory_exposure, 0.01, 1.0)
@@ -83,8 +79,8 @@ class BlurConfig:
         if not self.imagenet_c_severities and self.kinds.get("imagenet_c", 0) > 0:
             raise ValueError("'imagenet_c_severities' is empty but kinds.imagenet_c > 0: list severities 1..5 or set its weight to 0")
         for s in self.imagenet_c_severities:
-            _check_range("imagenet_c_severities", s, 1, 5)
-        _check_range("jpeg_prob", self.jpeg_prob, 0.0, 1.0)
+            check_range("imagenet_c_severities", s, 1, 5)
+        check_range("jpeg_prob", self.jpeg_prob, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -106,7 +102,7 @@ class DataConfig:
     scale: tuple[float, float] = (1.0, 1.0)  # random rescale of the sharp image before cropping
 
     def __post_init__(self):
-        _check_range("size", self.size, 32)
+        check_range("size", self.size, 32)
         lo, hi = self.bounds
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError(f"'bounds' must satisfy 0 <= lo < hi <= 1, got {self.bounds}")
@@ -114,7 +110,7 @@ class DataConfig:
             raise ValueError("'files_a' and 'files_b' go together: give both globs (blurred and sharp) or neither")
         if not self.files_a and not self.sources:
             raise ValueError("a data split needs 'files_a'+'files_b' (paired) or 'sources' (synthetic blur)")
-        _check_range("video_frame_step", self.video_frame_step, 1)
+        check_range("video_frame_step", self.video_frame_step, 1)
 
 
 @dataclass(frozen=True)
@@ -137,9 +133,9 @@ class ModelConfig:
     detector_criterion: Literal["mse", "l1"] = "mse"
 
     def __post_init__(self):
-        _check_range("adv_lambda", self.adv_lambda, 0.0)
+        check_range("adv_lambda", self.adv_lambda, 0.0)
         for k, w in self.content_loss.items():
-            _check_range(f"content_loss.{k}", w, 0.0)
+            check_range(f"content_loss.{k}", w, 0.0)
 
     def generator(self) -> GeneratorConfig:
         return GeneratorConfig(
@@ -160,8 +156,8 @@ class OptimizerConfig:
     betas: tuple[float, float] = (0.9, 0.999)
 
     def __post_init__(self):
-        _check_range("lr", self.lr, 0.0, 1.0)
-        _check_range("weight_decay", self.weight_decay, 0.0)
+        check_range("lr", self.lr, 0.0, 1.0)
+        check_range("weight_decay", self.weight_decay, 0.0)
 
 
 @dataclass(frozen=True)
@@ -172,9 +168,9 @@ class SchedulerConfig:
     warmup_steps: int = 0  # linear lr warm-up from 0 over this many steps
 
     def __post_init__(self):
-        _check_range("start_epoch", self.start_epoch, 0)
-        _check_range("min_lr", self.min_lr, 0.0)
-        _check_range("warmup_steps", self.warmup_steps, 0)
+        check_range("start_epoch", self.start_epoch, 0)
+        check_range("min_lr", self.min_lr, 0.0)
+        check_range("warmup_steps", self.warmup_steps, 0)
 
 
 @dataclass(frozen=True)
@@ -211,10 +207,10 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("num_epochs", "train_batches_per_epoch", "batch_size"):
-            _check_range(name, getattr(self, name), 1)
+            check_range(name, getattr(self, name), 1)
         for name in ("val_batches_per_epoch", "warmup_num", "threads", "num_workers", "max_steps"):
-            _check_range(name, getattr(self, name), 0)
-        _check_range("ema", self.ema, 0.0, 0.99999)
-        _check_range("image_size", self.image_size, 0)
+            check_range(name, getattr(self, name), 0)
+        check_range("ema", self.ema, 0.0, 0.99999)
+        check_range("image_size", self.image_size, 0)
         for name in ("log_every", "image_every", "save_every"):
-            _check_range(name, getattr(self, name), 1)
+            check_range(name, getattr(self, name), 1)

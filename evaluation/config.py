@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from configs.loader import check_range
 from detect import DetectorConfig
 
 DataFormat = Literal["images", "yolo", "coco", "paired"]
@@ -18,12 +19,6 @@ GroundTruth = Literal["auto", "labels", "pseudo"]
 
 # Conditions that need something besides the blurred image: 'wiener' needs the true kernel.
 METHOD_NAMES = ("deblurred", "unsharp", "wiener")
-
-
-def _check_range(name: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-        raise ValueError(f"'{name}' must be in {rng}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -60,9 +55,9 @@ class EvalDataConfig:
             raise ValueError("format 'paired' needs 'blurred': a glob of the blurred images matching 'sources'")
         if self.format == "images" and self.ground_truth == "labels":
             raise ValueError("format 'images' has no labels: set ground_truth to 'pseudo' or 'auto'")
-        _check_range("video_frame_step", self.video_frame_step, 1)
-        _check_range("max_video_frames", self.max_video_frames, 0)
-        _check_range("block_size", self.block_size, 1)
+        check_range("video_frame_step", self.video_frame_step, 1)
+        check_range("max_video_frames", self.max_video_frames, 0)
+        check_range("block_size", self.block_size, 1)
 
 
 @dataclass(frozen=True)
@@ -85,7 +80,7 @@ class EvalBlurConfig:
         if len(set(self.severities)) != len(self.severities):
             raise ValueError(f"'severities' has duplicates: {self.severities}")
         for s in self.severities:
-            _check_range("severities", s, 1, 5)
+            check_range("severities", s, 1, 5)
 
 
 @dataclass(frozen=True)
@@ -98,7 +93,7 @@ class EvalDeblurConfig:
     runtime: Literal["torch", "torch_compile", "onnxruntime", "openvino", "auto"] = "torch"
 
     def __post_init__(self):
-        _check_range("max_side", self.max_side, 0)
+        check_range("max_side", self.max_side, 0)
         if 0 < self.max_side < 32:
             raise ValueError(f"'max_side' must be 0 (full resolution) or >= 32, got {self.max_side}")
 
@@ -138,12 +133,12 @@ class EvalConfig:
                 )
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"'methods' has duplicates: {self.methods}")
-        _check_range("limit", self.limit, 0)
-        _check_range("unsharp_amount", self.unsharp_amount, 0.0)
-        _check_range("unsharp_sigma", self.unsharp_sigma, 0.1)
-        _check_range("wiener_balance", self.wiener_balance, 1.0e-8)
-        _check_range("pseudo_gt_conf", self.pseudo_gt_conf, 0.0, 1.0)
-        _check_range("operating_conf", self.operating_conf, 0.0, 1.0)
+        check_range("limit", self.limit, 0)
+        check_range("unsharp_amount", self.unsharp_amount, 0.0)
+        check_range("unsharp_sigma", self.unsharp_sigma, 0.1)
+        check_range("wiener_balance", self.wiener_balance, 1.0e-8)
+        check_range("pseudo_gt_conf", self.pseudo_gt_conf, 0.0, 1.0)
+        check_range("operating_conf", self.operating_conf, 0.0, 1.0)
         if self.operating_conf < self.detector.conf:
             raise ValueError(
                 f"'operating_conf' ({self.operating_conf}) is below detector.conf ({self.detector.conf}): "
@@ -153,11 +148,11 @@ class EvalConfig:
             raise ValueError(f"'pseudo_gt_conf' ({self.pseudo_gt_conf}) is below detector.conf ({self.detector.conf})")
         if self.classes is not None and not self.classes:
             raise ValueError("'classes' is an empty list: use null for every class, or name some")
-        _check_range("max_dets", self.max_dets, 1)
-        _check_range("per_class_top", self.per_class_top, 0)
-        _check_range("bootstrap", self.bootstrap, 0)
-        _check_range("ci", self.ci, 0.5, 0.999)
-        _check_range("batch_size", self.batch_size, 1)
-        _check_range("threads", self.threads, 0)
-        _check_range("n_examples", self.n_examples, 0)
-        _check_range("min_recovery_gap", self.min_recovery_gap, 0.0)
+        check_range("max_dets", self.max_dets, 1)
+        check_range("per_class_top", self.per_class_top, 0)
+        check_range("bootstrap", self.bootstrap, 0)
+        check_range("ci", self.ci, 0.5, 0.999)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("threads", self.threads, 0)
+        check_range("n_examples", self.n_examples, 0)
+        check_range("min_recovery_gap", self.min_recovery_gap, 0.0)

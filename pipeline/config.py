@@ -11,15 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from configs.loader import check_range
 from detect.config import DetectorConfig
 from runtime import CPU_ONLY, RUNTIMES
 AMP_MODES = ("auto", "none", "bf16", "fp16")
-
-
-def _check_range(name: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-        raise ValueError(f"'{name}' must be in {rng}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -64,17 +59,17 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         for name in ("vid_stride", "queue_size", "batch"):
-            _check_range(name, getattr(self, name), 1)
+            check_range(name, getattr(self, name), 1)
         for name in ("max_frames", "reconnect_attempts", "threads", "blur_seed"):
-            _check_range(name, getattr(self, name), 0)
-        _check_range("simulate_blur", self.simulate_blur, 0, 5)
-        _check_range("reconnect_delay", self.reconnect_delay, 0.0, 60.0)
-        _check_range("open_timeout", self.open_timeout, 0.1)
-        _check_range("max_latency", self.max_latency, 0.0, 10_000.0)
-        _check_range("save_fps", self.save_fps, 0.0, 1000.0)
-        _check_range("save_crf", self.save_crf, 0, 51)
-        _check_range("show_max_width", self.show_max_width, 64)
-        _check_range("log_every", self.log_every, 0.0)
+            check_range(name, getattr(self, name), 0)
+        check_range("simulate_blur", self.simulate_blur, 0, 5)
+        check_range("reconnect_delay", self.reconnect_delay, 0.0, 60.0)
+        check_range("open_timeout", self.open_timeout, 0.1)
+        check_range("max_latency", self.max_latency, 0.0, 10_000.0)
+        check_range("save_fps", self.save_fps, 0.0, 1000.0)
+        check_range("save_crf", self.save_crf, 0, 51)
+        check_range("show_max_width", self.show_max_width, 64)
+        check_range("log_every", self.log_every, 0.0)
         if not self.source.strip():
             raise ValueError("'source' is empty. Give --source demo, cam0, a file, a directory, a glob or a URL.")
         if self.deblur_size != "full" and (not isinstance(self.deblur_size, int) or self.deblur_size < 32):
