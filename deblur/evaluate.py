@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from configs import CONFIG_DIR, load_config
+from deblur.baselines import unsharp, wiener
 from deblur.blur_synth import apply_kernel, imagenet_c_kernel, shake_kernel
 from deblur.config import TrainConfig
 from deblur.dataset import SyntheticBlur
@@ -45,24 +46,6 @@ def make_kernel(name: str, family: str, severity: int) -> np.ndarray:
         return shake_kernel(severity, seed)
     angle = float(np.random.default_rng(seed).uniform(-45, 45))
     return imagenet_c_kernel(severity, angle, centered=True)
-
-
-def unsharp(image_rgb: np.ndarray, amount: float = 1.5, sigma: float = 2.0) -> np.ndarray:
-    """Unsharp masking of (H,W,3) uint8: image + amount * (image - gaussian(image))."""
-    import cv2
-
-    x = image_rgb.astype(np.float32)
-    soft = cv2.GaussianBlur(x, (0, 0), sigma)
-    return np.clip(x + amount * (x - soft) + 0.5, 0, 255).astype(np.uint8)
-
-
-def wiener(image_rgb: np.ndarray, kernel: np.ndarray, balance: float = 0.01) -> np.ndarray:
-    """Wiener deconvolution with the true kernel (an oracle), per channel (skimage.restoration.wiener)."""
-    from skimage.restoration import wiener as sk_wiener
-
-    x = image_rgb.astype(np.float64) / 255.0
-    out = np.stack([sk_wiener(x[..., c], kernel.astype(np.float64), balance, clip=True) for c in range(3)], -1)
-    return np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
 def evaluate(deblurrer: Deblurrer, cfg: TrainConfig, severities=(1, 2, 3, 4, 5), families=FAMILIES,
@@ -89,7 +72,7 @@ def evaluate(deblurrer: Deblurrer, cfg: TrainConfig, severities=(1, 2, 3, 4, 5),
                     "blurred": blurred,
                     "deblurred": restored_bgr[..., ::-1],
                     "unsharp": unsharp(blurred),
-                    "wiener": wiener(blurred, kernel),
+                    "wiener": wiener(blurred, kernel),  # balance 0.002, as eval_detection
                 }
                 b = kernel.shape[0]
                 crop = (slice(b, -b), slice(b, -b))
