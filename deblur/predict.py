@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from deblur.models import load_generator, resolve_device
-from runtime import RUNTIMES, compile_module, resolve_runtime
+from runtime import RUNTIMES, compile_module, cpu_native_bf16, resolve_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def fast_bf16(device: torch.device) -> bool:
     """Whether bf16 autocast pays off on ``device``: CUDA with bf16, or a CPU with AMX / AVX512-bf16."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    return cpu_native_bf16()
 
 
 class Deblurrer:

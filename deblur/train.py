@@ -30,6 +30,7 @@ from deblur.discriminators import build_discriminator
 from deblur.losses import build_adv_loss, build_content_loss
 from deblur.metrics import psnr, ssim
 from deblur.models import TRAIN_FORMAT, build_generator, load_generator, resolve_device, save_generator
+from runtime import cpu_native_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +38,6 @@ CHECKPOINT_FORMAT = TRAIN_FORMAT
 
 
 # ----------------------------------------------------------------------------- helpers
-def cpu_has_fast_bf16() -> bool:
-    """bf16 pays off on CPUs with AMX or AVX-512-bf16 only; elsewhere it is emulated and slower."""
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-
-
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``amp`` on ``device`` (None = fp32)."""
     if amp == "none":
@@ -49,7 +45,7 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_fast_bf16() else None
+        return torch.bfloat16 if cpu_native_bf16() else None
     if amp == "fp16" and device.type == "cpu":
         raise ValueError("amp=fp16 needs CUDA; on CPU use amp=bf16 or amp=none")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.sources import Frame
+from runtime import cpu_native_bf16
 
 if TYPE_CHECKING:
     from detect import Detection
@@ -60,20 +61,12 @@ class Batch:
         return self.frames[0].bgr.shape[:2]
 
 
-def cpu_has_bf16() -> bool:
-    """True when oneDNN runs bf16 natively here (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def resolve_amp(amp: str, device: torch.device) -> str:
     """'auto' | 'none' | 'bf16' | 'fp16' -> the precision actually used on `device` ('none', 'bf16', 'fp16')."""
     if amp == "auto":
         if device.type == "cuda":
             return "fp16"
-        return "bf16" if cpu_has_bf16() else "none"
+        return "bf16" if cpu_native_bf16() else "none"
     if amp == "fp16" and device.type != "cuda":
         raise ValueError(f"amp='fp16' needs a CUDA device, got {device}. Fix: amp=bf16 or amp=none on CPU.")
     return amp
