@@ -28,7 +28,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -41,32 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from machine import cpu_flags, cpu_model  # noqa: E402  (bench/machine.py, beside this script)
+
 TARGETS_CPU = {"e2e_fps": 25.0, "deblur_fps": 50.0, "speedup": 5.0, "peak_rss_mb": 2048.0}
 TARGETS_CUDA = {"e2e_fps": 300.0, "peak_rss_mb": 2048.0}
 
 
 # ---- set-up (parent) -------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return sorted(f for f in flags if f.startswith(("avx", "amx")))
-    except OSError:
-        pass
-    return []
-
-
 def make_clip(source: str, out: Path, frames: int, size: str, severity: int, seed: int) -> tuple[Path, int, int]:
     """Decode `source` (demo = bikes.mp4), resize to `size` (WxH or 'native'), blur every frame with the
     pipeline's shake kernel, and write the first `frames` frames as a near-lossless H.264 clip."""

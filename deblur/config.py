@@ -204,6 +204,7 @@ class TrainConfig:
     save_every: int = 200  # steps between last.pt checkpoints
     max_steps: int = 0  # stop after this many steps in total (0 = num_epochs * train_batches_per_epoch)
     max_minutes: float = 0.0  # stop after this wall time (0 = no limit); last.pt is saved
+    max_cpu_minutes: float = 0.0  # stop after this much CPU time of this process, all threads (0 = no limit)
 
     def __post_init__(self):
         for name in ("num_epochs", "train_batches_per_epoch", "batch_size"):
@@ -211,6 +212,8 @@ class TrainConfig:
         for name in ("val_batches_per_epoch", "warmup_num", "threads", "num_workers", "max_steps"):
             check_range(name, getattr(self, name), 0)
         check_range("ema", self.ema, 0.0, 0.99999)
+        check_range("max_minutes", self.max_minutes, 0.0)
+        check_range("max_cpu_minutes", self.max_cpu_minutes, 0.0)
         check_range("image_size", self.image_size, 0)
         for name in ("log_every", "image_every", "save_every"):
             check_range(name, getattr(self, name), 1)

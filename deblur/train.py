@@ -361,15 +361,16 @@ class Trainer:
                 self.amp_dtype, torch.get_num_threads(), len(self.train_set), len(self.val_set or []), self.run_dir,
             )
         total = cfg.max_steps or cfg.num_epochs * cfg.train_batches_per_epoch
-        t_start = time.monotonic()
+        self._t_start, self._cpu_start = time.monotonic(), time.process_time()
         last_val: dict[str, float] = {}
         try:
             while self.step < total:
                 epoch, start = divmod(self.step, cfg.train_batches_per_epoch)
                 self._set_backbone_frozen(epoch < cfg.warmup_num)
-                last_val = self._epoch(epoch, start, total, t_start) or last_val
-                if cfg.max_minutes and (time.monotonic() - t_start) / 60 >= cfg.max_minutes:
-                    logger.info("max_minutes=%.1f reached at step %d", cfg.max_minutes, self.step)
+                last_val = self._epoch(epoch, start, total) or last_val
+                if self._budget_spent():
+                    logger.info("time budget (max_minutes=%g, max_cpu_minutes=%g) reached at step %d",
+                                cfg.max_minutes, cfg.max_cpu_minutes, self.step)
                     break
         except KeyboardInterrupt:
             logger.warning("Interrupted at step %d: saving %s", self.step, self.run_dir / "last.pt")
@@ -380,7 +381,14 @@ class Trainer:
             self.writer.close()
         return last_val
 
-    def _epoch(self, epoch: int, start: int, total: int, t_start: float) -> dict[str, float]:
+    def _budget_spent(self) -> bool:
+        """True once the wall-clock or process-CPU budget of this call to fit() is used up."""
+        cfg = self.cfg
+        wall = (time.monotonic() - self._t_start) / 60
+        cpu = (time.process_time() - self._cpu_start) / 60
+        return bool((cfg.max_minutes and wall >= cfg.max_minutes) or (cfg.max_cpu_minutes and cpu >= cfg.max_cpu_minutes))
+
+    def _epoch(self, epoch: int, start: int, total: int) -> dict[str, float]:
         from tqdm import tqdm
 
         cfg = self.cfg
@@ -404,7 +412,7 @@ class Trainer:
                     self._log_images(blur, sharp)
                 if self.step % cfg.save_every == 0:
                     self.save("last.pt")
-            if self.step >= total or (cfg.max_minutes and (time.monotonic() - t_start) / 60 >= cfg.max_minutes):
+            if self.step >= total or self._budget_spent():
                 break
         bar.close()
         val = {}

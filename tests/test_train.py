@@ -172,3 +172,13 @@ def test_ctrl_c_saves_last_and_exits_cleanly(photos, tmp_path):
     assert proc.returncode == 130, err[-2000:]
     ckpt = torch.load(tmp_path / "tiny" / "last.pt", weights_only=True)
     assert ckpt["step"] >= 1
+
+
+def test_cpu_minutes_budget_stops_early_and_saves_last(photos, tmp_path):
+    # 6 planned steps; a budget of 1e-4 CPU-minutes (6 ms) is spent by the first step, which takes ~100 ms
+    trainer = Trainer(tiny_cfg(photos, tmp_path, "num_epochs=2", "max_cpu_minutes=0.0001"))
+    trainer.fit()
+    assert trainer.step == 1
+    assert torch.load(tmp_path / "tiny" / "last.pt", weights_only=True)["step"] == 1
+    with pytest.raises(ConfigError, match="max_cpu_minutes"):
+        tiny_cfg(photos, tmp_path, "max_cpu_minutes=-1")
