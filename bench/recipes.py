@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import json
 import os
 import shutil
@@ -133,6 +134,17 @@ def table_md(results: dict, severities: list[int]) -> str:
     return "\n".join(lines)
 
 
+def markdown(results: dict) -> str:
+    return (
+        f"Recipe benchmark: {results['cpu_minutes']} CPU-minutes of training per recipe from random init "
+        f"(crop 256, batch 4 unless the recipe says), at most {results['jobs']} run(s) side by side at "
+        f"{results['threads']} thread(s) each on {results['cpu']} ({results['cores']} cores).\n"
+        f"Held-out: `python -m deblur.evaluate` (all/shake/ImageNet-C means). Detection: "
+        f"`eval_detection.py --limit {results['detect_limit']}` at ImageNet-C severities {results['severities']}.\n"
+        f"Reproduce: `{results['command']}`\n\n{table_md(results, results['severities'])}\n\n"
+        + "\n".join(f"- `{n}`: {e['what']}" for n, e in results["runs"].items()) + "\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-minutes", type=float, default=12.0, help="process CPU-time budget per candidate")
@@ -158,20 +170,22 @@ def main(argv=None) -> int:
         parser.error(f"{json_path} was made with --cpu-minutes {results['cpu_minutes']}; use another --tag")
     results.update(cpu=cpu_model(), cores=os.cpu_count(), cpu_minutes=args.cpu_minutes,
                    threads=args.threads, jobs=args.jobs, detect_limit=args.detect_limit, severities=args.severities,
-                   command="python bench/recipes.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+                   command=f"python bench/recipes.py --cpu-minutes {args.cpu_minutes:g} --threads {args.threads} "
+                           f"--detect-limit {args.detect_limit} --severities {' '.join(map(str, args.severities))} "
+                           f"--tag {args.tag} [--jobs N] [--only NAME ...]")
     todo = [n for n in names if n not in results["runs"]]
     lock = threading.Lock()
 
     def write() -> None:
-        json_path.write_text(json.dumps(results, indent=2))
-        md_path.write_text(
-            f"Recipe benchmark: {results['cpu_minutes']} CPU-minutes of training per recipe from random init "
-            f"(crop 256, batch 4 unless the recipe says), {results['jobs']} run(s) side by side at "
-            f"{results['threads']} thread(s) each on {results['cpu']} ({results['cores']} cores).\n"
-            f"Held-out: `python -m deblur.evaluate` (all/shake/ImageNet-C means). Detection: "
-            f"`eval_detection.py --limit {results['detect_limit']}` at ImageNet-C severities {results['severities']}.\n"
-            f"Reproduce: `{results['command']}`\n\n{table_md(results, results['severities'])}\n\n"
-            + "\n".join(f"- `{n}`: {e['what']}" for n, e in results["runs"].items()) + "\n")
+        """Merge our runs into the file under a lock: other invocations (other --only lanes) may share the tag."""
+        with open(json_path.with_suffix(".lock"), "w") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            on_disk = json.loads(json_path.read_text()) if json_path.is_file() else {"runs": {}}
+            results["runs"] = on_disk["runs"] | results["runs"]
+            for path, text in ((json_path, json.dumps(results, indent=2)), (md_path, markdown(results))):
+                tmp = path.with_suffix(path.suffix + ".tmp")
+                tmp.write_text(text)
+                os.replace(tmp, path)
 
     def job(name: str) -> None:
         entry = bench_one(name, args, args.tag)
