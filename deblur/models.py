@@ -31,6 +31,7 @@ from configs.loader import ConfigError, from_dict
 from deblur.arch_fpn_densenet import FPNDenseNet121
 from deblur.arch_fpn_mobilenet import FPNGenerator, FPNMobileNetV2, FPNMobileNetV2DSC
 from deblur.config import GeneratorConfig, ModelConfig
+from runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ __all__ = [
     "count_params",
     "generator_flops",
     "load_generator",
-    "resolve_device",
     "save_generator",
 ]
 
@@ -255,21 +255,6 @@ def _architecture_of(state: Mapping[str, torch.Tensor], cfg: GeneratorConfig) ->
         if set(ref) == set(state) and all(ref[k].shape == state[k].shape for k in ref):
             return name
     return None
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> cuda if available else cpu; 'cpu', 'cuda', 'cuda:N' are checked."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"Unknown device {device!r}. Use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"Unsupported device {device!r}. Use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
-    return dev
 
 
 def load_generator(

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from deblur.models import load_generator, resolve_device
-from runtime import RUNTIMES, compile_module, cpu_native_bf16, resolve_runtime
+from deblur.models import load_generator
+from runtime import RUNTIMES, compile_module, cpu_native_bf16, resolve_device, resolve_runtime
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from deblur.dataset import build_dataset
 from deblur.discriminators import build_discriminator
 from deblur.losses import build_adv_loss, build_content_loss
 from deblur.metrics import psnr, ssim
-from deblur.models import TRAIN_FORMAT, build_generator, load_generator, resolve_device, save_generator
-from runtime import cpu_native_bf16
+from deblur.models import TRAIN_FORMAT, build_generator, load_generator, save_generator
+from runtime import cpu_native_bf16, resolve_device
 
 logger = logging.getLogger(__name__)
 

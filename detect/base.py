@@ -15,6 +15,7 @@ import torch
 import torchvision
 
 from detect.config import DetectorConfig
+from runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -129,25 +130,6 @@ def nms(
     return torch.cat([boxes_xyxy[kept], best[kept, None], cls[kept, None].to(best.dtype)], dim=1).float()
 
 
-def resolve_device(device: str) -> torch.device:
-    """'cpu' | 'cuda' | 'cuda:N' | 'auto' -> torch.device; ValueError when CUDA is asked for but absent."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"detect.device={device!r} but torch.cuda.is_available() is False on this machine. "
-                "Fix: device='cpu' or device='auto'."
-            )
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise ValueError(
-                f"detect.device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist. "
-                f"Valid: cuda:0 .. cuda:{torch.cuda.device_count() - 1}."
-            )
-    return torch.device(device)
-
-
 # Darknet's coco.names and Ultralytics' coco.yaml spell six classes differently; either spelling works in cfg.classes.
 _DARKNET_TO_ULTRALYTICS = {
     "motorbike": "motorcycle", "aeroplane": "airplane", "sofa": "couch", "pottedplant": "potted plant",
@@ -199,7 +181,7 @@ class Detector:
     def __init__(self, cfg: DetectorConfig) -> None:
         self.cfg = cfg
         self.imgsz = cfg.imgsz
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, key="detect.device")
         self.half = cfg.half and self.device.type == "cuda"
         if cfg.half and not self.half:
             logger.warning("detect.half=True ignored: device resolved to %s (fp16 is CUDA only)", self.device)

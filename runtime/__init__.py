@@ -38,8 +38,27 @@ _NEEDS = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino
 
 __all__ = [
     "AUTO_ORDER", "CACHE_ENV", "PRECISIONS", "RUNTIMES", "CompiledModule", "available_runtimes", "compile_module",
-    "cpu_native_bf16", "default_cache_dir", "resolve_precision", "resolve_runtime", "weights_digest",
+    "cpu_native_bf16", "default_cache_dir", "resolve_device", "resolve_precision", "resolve_runtime", "weights_digest",
 ]
+
+
+def resolve_device(device: str | torch.device = "auto", key: str = "device") -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cpu', 'cuda', 'cuda:N' are checked. ``key`` names the setting in errors."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{key}={device!r} is not a device. Use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{key}={device!r} is not supported. Use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{key}={device!r} but CUDA is not available on this machine. Fix: {key}=cpu or auto.")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"{key}={device!r} but only {count} CUDA device(s) exist: cuda:0 .. cuda:{count - 1}.")
+    return dev
 
 
 def cpu_native_bf16() -> bool:

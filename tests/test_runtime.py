@@ -272,3 +272,20 @@ def test_cuda_deblurrer_and_detector_use_cuda_graphs(generator, tmp_path):
     det = build_detector(DetectorConfig(device="cuda", half=True))
     det.warmup()
     assert det.engine.name == "torch-fp16-cudagraph"
+
+
+def test_resolve_device_names_the_setting_and_the_fix():
+    from runtime import resolve_device
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"detect.device='gpu0' is not a device.*'cuda:N'"):
+        resolve_device("gpu0", key="detect.device")
+    with pytest.raises(ValueError, match="device='meta' is not supported"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available.*Fix: device=cpu"):
+            resolve_device("cuda:0")
+    else:
+        with pytest.raises(ValueError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
