@@ -9,6 +9,9 @@ of severity 3, the first N frames) through
   (b) detect only   our pipeline with --no-deblur (the ceiling), per runtime.
   (c) pipeline      our pipeline (reader thread, inference thread, sink loop) per runtime x batch size,
                     and optionally at a reduced deblur resolution (--deblur-size).
+  (d) live          optional (--live): the clip played at its own frame rate as a camera would deliver it
+                    (pipeline --realtime: newest frame wins, late frames dropped). In (b)/(c) the file source
+                    decodes ahead, so their latency includes queueing; (d) gives the latency a live user sees.
 
 Each configuration runs in its own subprocess (clean thread pools, honest peak RSS, sampled with psutil every
 20 ms). Prints a table (fps, ms/frame per stage, p50/p95 latency, peak RSS, speed-up over (a) measured in the
@@ -212,7 +215,7 @@ def child_pipeline(spec: dict) -> dict:
         source=spec["clip"], max_frames=spec["frames"], batch=spec["batch"], max_latency=spec["max_latency"],
         threads=spec["threads"], runtime=spec["runtime"], deblur=spec["deblur"], deblur_weights=spec["weights"],
         deblur_size=spec["deblur_size"], amp=spec["amp"], log_every=0.0,
-        save=spec.get("save", ""),
+        save=spec.get("save", ""), realtime=spec.get("realtime", False),
         detector=DetectorConfig(device=spec["device"], imgsz=spec["imgsz"], half=spec["device"] != "cpu"),
     )
     s = run_pipeline(cfg)
@@ -221,17 +224,18 @@ def child_pipeline(spec: dict) -> dict:
         "detector_runtime": s.get("detector_runtime"), "amp": s["amp"], "batch": spec["batch"],
         "deblur_size": spec["deblur_size"], "frames": s["frames_out"], "fps": s["fps"], "ms_per_frame": s["ms_per_frame"],
         "latency_ms": {k: s["latency_ms"][k] for k in ("p50", "p95")}, "warmup_s": s["warmup_s"],
+        "live": spec.get("realtime", False), "dropped": s["dropped"],
     }
 
 
 # ---- report ----------------------------------------------------------------------------------------
 def table(rows: list[dict], baseline_fps: float | None) -> str:
     head = ("| config | runtime (deblur / detect) | batch | fps | speed-up vs (a) | deblur ms/f (fps) | detect ms/f | "
-            "preprocess ms/f | p50 / p95 latency ms | peak RSS MB | warm-up s |")
+            "preprocess ms/f | p50 / p95 latency ms | dropped | peak RSS MB | warm-up s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['name']} | error: {r['error']} |" + " |" * 9)
+            lines.append(f"| {r['name']} | error: {r['error']} |" + " |" * 10)
             continue
         ms = r["ms_per_frame"]
         deb = ms.get("deblur")
@@ -243,7 +247,7 @@ def table(rows: list[dict], baseline_fps: float | None) -> str:
         lines.append(
             f"| {r['name']} | {rt} | {r['batch']} | {r['fps']:.2f} | {speed} | {deb_s} | {ms.get('detect', 0):.1f} | "
             f"{ms.get('preprocess', 0):.1f} | {r['latency_ms']['p50']:.0f} / {r['latency_ms']['p95']:.0f} | "
-            f"{r.get('peak_rss_mb', 0):.0f} | {r.get('warmup_s') or 0:.1f} |"
+            f"{r['dropped'] if r.get('live') else '-'} | {r.get('peak_rss_mb', 0):.0f} | {r.get('warmup_s') or 0:.1f} |"
         )
     return "\n".join(lines)
 
@@ -266,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amp", default="auto", help="pipeline amp (auto: fp16 CUDA, bf16 only where native, else fp32)")
     p.add_argument("--max-latency", type=float, default=200.0, help="ms a batch may wait to fill")
     p.add_argument("--weights", default="", help="generator weights (default: shipped, else untrained identity)")
+    p.add_argument("--live", nargs="*", type=int, default=None, metavar="BATCH",
+                   help="also play the clip in real time as a live feed (--realtime: newest frame wins) through the "
+                        "auto runtime at these batch sizes (default 1): live fps, drops and honest latency")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--save", action="store_true", help="also encode the output video in the pipeline runs (sink thread)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration")
@@ -308,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         b = max(args.batches)
         specs.append({**common, "name": f"(c) {auto}, batch {b}, deblur {side}", "kind": "pipeline", "deblur": True,
                       "runtime": auto, "batch": b, "deblur_size": side})
+
+    for b in ([] if args.live is None else args.live or [1]):
+        specs.append({**common, "name": f"(d) live {auto}, batch {b}", "kind": "pipeline", "deblur": True,
+                      "runtime": auto, "batch": b, "realtime": True})
 
     print(f"# bench/realtime.py: {w}x{h}, {args.frames} frames, shake {args.simulate_blur}, device {args.device} "
           f"({device_name}), {args.threads} threads; deblur weights: {weights_desc}; auto -> {auto}", flush=True)

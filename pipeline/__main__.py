@@ -32,7 +32,7 @@ FLAG_KEYS = {
     "device": "detector.device", "half": "detector.half", "batch": "batch", "max_latency": "max_latency",
     "deblur_size": "deblur_size", "no_deblur": "deblur", "deblur_weights": "deblur_weights", "amp": "amp",
     "simulate_blur": "simulate_blur", "blur_seed": "blur_seed", "vid_stride": "vid_stride", "max_frames": "max_frames",
-    "threads": "threads", "runtime": "runtime", "queue_size": "queue_size",
+    "threads": "threads", "runtime": "runtime", "queue_size": "queue_size", "realtime": "realtime",
 }
 
 
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="synthetic camera-shake blur on every input frame, 0 = off, 1..5" + d % _P.simulate_blur)
     io.add_argument("--blur-seed", type=int, metavar="N", help="seed of the shake kernel" + d % _P.blur_seed)
     io.add_argument("--queue-size", type=int, metavar="N", help="frames a file source decodes ahead" + d % _P.queue_size)
+    io.add_argument("--realtime", action="store_const", const=True,
+                    help="play a video file at its own frame rate, as a camera would deliver it: the newest frame "
+                         "wins and late frames are dropped (measures live fps, drops and latency)")
 
     db = p.add_argument_group("deblur")
     db.add_argument("--no-deblur", action="store_const", const=False, help="run the same pipeline without deblurring")

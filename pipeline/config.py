@@ -26,6 +26,7 @@ class PipelineConfig:
     vid_stride: int = 1  # keep every Nth frame of the source (indices stay the source's)
     max_frames: int = 0  # stop after this many frames (0 = until the source ends)
     queue_size: int = 8  # frames a file/image source decodes ahead (blocking put: backpressure)
+    realtime: bool = False  # play a video file at its frame rate as a live feed: newest frame wins, late ones dropped
     reconnect_attempts: int = 5  # camera/stream: reconnects (exponential backoff) before giving up
     reconnect_delay: float = 0.5  # seconds before the first reconnect; doubles each time (max 8 s)
     open_timeout: float = 10.0  # seconds to open a network stream / wait for its next packet

@@ -119,7 +119,8 @@ class Runner:
             return self._source
         c = self.cfg
         return open_source(
-            c.source, vid_stride=c.vid_stride, queue_size=c.queue_size, reconnect_attempts=c.reconnect_attempts,
+            c.source, vid_stride=c.vid_stride, queue_size=c.queue_size, realtime=c.realtime,
+            reconnect_attempts=c.reconnect_attempts,
             reconnect_delay=c.reconnect_delay, open_timeout=c.open_timeout, capture_factory=self._capture_factory,
         )
 

@@ -240,13 +240,18 @@ class Source:
 class VideoFileSource(Source):
     """A video file decoded by PyAV in the reader thread (thread_type AUTO). Lossless, backpressure.
 
+    ``realtime=True`` plays the file as a camera would deliver it (like ``ffmpeg -re``): frames are
+    released at their timestamps and the source is live (the newest frame wins, late ones are dropped
+    and counted), so fps, drops and latency are those of a live feed.
+
     A corrupt or truncated file yields what decodes, then logs a warning naming the frame index
     where decoding stopped (also kept in ``stopped_early`` for the summary).
     """
 
     kind = "video"
 
-    def __init__(self, path: str | Path, **kw: Any) -> None:
+    def __init__(self, path: str | Path, *, realtime: bool = False, **kw: Any) -> None:
+        self.live = self.realtime = bool(realtime)  # before Source.__init__: it sizes the queue by `live`
         super().__init__(str(path), **kw)
         self.path = Path(path)
         self._container = None
@@ -298,6 +303,7 @@ class VideoFileSource(Source):
         decoded = 0
         errors = 0
         last_pts: float | None = None
+        clock: tuple[float, float] | None = None  # (perf_counter, pts) of the first frame, for realtime pacing
         packets = self._container.demux(stream)
         while True:
             try:
@@ -327,6 +333,11 @@ class VideoFileSource(Source):
                 continue
             for frame in frames:
                 pts = float(frame.time) if frame.time is not None else None
+                if self.realtime:
+                    t = pts if pts is not None else decoded / (self.fps or 25.0)
+                    clock = clock or (time.perf_counter(), t)
+                    if self._stop.wait(max(0.0, clock[0] + t - clock[1] - time.perf_counter())):
+                        return
                 last_pts = pts if pts is not None else last_pts
                 yield frame.to_ndarray(format="bgr24"), pts
                 decoded += 1
@@ -620,16 +631,29 @@ def open_source(
     *,
     vid_stride: int = 1,
     queue_size: int = 8,
+    realtime: bool = False,
     reconnect_attempts: int = 5,
     reconnect_delay: float = 0.5,
     open_timeout: float = 10.0,
     capture_factory: Callable[[int], Any] | None = None,
 ) -> Source:
-    """Build (not yet open: use `with`) the Source for one --source string; ValueError lists the forms."""
+    """Build (not yet open: use `with`) the Source for one --source string; ValueError lists the forms.
+
+    realtime: video files are played at their own frame rate as a live feed (cameras and streams are live
+    anyway); images have no frame rate, so asking for it there is an error."""
     spec = str(spec).strip()
     common = {"vid_stride": vid_stride, "queue_size": queue_size}
+    source = _open_source(spec, common, realtime, reconnect_attempts, reconnect_delay, open_timeout, capture_factory)
+    if realtime and isinstance(source, ImageSource):
+        raise ValueError(f"realtime=True paces video files by their frame rate, but {spec!r} is images. "
+                         "Fix: drop --realtime, or give a video file.")
+    return source
+
+
+def _open_source(spec: str, common: dict, realtime: bool, reconnect_attempts: int, reconnect_delay: float,
+                 open_timeout: float, capture_factory: Callable[[int], Any] | None) -> Source:
     if spec.lower() == "demo":
-        return VideoFileSource(demo_clip(), **common)
+        return VideoFileSource(demo_clip(), realtime=realtime, **common)
     if m := _CAMERA_RE.match(spec):
         return CameraSource(
             int(m.group(1)), capture_factory=capture_factory, reconnect_attempts=reconnect_attempts,
@@ -646,7 +670,7 @@ def open_source(
     if path.is_file():
         if path.suffix.lower() in IMAGE_EXTS:
             return ImageSource(spec, [path], **common)
-        return VideoFileSource(path, **common)
+        return VideoFileSource(path, realtime=realtime, **common)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
         if not files:
@@ -658,6 +682,6 @@ def open_source(
         if files:
             return ImageSource(spec, files, **common)
         if len(matches) == 1 and matches[0].suffix.lower() in VIDEO_EXTS:
-            return VideoFileSource(matches[0], **common)
+            return VideoFileSource(matches[0], realtime=realtime, **common)
         raise ValueError(f"Source glob {spec!r} matches no images ({len(matches)} path(s) matched). {ACCEPTED_FORMS}")
     raise ValueError(f"Unknown source {spec!r}: not a file, folder, glob match, camera or URL. {ACCEPTED_FORMS}")

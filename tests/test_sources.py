@@ -56,6 +56,36 @@ def test_file_source_slow_consumer_backpressure_no_drops(clip):
     assert src.dropped == 0 and src.peak_queued <= 3
 
 
+def test_realtime_file_plays_at_its_frame_rate(clip):
+    """--realtime: frames are released at their timestamps (20 frames at 25 fps span 0.76 s), none lost
+    when the consumer keeps up."""
+    t0 = time.perf_counter()
+    with VideoFileSource(clip, realtime=True) as src:
+        frames = list(src)
+    assert time.perf_counter() - t0 >= 0.7, "frames came faster than the clip's 25 fps"
+    assert [f.index for f in frames] == list(range(20)) and src.live and src.dropped == 0
+    gaps = np.diff([f.t_capture for f in frames])
+    assert np.median(gaps) == pytest.approx(0.04, abs=0.015)
+
+
+def test_realtime_file_slow_consumer_drops_oldest_like_a_camera(clip):
+    with VideoFileSource(clip, realtime=True) as src:
+        got = []
+        for f in src:
+            got.append(f.index)
+            time.sleep(0.12)  # 3 frame periods per frame: a consumer at ~8 fps
+    assert src.dropped >= 8 and len(got) <= 20 - src.dropped
+    assert got == sorted(got) and got[0] == 0 and got[-1] >= 15  # the newest frames win
+
+
+def test_realtime_needs_a_video(clip, tmp_path):
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), make_frame(0))
+    with pytest.raises(ValueError, match="realtime=True paces video files.*Fix"):
+        open_source(str(img), realtime=True)
+    assert open_source(str(clip), realtime=True).live
+
+
 def test_camera_slow_consumer_drops_oldest():
     cap = FakeCapture(period=0.002)
     with CameraSource(0, capture_factory=lambda i: cap) as src:
