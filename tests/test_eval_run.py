@@ -82,6 +82,18 @@ def test_cli_end_to_end_identity_generator(photos, identity_weights, tmp_path, c
     assert len(rows) == 5 and rows[0]["condition"] == "sharp"
     assert "| 2 | deblurred |" in (out / "report.md").read_text()
 
+    # runs compare side by side only when they share data, blur and detector
+    from evaluation.compare import compare_table
+
+    table = compare_table({"a": report, "b": report})
+    assert "| 2 | blurred |" in table and "| 2 | a |" in table and "| mean | b |" in table
+    a_row = next(line for line in table.splitlines() if line.startswith("| 2 | a |"))
+    assert f"{res['deblurred']['map50']:.3f}" in a_row
+    other = json.loads(json.dumps(report))
+    other["blur"]["seed"] = 1
+    with pytest.raises(ValueError, match="differ in blur.seed"):
+        compare_table({"a": report, "b": other})
+
     # a second run reuses the cached sharp detections
     cfg = load_config(EvalConfig, out / "config.yaml", ["methods=[unsharp]", "bootstrap=0", "n_examples=0"])
     again = run_blurred_vs_deblurred(cfg, progress=False)
