@@ -149,7 +149,8 @@ def markdown(results: dict) -> str:
         f"Held-out: `python -m deblur.evaluate` (all/shake/ImageNet-C means). Detection: "
         f"`eval_detection.py --limit {results['detect_limit']}` at ImageNet-C severities {results['severities']}.\n"
         f"Reproduce: `{results['command']}`\n\n{table_md(results, results['severities'])}\n\n"
-        + "\n".join(f"- `{n}`: {e['what']}" for n, e in results["runs"].items()) + "\n")
+        + "\n".join(f"- `{n}`: {e['what']}" for n, e in results["runs"].items()) + "\n"
+        + "".join(f"- `{n}` (not run): {why}\n" for n, why in results.get("not_run", {}).items()))
 
 
 def main(argv=None) -> int:
@@ -176,7 +177,7 @@ def main(argv=None) -> int:
     if results.get("cpu_minutes", args.cpu_minutes) != args.cpu_minutes:
         parser.error(f"{json_path} was made with --cpu-minutes {results['cpu_minutes']}; use another --tag")
     results.update(cpu=cpu_model(), cores=os.cpu_count(), cpu_minutes=args.cpu_minutes,
-                   threads=args.threads, jobs=args.jobs, detect_limit=args.detect_limit, severities=args.severities,
+                   threads=args.threads, jobs=max(args.jobs, results.get("jobs", 1)), detect_limit=args.detect_limit, severities=args.severities,
                    command=f"python bench/recipes.py --cpu-minutes {args.cpu_minutes:g} --threads {args.threads} "
                            f"--detect-limit {args.detect_limit} --severities {' '.join(map(str, args.severities))} "
                            f"--tag {args.tag} [--jobs N] [--only NAME ...]")
