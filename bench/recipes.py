@@ -177,7 +177,8 @@ def main(argv=None) -> int:
     if results.get("cpu_minutes", args.cpu_minutes) != args.cpu_minutes:
         parser.error(f"{json_path} was made with --cpu-minutes {results['cpu_minutes']}; use another --tag")
     results.update(cpu=cpu_model(), cores=os.cpu_count(), cpu_minutes=args.cpu_minutes,
-                   threads=args.threads, jobs=max(args.jobs, results.get("jobs", 1)), detect_limit=args.detect_limit, severities=args.severities,
+                   threads=args.threads, jobs=max(args.jobs, results.get("jobs", 1)), detect_limit=args.detect_limit,
+                   severities=args.severities,
                    command=f"python bench/recipes.py --cpu-minutes {args.cpu_minutes:g} --threads {args.threads} "
                            f"--detect-limit {args.detect_limit} --severities {' '.join(map(str, args.severities))} "
                            f"--tag {args.tag} [--jobs N] [--only NAME ...]")
