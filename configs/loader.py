@@ -165,17 +165,38 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"Override {item!r} conflicts with another override of {p!r}")
-        node[parts[-1]] = value
+        node[parts[-1]] = _Whole(value) if isinstance(value, dict) else value
     return tree
 
 
-def _merge(base: dict, extra: dict) -> dict:
+class _Whole(dict):
+    """A mapping written whole in an override (``key={a: 1}``), as opposed to one built from dotted keys."""
+
+
+def _section(tp: Any) -> type | None:
+    """The dataclass behind a field annotation (``X`` or ``X | None``), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        found = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def _merge(base: dict, extra: dict, schema: type | None = None) -> dict:
+    """``extra`` over ``base``, key by key. One exception: a mapping written whole in an override
+    replaces a mapping-valued setting instead of merging into it, so ``model.content_loss={l1: 1.0}``
+    means exactly L1 (the YAML's other terms are dropped), while ``model.content_loss.fft=0.2`` changes
+    one weight and keeps the rest. Config sections (nested dataclasses) always merge."""
+    hints = typing.get_type_hints(schema) if schema is not None and dataclasses.is_dataclass(schema) else {}
     out = dict(base)
     for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+        sub = _section(hints.get(k))
+        whole = isinstance(v, _Whole) and sub is None and k in hints
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and not whole:
+            out[k] = _merge(out[k], v, sub)
         else:
-            out[k] = v
+            out[k] = dict(v) if isinstance(v, _Whole) else v
     return out
 
 
@@ -205,9 +226,9 @@ def load_config(
         except ConfigError as e:
             raise ConfigError(str(e)) from e
     if data:
-        merged = _merge(merged, data)
+        merged = _merge(merged, data, schema)
     if overrides:
-        merged = _merge(merged, parse_overrides(overrides))
+        merged = _merge(merged, parse_overrides(overrides), schema)
     where = f" (from {path})" if path is not None else ""
     try:
         return from_dict(schema, merged)

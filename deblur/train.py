@@ -360,6 +360,12 @@ class Trainer:
                 self.gen_cfg.name, sum(p.numel() for p in self.G.parameters()), self.device,
                 self.amp_dtype, torch.get_num_threads(), len(self.train_set), len(self.val_set or []), self.run_dir,
             )
+            m = cfg.model
+            logger.info(
+                "Loss: %s%s; optimizer %s lr %g", " + ".join(f"{w:g}*{k}" for k, w in m.content_loss.items()),
+                "" if m.d_name == "no_gan" else f" + {m.adv_lambda:g}*{m.disc_loss} ({m.d_name})",
+                cfg.optimizer.name, cfg.optimizer.lr,
+            )
         total = cfg.max_steps or cfg.num_epochs * cfg.train_batches_per_epoch
         self._t_start, self._cpu_start = time.monotonic(), time.process_time()
         last_val: dict[str, float] = {}

@@ -39,6 +39,19 @@ def test_defaults_file_and_overrides_merge(tmp_path):
     assert cfg.tags == ["p", "q"] and cfg.pair == (1.0, 2.0) and cfg.maybe is None
 
 
+def test_whole_mapping_override_replaces_but_dotted_key_merges(tmp_path):
+    # `weights={...}` must mean exactly those terms: merged into the YAML's mapping, a loss the user
+    # meant to drop (an ablation's control run) would silently stay in. A dotted key edits one entry.
+    path = tmp_path / "c.yaml"
+    path.write_text("weights: {l1: 1.0, fft: 0.1, extra: 0.5}\ninner: {lr: 2.0e-4, mode: b}\n")
+    assert load_config(Outer, path, ["weights={l1: 1.0, fft: 0.1}"]).weights == {"l1": 1.0, "fft": 0.1}
+    assert load_config(Outer, path, ["weights.fft=0.2"]).weights == {"l1": 1.0, "fft": 0.2, "extra": 0.5}
+    # a config section written whole still merges: the YAML's other keys in it survive
+    assert load_config(Outer, path, ["inner={lr: 3.0e-4}"]).inner == Inner(lr=3.0e-4, mode="b")
+    task = load_config(TrainConfig, CONFIG_DIR / "deblur_train_task.yaml", ["model.content_loss={l1: 1.0, fft: 0.1}"])
+    assert task.model.content_loss == {"l1": 1.0, "fft": 0.1}
+
+
 def test_unknown_key_has_did_you_mean():
     with pytest.raises(ConfigError, match="Unknown config key 'inner.lrr'.*Did you mean 'lr'"):
         load_config(Outer, overrides=["inner.lrr=0.1"])
