@@ -3,6 +3,7 @@
 Blurs every image of the evaluation set at each severity, restores it (our deblurrer, unsharp masking, Wiener
 with the true kernel), runs the detector on every condition and writes report.md/.json/.csv and plots to
 --out (default runs/eval/<name>/). Overrides: e.g. blur.severities=[3] deblur.weights=runs/x/gen.pt bootstrap=0.
+Several models on the same images and bootstrap resamples: "deblur.compare={finetuned: runs/y/gen.pt}".
 """
 
 import argparse
@@ -11,6 +12,7 @@ import sys
 
 from configs import CONFIG_DIR, load_config
 from evaluation import EvalConfig, run_blurred_vs_deblurred
+from evaluation.report import versus_table
 
 EXPERIMENTS = {"blurred_vs_deblurred": run_blurred_vs_deblurred}
 
@@ -35,6 +37,9 @@ def main(argv=None) -> int:
     gt = report["ground_truth"]
     print(f"Ground truth: {gt['kind']} ({gt['description']})")
     print(report["table"])
+    versus = versus_table(report)
+    if versus:
+        print("\nOther models against deblurred (paired bootstrap):\n" + versus)
     print(f"Report: {cfg.out or 'runs/eval/' + cfg.name}/report.md")
     return 0
 

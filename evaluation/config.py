@@ -7,6 +7,7 @@ Sections: ``data`` (what is evaluated and its ground truth), ``blur`` (synthetic
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -91,9 +92,21 @@ class EvalDeblurConfig:
     channels_last: bool = True
     # deblur.predict.Deblurrer runtime: torch (eager, the reference) | torch_compile | onnxruntime | openvino | auto
     runtime: Literal["torch", "torch_compile", "onnxruntime", "openvino", "auto"] = "torch"
+    # more generators scored in the same run, {label: weights}: each is a condition of its own, on the very
+    # same images, blur and bootstrap resamples as 'deblurred', so the report gives each one's difference to
+    # 'deblurred' with a paired interval (e.g. a fine-tune against the shipped model).
+    compare: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         check_range("max_side", self.max_side, 0)
+        reserved = ("sharp", "blurred", *METHOD_NAMES)
+        for label, path in self.compare.items():
+            if label in reserved or not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
+                raise ValueError(
+                    f"deblur.compare: label {label!r} must be letters, digits, '_', '.' or '-' and not one of "
+                    f"{list(reserved)} (e.g. deblur.compare={{finetuned: runs/deblur/NAME/export.pt}})")
+            if not path:
+                raise ValueError(f"deblur.compare.{label}: give the path of an exported generator")
         if 0 < self.max_side < 32:
             raise ValueError(f"'max_side' must be 0 (full resolution) or >= 32, got {self.max_side}")
 

@@ -20,6 +20,9 @@ CSV_FIELDS = [
     "n_gt", "psnr", "ssim", "recovery_map50", "recovery_map50_lo", "recovery_map50_hi", "recovery_map50_95",
     "recovery_map50_95_lo", "recovery_map50_95_hi", "delta_map50", "delta_map50_lo", "delta_map50_hi",
     "person_delta_ap50", "person_delta_ap50_lo", "person_delta_ap50_hi",
+    # deblur.compare models only: the difference to 'deblurred' on the same resamples
+    "vs_deblurred_delta_map50", "vs_deblurred_delta_map50_95", "vs_deblurred_delta_map50_95_lo",
+    "vs_deblurred_delta_map50_95_hi", "vs_deblurred_delta_psnr",
 ]
 
 
@@ -94,6 +97,20 @@ def delta_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def versus_table(report: dict) -> str:
+    """deblur.compare models against 'deblurred', paired (empty string when there are none)."""
+    lines = ["| sev | model | Δ mAP@.5 vs deblurred [95% CI] | Δ mAP@.5:.95 [95% CI] | Δ person AP@.5 [95% CI] "
+             "| Δ PSNR (dB) [95% CI] |", "|---|---|---|---|---|---|"]
+    rows = [(sev, cond, e["vs_deblurred"]) for sev, by_cond in report["results"].items()
+            for cond, e in by_cond.items() if "vs_deblurred" in e]
+    for sev, cond, v in rows:
+        lines.append(f"| {sev} | {cond} | {_with_ci(v['delta_map50'], v.get('delta_map50_ci'))} | "
+                     f"{_with_ci(v['delta_map50_95'], v.get('delta_map50_95_ci'))} | "
+                     f"{_with_ci(v.get('person_delta_ap50'), v.get('person_delta_ap50_ci'))} | "
+                     f"{_with_ci(v.get('delta_psnr'), v.get('delta_psnr_ci'), 2)} |")
+    return "\n".join(lines) if rows else ""
+
+
 def _markdown(report: dict, table: str, plot_files: list[str]) -> str:
     d, det, deb = report["data"], report["detector"], report["deblur"]
     gt = report["ground_truth"]
@@ -125,6 +142,14 @@ def _markdown(report: dict, table: str, plot_files: list[str]) -> str:
         "",
         delta_table(report),
         "",
+    ]
+    versus = versus_table(report)
+    if versus:
+        lines += ["## Other models against deblurred (deblur.compare; paired bootstrap)", "", versus, ""]
+        for label, info in report.get("compare", {}).items():
+            lines.append(f"- {label}: {info['weights']} (sha256 {info['sha256']})")
+        lines.append("")
+    lines += [
         "## Per-class AP@0.5 (person always; the most frequent classes)",
         "",
         per_class_table(report),
@@ -149,14 +174,17 @@ def _csv(report: dict) -> str:
         for cond, e in by_cond.items():
             row = {"severity": sev, "condition": cond}
             for k in CSV_FIELDS[2:]:
-                if k.endswith("_lo") or k.endswith("_hi"):
-                    base = k[:-3]
-                    ci = e["per_class"].get("person", {}).get("ap50_ci") if base == "person_ap50" else e.get(f"{base}_ci")
-                    row[k] = "" if not ci or ci[0] is None else ci[0 if k.endswith("_lo") else 1]
-                elif k == "person_ap50":
-                    row[k] = e["per_class"].get("person", {}).get("ap50")
+                src, key = (e.get("vs_deblurred", {}), k[len("vs_deblurred_"):]) if k.startswith("vs_deblurred_") \
+                    else (e, k)
+                if key.endswith("_lo") or key.endswith("_hi"):
+                    base = key[:-3]
+                    ci = src["per_class"].get("person", {}).get("ap50_ci") if base == "person_ap50" \
+                        else src.get(f"{base}_ci")
+                    row[k] = "" if not ci or ci[0] is None else ci[0 if key.endswith("_lo") else 1]
+                elif key == "person_ap50":
+                    row[k] = src["per_class"].get("person", {}).get("ap50")
                 else:
-                    row[k] = e.get(k)
+                    row[k] = src.get(key)
                 if row[k] is None:
                     row[k] = ""
             w.writerow(row)

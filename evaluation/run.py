@@ -112,18 +112,20 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _build_deblurrer(cfg: EvalConfig):
-    """-> (callable list[BGR] -> list[BGR], info dict for the report)."""
+def _build_deblurrer(cfg: EvalConfig, weights: str = "", key: str = "deblur.weights"):
+    """-> (callable list[BGR] -> list[BGR], info dict for the report). ``weights``/``key``: a generator of
+    deblur.compare instead of deblur.weights (the same device, runtime and threads)."""
     from deblur.models import DEFAULT_WEIGHTS
     from deblur.predict import Deblurrer
 
-    path = Path(cfg.deblur.weights) if cfg.deblur.weights else DEFAULT_WEIGHTS
+    given = weights or cfg.deblur.weights
+    path = Path(given) if given else DEFAULT_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(
-            f"deblur.weights: no generator at {path}"
-            f"{' (the default, deblur/weights/fpn_mobilenet_v2.pt, is not trained yet)' if not cfg.deblur.weights else ''}. "
-            "Fix: pass deblur.weights=PATH to a generator exported with deblur.save_generator, or leave 'deblurred' "
-            "out: methods=[unsharp,wiener]."
+            f"{key}: no generator at {path}"
+            f"{' (the default, deblur/weights/fpn_mobilenet_v2.pt, is not trained yet)' if not given else ''}. "
+            f"Fix: pass {key}=PATH to a generator exported with deblur.save_generator (train_deblur.py --export)"
+            + (", or leave 'deblurred' out: methods=[unsharp,wiener]." if key == "deblur.weights" else ".")
         )
     deblurrer = Deblurrer(str(path), device=cfg.deblur.device, channels_last=cfg.deblur.channels_last, max_batch=1,
                           runtime=cfg.deblur.runtime, threads=cfg.threads)
@@ -187,6 +189,13 @@ def run_blurred_vs_deblurred(
             if cfg.deblur.weights and Path(cfg.deblur.weights).is_file():
                 deblur_info["sha256"] = file_sha256(cfg.deblur.weights)
         deblur_fn = DeblurMethod(deblurrer, cfg.deblur.max_side)
+    # deblur.compare: more generators, each a condition named by its label, scored on the same resamples
+    model_fns = {"deblurred": deblur_fn} if deblur_fn is not None else {}
+    compare_info = {}
+    for label, weights in cfg.deblur.compare.items():
+        other, compare_info[label] = _build_deblurrer(cfg, weights, key=f"deblur.compare.{label}")
+        model_fns[label] = DeblurMethod(other, cfg.deblur.max_side)
+        methods.append(label)
     if cfg.detector.conf > 0.01:
         msg = (f"detector.conf={cfg.detector.conf} cuts the precision-recall curve there, so mAP is lower than "
                "COCO-style mAP (which runs the detector at conf 0.001); set detector.conf=0.001")
@@ -264,9 +273,9 @@ def run_blurred_vs_deblurred(
                     blurred = blur_image(sharp, kernel)
                 restored = {}
                 for m in methods:
-                    if m == "deblurred":
+                    if m in model_fns:
                         t0 = time.perf_counter()
-                        restored[m] = deblur_fn(blurred)
+                        restored[m] = model_fns[m](blurred)
                         timing["deblur_s"] += time.perf_counter() - t0
                         timing["deblur_n"] += 1
                     elif m == "unsharp":
@@ -317,6 +326,7 @@ def run_blurred_vs_deblurred(
                  "centered": cfg.blur.centered, "seed": cfg.blur.seed},
         "detector": det_info,
         "deblur": deblur_info,
+        "compare": compare_info,
         "conditions": conditions,
         "classes": extras["classes"],
         "metrics": {

@@ -155,7 +155,34 @@ def score_all(
         extras["tp_conf"][sev] = {c: s.tp_conf for c, s in scored.items()}
         for cond, s in scored.items():
             results[sev][cond] = _condition_entry(s, scored, cond, quality.get(sev, {}).get(cond), cfg)
+        if "deblurred" in scored:
+            for label in cfg.deblur.compare:
+                results[sev][label]["vs_deblurred"] = versus(
+                    scored[label], scored["deblurred"], quality[sev][label], quality[sev]["deblurred"], weights, cfg.ci)
     return results, extras
+
+
+def versus(a: Scored, b: Scored, qual_a, qual_b, weights: np.ndarray | None, ci: float) -> dict:
+    """Model ``a`` minus model ``b`` on the same images: mAP@0.5, mAP@0.5:0.95, person AP@0.5 and PSNR,
+    each with a paired block-bootstrap interval (the same resamples for both, so shared noise cancels)."""
+    out: dict = {}
+    for key, pick in (("map50", lambda t: t[..., 0]), ("map50_95", lambda t: t.mean(-1))):
+        out[f"delta_{key}"] = _f(pick(a.map_t) - pick(b.map_t))
+        if a.samples_t is not None and b.samples_t is not None:
+            out[f"delta_{key}_ci"] = _ci(pick(a.samples_t) - pick(b.samples_t), ci)
+    if PERSON in a.class_ap and PERSON in b.class_ap:
+        out["person_delta_ap50"] = _f(a.class_ap[PERSON][0] - b.class_ap[PERSON][0])
+        sa, sb = a.class_samples.get(PERSON), b.class_samples.get(PERSON)
+        if sa is not None and sb is not None:
+            out["person_delta_ap50_ci"] = _ci(sa[:, 0] - sb[:, 0], ci)
+    diff = np.asarray(qual_a, np.float64)[:, 0] - np.asarray(qual_b, np.float64)[:, 0]
+    ok = np.isfinite(diff)  # an image restored exactly (PSNR inf) by either model has no PSNR difference
+    out["delta_psnr"] = _f(diff[ok].mean()) if ok.any() else None
+    if weights is not None and ok.any():
+        w = weights[:, ok]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["delta_psnr_ci"] = _ci(w @ diff[ok] / w.sum(1), ci)
+    return out
 
 
 def _condition_entry(s: Scored, scored: dict[str, Scored], cond: str, qual, cfg) -> dict:

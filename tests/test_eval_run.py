@@ -161,3 +161,56 @@ def test_missing_default_weights_is_a_clear_error(tmp_path, monkeypatch):
     cfg = load_config(EvalConfig, overrides=[f"data.sources=[{folder}/*.jpg]", f"out={tmp_path / 'out'}"])
     with pytest.raises(FileNotFoundError, match="deblur.weights.*methods=\\[unsharp,wiener\\]"):
         run_blurred_vs_deblurred(cfg, detector=FakeDetector(), progress=False)
+
+
+def test_compare_models_in_one_run_paired(tmp_path, identity_weights):
+    """deblur.compare scores more generators on the same images and resamples: a copy of the main model
+    differs from it by exactly 0 (interval [0, 0]); another model's differences agree with its own rows."""
+    import torch
+
+    from deblur.config import GeneratorConfig
+    from deblur.models import build_generator, save_generator
+
+    torch.manual_seed(0)
+    cfg_g = GeneratorConfig(zero_init_last=False)  # an untrained residual: changes the image
+    other = save_generator(build_generator(cfg_g), cfg_g, tmp_path / "other.pt")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        cv2.imwrite(str(folder / f"p{k}.png"), rng.integers(40 + 30 * k, 120 + 30 * k, (64, 96, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    cfg = load_config(EvalConfig, overrides=[
+        f"data.sources=[{folder}/*.png]", f"out={out}", "methods=[deblurred]", f"deblur.weights={identity_weights}",
+        "deblur.runtime=torch", f"deblur.compare={{same: {identity_weights}, other: {other}}}", "blur.severities=[2]",
+        "bootstrap=30", "n_examples=0"])
+    report = run_blurred_vs_deblurred(cfg, detector=FakeDetector(), progress=False)
+    assert report["conditions"] == ["sharp", "blurred", "deblurred", "same", "other"]
+    assert set(report["compare"]) == {"same", "other"} and report["compare"]["other"]["sha256"]
+    res = report["results"]["2"]
+    assert "vs_deblurred" not in res["deblurred"]
+    same, diff = res["same"]["vs_deblurred"], res["other"]["vs_deblurred"]
+    assert same["delta_map50_95"] == 0.0 and same["delta_map50_95_ci"] == [0.0, 0.0] and same["delta_psnr"] == 0.0
+    assert diff["delta_map50_95"] == pytest.approx(res["other"]["map50_95"] - res["deblurred"]["map50_95"], abs=1e-9)
+    assert diff["delta_psnr"] == pytest.approx(res["other"]["psnr"] - res["deblurred"]["psnr"], abs=1e-6)
+    assert diff["delta_psnr"] != 0.0 and diff["delta_psnr_ci"][0] <= diff["delta_psnr_ci"][1]
+    md = (out / "report.md").read_text()
+    assert "Other models against deblurred" in md and "| 2 | other |" in md and str(other) in md
+    rows = {r["condition"]: r for r in csv.DictReader((out / "report.csv").open())}
+    assert float(rows["other"]["vs_deblurred_delta_psnr"]) == pytest.approx(diff["delta_psnr"])
+    assert rows["deblurred"]["vs_deblurred_delta_psnr"] == ""
+
+
+@pytest.mark.parametrize("compare,err,match", [
+    ("{blurred: x.pt}", ValueError, "deblur.compare: label 'blurred'"),
+    ("{'a b': x.pt}", ValueError, "label 'a b'"),
+    ("{tuned: missing.pt}", FileNotFoundError, r"deblur.compare.tuned: no generator at missing.pt"),
+])
+def test_compare_bad_labels_and_paths_are_clear_errors(tmp_path, compare, err, match):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), np.full((64, 96, 3), 100, np.uint8))
+    with pytest.raises(err, match=match):
+        cfg = load_config(EvalConfig, overrides=[f"data.sources=[{folder}/*.jpg]", f"out={tmp_path / 'out'}",
+                                                 "methods=[unsharp]", f"deblur.compare={compare}"])
+        run_blurred_vs_deblurred(cfg, detector=FakeDetector(), progress=False)
