@@ -180,7 +180,8 @@ def _read_bgr(path: Path) -> np.ndarray:
 def _write_image(path: Path, bgr: np.ndarray) -> None:
     """Write atomically (temp file + rename) in the format of ``path``'s suffix; JPEG at JPEG_QUALITY."""
     tmp = path.with_name(path.name + ".tmp" + path.suffix)
-    if not cv2.imwrite(str(tmp), bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    if not cv2.imwrite(str(tmp), bgr, params):
         raise OSError(f"Cannot write {tmp}")
     os.replace(tmp, path)
 
