@@ -1,6 +1,7 @@
 """Side-by-side table of several eval_detection runs (e.g. two deblurring models) on the same images.
 
     python -m evaluation.compare runs/eval/shipped runs/eval/finetuned --labels shipped finetuned
+    python -m evaluation.compare runs/eval/x runs/eval/x --condition deblurred finetuned   # deblur.compare models
 
 Each run folder holds the report.json that ``eval_detection.py`` wrote. The runs must share the data, blur
 and detector (checked: a comparison across different images or detectors would be meaningless); the
@@ -55,10 +56,12 @@ def _row(sev: str, label: str, e: dict) -> list[str]:
 KEYS = ("map50", "map50_95", "mean_conf_tp", "psnr", "ssim", "recovery_map50", "recovery_map50_95")
 
 
-def compare_table(reports: dict[str, dict], condition: str = "deblurred") -> str:
+def compare_table(reports: dict[str, dict], condition: str | dict[str, str] = "deblurred") -> str:
     """Markdown: one row per (severity, run) for ``condition`` (the blurred input once per severity, for
-    reference), then per run the mean over severities."""
+    reference), then per run the mean over severities. ``condition`` may name one condition per label
+    (several models of one run made with deblur.compare)."""
     check_comparable(reports)
+    cond = condition if isinstance(condition, dict) else {label: condition for label in reports}
     head = ["sev", "run", "mAP@.5", "mAP@.5:.95", "person AP@.5", "TP conf", "PSNR", "SSIM", "recovery @.5",
             "recovery @.5:.95"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -67,17 +70,16 @@ def compare_table(reports: dict[str, dict], condition: str = "deblurred") -> str
         first = next(iter(reports.values()))["results"][sev]
         lines.append("| " + " | ".join(_row(sev, "blurred", first["blurred"])) + " |")
         for label, rep in reports.items():
-            if condition not in rep["results"][sev]:
-                raise ValueError(f"run '{label}' has no '{condition}' condition (it has {sorted(rep['results'][sev])})")
-            lines.append("| " + " | ".join(_row(sev, label, rep["results"][sev][condition])) + " |")
+            if cond[label] not in rep["results"][sev]:
+                raise ValueError(f"run '{label}' has no '{cond[label]}' condition (it has {sorted(rep['results'][sev])})")
+            lines.append("| " + " | ".join(_row(sev, label, rep["results"][sev][cond[label]])) + " |")
     for label, rep in reports.items():
+        entries = [rep["results"][s][cond[label]] for s in severities]
         mean = {}
         for key in KEYS:
-            vals = [rep["results"][s][condition].get(key) for s in severities]
-            vals = [v for v in vals if v is not None and math.isfinite(v)]
+            vals = [v for v in (e.get(key) for e in entries) if v is not None and math.isfinite(v)]
             mean[key] = sum(vals) / len(vals) if vals else None
-        persons = [rep["results"][s][condition]["per_class"].get("person", {}).get("ap50") for s in severities]
-        persons = [v for v in persons if v is not None]
+        persons = [v for v in (e["per_class"].get("person", {}).get("ap50") for e in entries) if v is not None]
         mean["per_class"] = {"person": {"ap50": sum(persons) / len(persons) if persons else None}}
         lines.append("| " + " | ".join(_row("mean", label, mean)) + " |")
     return "\n".join(lines)
@@ -87,12 +89,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="eval_detection.py output folders (or their report.json)")
     parser.add_argument("--labels", nargs="*", default=None, help="a name per run (default: the folder names)")
-    parser.add_argument("--condition", default="deblurred", help="condition to compare (default: %(default)s)")
+    parser.add_argument("--condition", nargs="+", default=["deblurred"],
+                        help="condition to compare, one for all runs or one per run (e.g. the labels of "
+                             "deblur.compare, with the same run given several times; default: %(default)s)")
     args = parser.parse_args(argv)
-    labels = args.labels or [Path(r).name for r in args.runs]
+    conditions = args.condition * len(args.runs) if len(args.condition) == 1 else args.condition
+    if len(conditions) != len(args.runs):
+        parser.error(f"give one --condition for all runs or one per run: {len(args.runs)} runs, {conditions}")
+    labels = args.labels or ([Path(r).name for r in args.runs] if len(set(args.runs)) == len(args.runs) else conditions)
     if len(labels) != len(args.runs) or len(set(labels)) != len(labels):
         parser.error(f"give one distinct label per run: {len(args.runs)} runs, labels {labels}")
-    print(compare_table({label: load_report(run) for label, run in zip(labels, args.runs)}, args.condition))
+    reports = {label: load_report(run) for label, run in zip(labels, args.runs)}
+    print(compare_table(reports, dict(zip(labels, conditions))))
     return 0
 
 

@@ -163,7 +163,7 @@ def test_missing_default_weights_is_a_clear_error(tmp_path, monkeypatch):
         run_blurred_vs_deblurred(cfg, detector=FakeDetector(), progress=False)
 
 
-def test_compare_models_in_one_run_paired(tmp_path, identity_weights):
+def test_compare_models_in_one_run_paired(tmp_path, identity_weights, capsys):
     """deblur.compare scores more generators on the same images and resamples: a copy of the main model
     differs from it by exactly 0 (interval [0, 0]); another model's differences agree with its own rows."""
     import torch
@@ -199,6 +199,13 @@ def test_compare_models_in_one_run_paired(tmp_path, identity_weights):
     rows = {r["condition"]: r for r in csv.DictReader((out / "report.csv").open())}
     assert float(rows["other"]["vs_deblurred_delta_psnr"]) == pytest.approx(diff["delta_psnr"])
     assert rows["deblurred"]["vs_deblurred_delta_psnr"] == ""
+    # the models of one run side by side: one condition per label
+    from evaluation.compare import main as compare_main
+
+    assert compare_main([str(out), str(out), "--condition", "deblurred", "other"]) == 0
+    table = capsys.readouterr().out
+    other_row = next(line for line in table.splitlines() if line.startswith("| 2 | other |"))
+    assert f"{res['other']['map50_95']:.3f}" in other_row and "| mean | deblurred |" in table
 
 
 @pytest.mark.parametrize("compare,err,match", [
