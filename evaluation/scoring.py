@@ -162,19 +162,28 @@ def score_all(
     return results, extras
 
 
-def versus(a: Scored, b: Scored, qual_a, qual_b, weights: np.ndarray | None, ci: float) -> dict:
-    """Model ``a`` minus model ``b`` on the same images: mAP@0.5, mAP@0.5:0.95, person AP@0.5 and PSNR,
-    each with a paired block-bootstrap interval (the same resamples for both, so shared noise cancels)."""
+# mAP@0.5 and mAP@0.5:0.95 from per-IoU-threshold arrays (..., T)
+PICKS = (("map50", lambda t: t[..., 0]), ("map50_95", lambda t: t.mean(-1)))
+
+
+def paired_deltas(a: Scored, b: Scored, ci: float) -> dict:
+    """``a`` minus ``b`` on the same images: mAP@0.5, mAP@0.5:0.95 and person AP@0.5, each with a paired
+    block-bootstrap interval (the same resamples for both, so the noise they share cancels)."""
     out: dict = {}
-    for key, pick in (("map50", lambda t: t[..., 0]), ("map50_95", lambda t: t.mean(-1))):
+    for key, pick in PICKS:
         out[f"delta_{key}"] = _f(pick(a.map_t) - pick(b.map_t))
         if a.samples_t is not None and b.samples_t is not None:
             out[f"delta_{key}_ci"] = _ci(pick(a.samples_t) - pick(b.samples_t), ci)
     if PERSON in a.class_ap and PERSON in b.class_ap:
         out["person_delta_ap50"] = _f(a.class_ap[PERSON][0] - b.class_ap[PERSON][0])
         sa, sb = a.class_samples.get(PERSON), b.class_samples.get(PERSON)
-        if sa is not None and sb is not None:
-            out["person_delta_ap50_ci"] = _ci(sa[:, 0] - sb[:, 0], ci)
+        out["person_delta_ap50_ci"] = _ci(sa[:, 0] - sb[:, 0], ci) if sa is not None and sb is not None else None
+    return out
+
+
+def versus(a: Scored, b: Scored, qual_a, qual_b, weights: np.ndarray | None, ci: float) -> dict:
+    """Model ``a`` minus model ``b``: :func:`paired_deltas` plus the mean PSNR difference, also paired."""
+    out = paired_deltas(a, b, ci)
     diff = np.asarray(qual_a, np.float64)[:, 0] - np.asarray(qual_b, np.float64)[:, 0]
     ok = np.isfinite(diff)  # an image restored exactly (PSNR inf) by either model has no PSNR difference
     out["delta_psnr"] = _f(diff[ok].mean()) if ok.any() else None
@@ -217,18 +226,12 @@ def _condition_entry(s: Scored, scored: dict[str, Scored], cond: str, qual, cfg)
         }
     if cond not in ("sharp", "blurred") and "sharp" in scored and "blurred" in scored:
         sh, bl = scored["sharp"], scored["blurred"]
-        for key, pick in (("map50", lambda a: a[..., 0]), ("map50_95", lambda a: a.mean(-1))):
+        for key, pick in PICKS:
             entry[f"recovery_{key}"] = _f(recovery_fraction(pick(sh.map_t), pick(bl.map_t), pick(s.map_t),
                                                             cfg.min_recovery_gap))
-            entry[f"delta_{key}"] = _f(pick(s.map_t) - pick(bl.map_t))
             if s.samples_t is not None:
                 rec = recovery_fraction(pick(sh.samples_t), pick(bl.samples_t), pick(s.samples_t), cfg.min_recovery_gap)
                 entry[f"recovery_{key}_ci"] = _ci(rec, ci)
                 entry[f"recovery_{key}_undefined_frac"] = _f(np.mean(~np.isfinite(rec)))
-                entry[f"delta_{key}_ci"] = _ci(pick(s.samples_t) - pick(bl.samples_t), ci)
-        if PERSON in s.class_ap:
-            p_m, p_b = s.class_ap[PERSON][0], bl.class_ap[PERSON][0]
-            entry["person_delta_ap50"] = _f(p_m - p_b)
-            sm, sb = s.class_samples.get(PERSON), bl.class_samples.get(PERSON)
-            entry["person_delta_ap50_ci"] = _ci(sm[:, 0] - sb[:, 0], ci) if sm is not None and sb is not None else None
+        entry.update(paired_deltas(s, bl, ci))  # against blurred
     return entry
