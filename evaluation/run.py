@@ -179,7 +179,7 @@ def run_blurred_vs_deblurred(
         methods.remove("wiener")
         notes.append("wiener left out: real (paired) blur has no known kernel")
     deblur_info = None
-    deblur_fn = None
+    model_fns = {}  # condition -> generator as a method: 'deblurred', then the labels of deblur.compare
     if "deblurred" in methods:
         if deblurrer is None:
             deblurrer, deblur_info = _build_deblurrer(cfg)
@@ -188,9 +188,8 @@ def run_blurred_vs_deblurred(
                            "max_side": cfg.deblur.max_side, "device": cfg.deblur.device, "runtime": "<injected>"}
             if cfg.deblur.weights and Path(cfg.deblur.weights).is_file():
                 deblur_info["sha256"] = file_sha256(cfg.deblur.weights)
-        deblur_fn = DeblurMethod(deblurrer, cfg.deblur.max_side)
+        model_fns["deblurred"] = DeblurMethod(deblurrer, cfg.deblur.max_side)
     # deblur.compare: more generators, each a condition named by its label, scored on the same resamples
-    model_fns = {"deblurred": deblur_fn} if deblur_fn is not None else {}
     compare_info = {}
     for label, weights in cfg.deblur.compare.items():
         other, compare_info[label] = _build_deblurrer(cfg, weights, key=f"deblur.compare.{label}")
