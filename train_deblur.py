@@ -6,6 +6,9 @@ Examples:
   python train_deblur.py --resume name=fpn_mobilenet_v2    # continue runs/deblur/fpn_mobilenet_v2/last.pt
   python train_deblur.py --export deblur/weights/fpn_mobilenet_v2.pt name=fpn_mobilenet_v2
   torchrun --nproc_per_node 2 train_deblur.py device=cpu   # DistributedDataParallel (gloo on CPU)
+
+  python train_deblur.py --config configs/kernel_train.yaml                 # the kernel estimator (stage: kernel)
+  python train_deblur.py --config configs/kernel_train.yaml --export deblur/weights/kernel_estimator.pt
 """
 
 import argparse
@@ -14,9 +17,27 @@ import os
 import signal
 import sys
 
+import yaml
+
 from configs import CONFIG_DIR, load_config
-from deblur.config import TrainConfig
+from deblur.config import KernelTrainConfig, TrainConfig
+from deblur.kernel_train import KernelTrainer
 from deblur.train import Trainer
+
+# The YAML's `stage` names what it trains: the generator (the default) or the kernel estimator.
+STAGES = {"generator": (TrainConfig, Trainer), "kernel": (KernelTrainConfig, KernelTrainer)}
+
+
+def _stage(path: str) -> str:
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except OSError:
+        return "generator"  # load_config reports the missing or unreadable file
+    stage = raw.get("stage", "generator") if isinstance(raw, dict) else "generator"
+    if stage not in STAGES:
+        raise SystemExit(f"error: {path}: stage {stage!r} is unknown. Available: {sorted(STAGES)}")
+    return stage
 
 
 def main(argv=None) -> int:
@@ -35,8 +56,13 @@ def main(argv=None) -> int:
     # because shells start background jobs with it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    cfg = load_config(TrainConfig, args.config, args.overrides)
-    trainer = Trainer(cfg, resume=args.resume, extra_losses=_extra_losses(cfg))
+    stage = _stage(args.config)
+    schema, trainer_cls = STAGES[stage]
+    cfg = load_config(schema, args.config, [o for o in args.overrides if not o.startswith("stage=")])
+    if stage == "kernel":
+        trainer = trainer_cls(cfg, resume=args.resume)
+    else:
+        trainer = trainer_cls(cfg, resume=args.resume, extra_losses=_extra_losses(cfg))
     if args.export:
         print(f"exported {trainer.export(args.export, which=args.export_from, half=args.half)}")
         return 0

@@ -217,3 +217,121 @@ class TrainConfig:
         check_range("image_size", self.image_size, 0)
         for name in ("log_every", "image_every", "save_every"):
             check_range(name, getattr(self, name), 1)
+
+
+# ----------------------------------------------------------------------------- kernel estimator
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """Kernel estimator architecture (deblur.arch_kernel.KernelEstimator); keys are its constructor args."""
+
+    name: Literal["kernel_mobilenet_v2"] = "kernel_mobilenet_v2"
+    kernel_size: int = 41  # holds centred ImageNet-C severity 4 whole, most of severity 5, shake severity 5
+    width_mult: float = 0.5
+    depth: int = 14  # MobileNetV2 feature blocks kept (14 = stride 16)
+    hidden: int = 256
+
+    def __post_init__(self):
+        check_range("kernel_size", self.kernel_size, 3, 101)
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"'kernel_size' must be odd (the kernel has a centre pixel), got {self.kernel_size}")
+        check_range("width_mult", self.width_mult, 0.1, 2.0)
+        check_range("depth", self.depth, 2, 18)
+        check_range("hidden", self.hidden, 8)
+
+
+@dataclass(frozen=True)
+class KernelBlurConfig:
+    """The blur the estimator learns: kernel families, sensor noise and JPEG (all angles U[0, 180))."""
+
+    # relative weights; 'none' is a sharp crop (a delta kernel), so the estimator learns to say "no blur"
+    kinds: dict[str, float] = field(default_factory=lambda: {"imagenet_c": 0.35, "linear": 0.25, "shake": 0.3, "none": 0.1})
+    linear_length: tuple[float, float] = (2.0, 35.0)  # pixels
+    imagenet_c_severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    shake_severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    noise_prob: float = 0.5
+    noise_sigma: tuple[float, float] = (0.0, 0.02)  # [0,1] units
+    jpeg_prob: float = 0.3
+    jpeg_quality: tuple[int, int] = (50, 95)
+
+    def __post_init__(self):
+        known = {"imagenet_c", "linear", "shake", "none"}
+        for k, w in self.kinds.items():
+            if k not in known:
+                raise ValueError(f"kernel blur kind '{k}' is unknown. Available: {sorted(known)}")
+            check_range(f"kinds.{k}", w, 0.0)
+        if not any(w > 0 for w in self.kinds.values()):
+            raise ValueError(f"'kinds' needs at least one positive weight, got {self.kinds}")
+        _check_pair("linear_length", self.linear_length, 1.0, 101.0)
+        for s in [*self.imagenet_c_severities, *self.shake_severities]:
+            check_range("severities", s, 1, 5)
+        check_range("noise_prob", self.noise_prob, 0.0, 1.0)
+        _check_pair("noise_sigma", self.noise_sigma, 0.0, 1.0)
+        check_range("jpeg_prob", self.jpeg_prob, 0.0, 1.0)
+        _check_pair("jpeg_quality", self.jpeg_quality, 1, 100)
+
+
+@dataclass(frozen=True)
+class KernelLossConfig:
+    """Weights of the estimator's loss terms (0 switches one off)."""
+
+    kernel: float = 1.0  # cross-entropy of the predicted kernel against the true one (a distribution over taps)
+    moments: float = 1.0  # L1 on orientation and extent (deblur.arch_kernel.moment_features)
+    recon: float = 1.0  # L1 of the Wiener restoration with the predicted kernel against the sharp crop
+
+    def __post_init__(self):
+        for name in ("kernel", "moments", "recon"):
+            check_range(name, getattr(self, name), 0.0)
+
+
+@dataclass(frozen=True)
+class KernelTrainConfig:
+    """Training of the kernel estimator (``stage: kernel`` in the YAML): python train_deblur.py --config configs/kernel_train.yaml."""
+
+    stage: Literal["kernel"] = "kernel"
+    name: str = "kernel_estimator"  # run folder: <project>/<name>
+    project: str = "runs/kernel"
+    sources: list[str] = field(default_factory=lambda: ["data/train/**/*.jpg", "data/train/**/*.png"])
+    train_bounds: tuple[float, float] = (0.0, 0.9)  # hash-of-name split, as the generator's training
+    val_bounds: tuple[float, float] = (0.9, 1.0)
+    preload_size: int = 720  # photos are shrunk so the short side is at most this
+    scale: tuple[float, float] = (0.5, 1.0)  # random rescale of the sharp photo before blurring
+    crop: int = 128  # side of the grey crops the estimator sees (full resolution)
+    crop_candidates: int = 4  # of this many random crops, keep the one with the most gradient energy
+    blur: KernelBlurConfig = field(default_factory=KernelBlurConfig)
+    model: EstimatorConfig = field(default_factory=EstimatorConfig)
+    loss: KernelLossConfig = field(default_factory=KernelLossConfig)
+    wiener_balance: float = 2.0e-3  # the recon loss's deconvolution regulariser
+    recon_start: int = 500  # step from which the reconstruction loss is on
+    batch_size: int = 32
+    steps: int = 6000
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adamw", lr=2.0e-3))
+    warmup_steps: int = 100
+    min_lr: float = 1.0e-5  # cosine decay from optimizer.lr to this over `steps`
+    ema: float = 0.99  # EMA decay of the weights used for validation and export (0 = off)
+    val_every: int = 250
+    val_crops: int = 256  # fixed held-out crops, clean and with noise + JPEG
+    log_every: int = 20
+    save_every: int = 100
+    device: str = "cpu"
+    threads: int = 0  # torch intra-op threads (0 = leave as is)
+    seed: int = 0
+    max_minutes: float = 0.0  # stop after this wall time (0 = no limit); last.pt is saved
+
+    def __post_init__(self):
+        for name in ("train_bounds", "val_bounds"):
+            lo, hi = getattr(self, name)
+            if not 0.0 <= lo < hi <= 1.0:
+                raise ValueError(f"'{name}' must satisfy 0 <= lo < hi <= 1, got {(lo, hi)}")
+        _check_pair("scale", self.scale, 0.05, 4.0)
+        check_range("crop", self.crop, 32)
+        if self.crop < self.model.kernel_size:
+            raise ValueError(f"'crop' ({self.crop}) must be at least model.kernel_size ({self.model.kernel_size})")
+        check_range("crop_candidates", self.crop_candidates, 1)
+        check_range("wiener_balance", self.wiener_balance, 1.0e-8)
+        for name in ("batch_size", "steps", "val_every", "val_crops", "log_every", "save_every"):
+            check_range(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "threads", "preload_size", "recon_start"):
+            check_range(name, getattr(self, name), 0)
+        check_range("min_lr", self.min_lr, 0.0)
+        check_range("ema", self.ema, 0.0, 0.99999)
+        check_range("max_minutes", self.max_minutes, 0.0)

@@ -30,17 +30,25 @@ from torch import nn
 from configs.loader import ConfigError, from_dict
 from deblur.arch_fpn_densenet import FPNDenseNet121
 from deblur.arch_fpn_mobilenet import FPNGenerator, FPNMobileNetV2, FPNMobileNetV2DSC
-from deblur.config import GeneratorConfig, ModelConfig
+from deblur.arch_kernel import KernelEstimator
+from deblur.config import EstimatorConfig, GeneratorConfig, ModelConfig
 from runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_ESTIMATOR",
     "DEFAULT_WEIGHTS",
+    "ESTIMATORS",
+    "ESTIMATOR_FORMAT",
     "EXPORT_FORMAT",
     "GENERATORS",
+    "build_estimator",
     "build_generator",
+    "load_estimator",
+    "save_estimator",
     "count_params",
+    "file_format",
     "generator_flops",
     "load_generator",
     "save_generator",
@@ -52,9 +60,13 @@ GENERATORS: dict[str, type[FPNGenerator]] = {
     "fpn_densenet121": FPNDenseNet121,
 }
 
+ESTIMATORS: dict[str, type[KernelEstimator]] = {"kernel_mobilenet_v2": KernelEstimator}
+
 EXPORT_FORMAT = "deblur-generator-v1"
+ESTIMATOR_FORMAT = "deblur-kernel-estimator-v1"
 TRAIN_FORMAT = "deblur-train-v1"  # deblur/train.py checkpoints hold "model" and "cfg" too
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "fpn_mobilenet_v2.pt"
+DEFAULT_ESTIMATOR = Path(__file__).resolve().parent / "weights" / "kernel_estimator.pt"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile
 # torchvision < 0.4 DenseNet keys ("denselayer1.norm.1.weight") -> current ("denselayer1.norm1.weight")
 _OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
@@ -296,6 +308,10 @@ def load_generator(
         raise ValueError(f"{path} is not a deblur generator file: it holds a {type(obj).__name__}, "
                          f"expected a dict with format '{EXPORT_FORMAT}' (write it with deblur.save_generator)")
     fmt = obj.get("format")
+    if fmt in (ESTIMATOR_FORMAT, "kernel-train-v1"):
+        raise ValueError(f"{path} holds a kernel estimator, not a deblurring generator. Pass it as the estimator "
+                         "(--estimator / deblur.estimator=...), and a generator file (format "
+                         f"'{EXPORT_FORMAT}') as the generator weights.")
     if fmt is not None and fmt not in (EXPORT_FORMAT, TRAIN_FORMAT):
         raise ValueError(f"{path} has format {fmt!r}; this loader reads '{EXPORT_FORMAT}'")
     if "model" not in obj or "cfg" not in obj:
@@ -338,6 +354,85 @@ def load_generator(
     model = model.float().to(resolve_device(device)).eval()
     logger.info("Loaded %s generator (step %s) from %s", cfg.name, obj.get("step", "?"), path)
     return model, cfg
+
+
+def build_estimator(cfg: EstimatorConfig) -> KernelEstimator:
+    """Build the kernel estimator ``cfg.name`` (train mode, float32, CPU, random init)."""
+    if not isinstance(cfg, EstimatorConfig):
+        raise TypeError(f"build_estimator expects an EstimatorConfig, got {type(cfg).__name__}")
+    kwargs = dataclasses.asdict(cfg)
+    return ESTIMATORS[kwargs.pop("name")](**kwargs)
+
+
+def save_estimator(model: nn.Module, cfg: EstimatorConfig, path: str | os.PathLike, step: int = 0,
+                   meta: dict | None = None) -> Path:
+    """Export a kernel estimator with its ``cfg`` to ``path`` atomically; returns the path."""
+    meta = dict(meta or {})
+    _check_meta(meta)
+    state = {_strip_prefixes(k): v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+    payload = {"format": ESTIMATOR_FORMAT, "model": state, "cfg": dataclasses.asdict(cfg), "step": int(step), "meta": meta}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info("Saved %s kernel estimator (step %d) to %s", cfg.name, step, path)
+    return path
+
+
+def load_estimator(weights: str | os.PathLike | None = None,
+                   device: str | torch.device = "cpu") -> tuple[KernelEstimator, EstimatorConfig]:
+    """Load an exported kernel estimator (``save_estimator``) -> (model in eval mode on ``device``, cfg).
+
+    ``weights=None`` loads ``DEFAULT_ESTIMATOR``. A generator file gives a ValueError naming both kinds.
+    """
+    path = Path(weights) if weights is not None else DEFAULT_ESTIMATOR
+    if not path.is_file():
+        raise FileNotFoundError(f"Kernel estimator weights not found: {path}. Train one with `python train_deblur.py "
+                                "--config configs/kernel_train.yaml` and export it with --export PATH.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types; we re-raise with the file name
+        raise ValueError(f"{path} is not a kernel estimator file: torch.load(weights_only=True) failed ({e})") from e
+    fmt = obj.get("format") if isinstance(obj, Mapping) else None
+    if fmt in (EXPORT_FORMAT, TRAIN_FORMAT):
+        raise ValueError(f"{path} holds a deblurring generator (format {fmt!r}), not a kernel estimator. Pass it as "
+                         f"the generator weights, and an estimator file (format '{ESTIMATOR_FORMAT}') as the estimator.")
+    if fmt not in (ESTIMATOR_FORMAT, "kernel-train-v1"):
+        raise ValueError(f"{path} is not a kernel estimator file (format {fmt!r}); export one with "
+                         f"`python train_deblur.py --config configs/kernel_train.yaml --export PATH`.")
+    try:
+        cfg = from_dict(EstimatorConfig, dict(obj["cfg"]))
+    except (ConfigError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: its stored estimator config is invalid: {e}") from e
+    model = build_estimator(cfg)
+    state = obj["ema"] if fmt == "kernel-train-v1" and obj.get("ema") is not None else obj["model"]
+    try:
+        model.load_state_dict({_strip_prefixes(k): v for k, v in state.items()}, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: its weights do not fit the '{cfg.name}' estimator of its cfg {obj['cfg']}") from e
+    model = model.float().to(resolve_device(device)).eval()
+    logger.info("Loaded %s kernel estimator (step %s) from %s", cfg.name, obj.get("step", "?"), path)
+    return model, cfg
+
+
+def file_format(path: str | os.PathLike) -> str | None:
+    """The ``format`` stored in a weights file (None if it has none or is not a dict); FileNotFoundError/ValueError
+    when the file is missing or torch cannot read it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Weights not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types; we re-raise with the file name
+        raise ValueError(f"{path} is not a weights file of this project: torch.load(weights_only=True) failed ({e})") from e
+    return obj.get("format") if isinstance(obj, Mapping) else None
 
 
 def count_params(model: nn.Module) -> int:

@@ -27,12 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from deblur.models import load_generator
+from deblur.kernel_deblur import KernelDeblurConfig, KernelDeblurrer
+from deblur.models import ESTIMATOR_FORMAT, file_format, load_generator
 from runtime import RUNTIMES, compile_module, cpu_native_bf16, resolve_device, resolve_runtime
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Deblurrer", "IMAGE_EXTENSIONS", "collect_images", "output_path", "read_image", "write_image", "main"]
+__all__ = ["Deblurrer", "IMAGE_EXTENSIONS", "load_deblurrer", "collect_images", "output_path", "read_image", "write_image", "main"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 OUTPUT_SUFFIX = "_deblurred"
@@ -173,6 +174,16 @@ class Deblurrer:
     def warmup(self, height: int = 360, width: int = 640) -> None:
         """One forward pass on a grey frame (first-call allocations, oneDNN/cuDNN kernel selection)."""
         self([np.full((height, width, 3), 128, np.uint8)])
+
+
+def load_deblurrer(weights: str | os.PathLike, device: str | torch.device = "auto",
+                   kernel: KernelDeblurConfig | None = None, **generator_options) -> Deblurrer | KernelDeblurrer:
+    """The deblurrer a weights file describes: a kernel estimator file gives a ``KernelDeblurrer`` (options
+    ``kernel``), a generator file a ``Deblurrer`` (``generator_options``: runtime, threads, amp, ...). Both
+    map a list of (H,W,3) BGR uint8 frames to the deblurred frames."""
+    if file_format(weights) == ESTIMATOR_FORMAT:
+        return KernelDeblurrer(weights, device=device, cfg=kernel)
+    return Deblurrer(weights, device=device, **generator_options)
 
 
 # --- files ------------------------------------------------------------------------------------------

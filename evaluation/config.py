@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from configs.loader import check_range
+from deblur.kernel_deblur import KernelDeblurConfig
 from detect import DetectorConfig
 
 DataFormat = Literal["images", "yolo", "coco", "paired"]
@@ -72,7 +73,9 @@ class EvalBlurConfig:
 
     kind: BlurKind = "imagenet_c"
     severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
-    centered: bool = False  # imagenet_c: False = ImageNet-C's one-sided kernel (it also shifts the image)
+    # imagenet_c: True = the kernel centred on its mass (a frame's exposure is centred on its timestamp, and a pure
+    # shift cannot be seen in one frame); False = ImageNet-C's own one-sided kernel, which also shifts the image
+    centered: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -96,6 +99,8 @@ class EvalDeblurConfig:
     # same images, blur and bootstrap resamples as 'deblurred', so the report gives each one's difference to
     # 'deblurred' with a paired interval (e.g. a fine-tune against the shipped model).
     compare: dict[str, str] = field(default_factory=dict)
+    # options of the kernel-aware deblurrer, used for every weights file that holds a kernel estimator
+    kernel: KernelDeblurConfig = field(default_factory=KernelDeblurConfig)
 
     def __post_init__(self):
         check_range("max_side", self.max_side, 0)

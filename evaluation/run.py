@@ -113,25 +113,27 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _build_deblurrer(cfg: EvalConfig, weights: str = "", key: str = "deblur.weights"):
-    """-> (callable list[BGR] -> list[BGR], info dict for the report). ``weights``/``key``: a generator of
-    deblur.compare instead of deblur.weights (the same device, runtime and threads)."""
+    """-> (callable list[BGR] -> list[BGR], info dict for the report). ``weights``/``key``: a model of
+    deblur.compare instead of deblur.weights (the same device, runtime and threads). A weights file holding a
+    kernel estimator gives the kernel-aware deblurrer (options deblur.kernel), a generator file the generator."""
     from deblur.models import DEFAULT_WEIGHTS
-    from deblur.predict import Deblurrer
+    from deblur.predict import load_deblurrer
 
     given = weights or cfg.deblur.weights
     path = Path(given) if given else DEFAULT_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(
-            f"{key}: no generator at {path}"
-            f"{' (the default, deblur/weights/fpn_mobilenet_v2.pt, is not trained yet)' if not given else ''}. "
-            f"Fix: pass {key}=PATH to a generator exported with deblur.save_generator (train_deblur.py --export)"
+            f"{key}: no weights at {path}"
+            f"{' (the default is not trained yet)' if not given else ''}. "
+            f"Fix: pass {key}=PATH to a generator or kernel estimator exported with train_deblur.py --export"
             + (", or leave 'deblurred' out: methods=[unsharp,wiener]." if key == "deblur.weights" else ".")
         )
-    deblurrer = Deblurrer(str(path), device=cfg.deblur.device, channels_last=cfg.deblur.channels_last, max_batch=1,
-                          runtime=cfg.deblur.runtime, threads=cfg.threads)
-    gen_cfg = to_dict(deblurrer.cfg) if deblurrer.cfg is not None else None
+    deblurrer = load_deblurrer(str(path), device=cfg.deblur.device, kernel=cfg.deblur.kernel,
+                               channels_last=cfg.deblur.channels_last, max_batch=1, runtime=cfg.deblur.runtime,
+                               threads=cfg.threads)
     engine = getattr(deblurrer, "engine", None)
-    return deblurrer, {"weights": str(path), "sha256": file_sha256(path), "generator": gen_cfg,
+    model_cfg = to_dict(deblurrer.cfg) if deblurrer.cfg is not None else None
+    return deblurrer, {"weights": str(path), "sha256": file_sha256(path), "generator": model_cfg,
                        "max_side": cfg.deblur.max_side, "device": cfg.deblur.device,
                        "runtime": engine.name if engine is not None else getattr(deblurrer, "runtime", "torch")}
 

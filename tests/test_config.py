@@ -113,27 +113,15 @@ def test_deblur_range_checks():
 
 def _schema_for(path):
     """Each YAML file names its schema by file name."""
+    from deblur.config import KernelTrainConfig
     from deblur.config import TrainConfig as Train
+    from detect.config import DetectorConfig
+    from evaluation.config import EvalConfig
+    from pipeline.config import PipelineConfig
 
-    schemas = {"deblur_train": Train}  # deblur_train*.yaml
-    try:
-        from detect.config import DetectorConfig
-
-        schemas["detect"] = DetectorConfig
-    except ImportError:
-        pass
-    try:
-        from pipeline.config import PipelineConfig
-
-        schemas["pipeline"] = PipelineConfig
-    except ImportError:
-        pass
-    try:
-        from evaluation.config import EvalConfig
-
-        schemas["eval_detection"] = EvalConfig
-    except ImportError:
-        pass
+    # a broken import must fail this test, not skip a schema
+    schemas = {"deblur_train": Train, "kernel_train": KernelTrainConfig, "detect": DetectorConfig,
+               "pipeline": PipelineConfig, "eval_detection": EvalConfig}
     for prefix, schema in schemas.items():
         if path.stem.startswith(prefix):
             return schema

@@ -1,0 +1,123 @@
+"""Training data of the kernel estimator: full-resolution grey crops, blurred by kernels we know exactly.
+
+``KernelCrops(cfg, bounds).batch(rng, n)`` draws ``n`` samples: a photo of the split (deblur.dataset's
+hash split of ``cfg.sources``), a random rescale, the most textured of a few random crops, a kernel from
+``cfg.blur`` (ImageNet-C, linear, camera shake or none, every angle), blur, sensor noise and JPEG. It
+returns the blurred and sharp crops ((n,1,S,S) float in [0,1]) and the kernels ((n,k,k), summing to 1,
+centred on the middle pixel), so the estimator is supervised by the exact kernel.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from deblur.blur_synth import imagenet_c_kernel, jpeg, linear_kernel, shake_kernel
+from deblur.config import DataConfig, KernelBlurConfig, KernelTrainConfig
+from deblur.dataset import SyntheticBlur
+
+__all__ = ["KernelCrops", "fit_kernel", "sample_kernel"]
+
+
+def fit_kernel(kernel: np.ndarray, size: int) -> np.ndarray:
+    """Centre a (k,k) kernel on a (size,size) canvas: zero-pad or crop symmetrically, renormalise to sum 1."""
+    k = kernel.shape[0]
+    if k == size:
+        return kernel.astype(np.float32)
+    if k < size:
+        p = (size - k) // 2
+        out = np.zeros((size, size), np.float32)
+        out[p : p + k, p : p + k] = kernel
+        return out
+    c = (k - size) // 2
+    out = kernel[c : c + size, c : c + size].astype(np.float32)
+    return out / out.sum()
+
+
+def sample_kernel(cfg: KernelBlurConfig, rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
+    """One kernel of the mix in ``cfg`` on a (size,size) canvas, and its family name."""
+    kinds = [k for k, w in cfg.kinds.items() if w > 0]
+    weights = np.array([cfg.kinds[k] for k in kinds], np.float64)
+    kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+    angle = float(rng.uniform(0.0, 180.0))
+    if kind == "imagenet_c":
+        kernel = imagenet_c_kernel(int(rng.choice(cfg.imagenet_c_severities)), angle, centered=True)
+    elif kind == "linear":
+        kernel = linear_kernel(float(rng.uniform(*cfg.linear_length)), angle, centered=True)
+    elif kind == "shake":
+        kernel = shake_kernel(int(rng.choice(cfg.shake_severities)), int(rng.integers(2**31)))
+    else:
+        kernel = np.ones((1, 1), np.float32)
+    return fit_kernel(kernel, size), kind
+
+
+def _energy(grey: np.ndarray) -> float:
+    return float(np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean())
+
+
+class KernelCrops:
+    """Blurred grey crops with their exact kernels from the photos of one split of ``cfg.sources``."""
+
+    def __init__(self, cfg: KernelTrainConfig, bounds: tuple[float, float]):
+        photos = SyntheticBlur(DataConfig(sources=list(cfg.sources), bounds=tuple(bounds), preload=True,
+                                          preload_size=cfg.preload_size, size=cfg.crop))
+        self.greys = [cv2.cvtColor(photos.image(i), cv2.COLOR_RGB2GRAY) for i in range(len(photos))]
+        self.names = photos.names
+        self.cfg = cfg
+
+    def __len__(self) -> int:
+        return len(self.greys)
+
+    def _crop(self, rng: np.random.Generator, region: int) -> np.ndarray:
+        """The most textured of ``crop_candidates`` random (region, region) uint8 crops of a random photo."""
+        cfg = self.cfg
+        grey = self.greys[int(rng.integers(len(self.greys)))]
+        scale = float(rng.uniform(*cfg.scale))
+        side = max(region, round(region / scale))
+        h, w = grey.shape
+        if min(h, w) < side:  # small photo: enlarge it just enough
+            f = side / min(h, w)
+            grey = cv2.resize(grey, (max(side, round(w * f)), max(side, round(h * f))), interpolation=cv2.INTER_CUBIC)
+            h, w = grey.shape
+        best, best_e = None, -1.0
+        for _ in range(cfg.crop_candidates):
+            y, x = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
+            crop = grey[y : y + side, x : x + side]
+            e = _energy(crop[::4, ::4].astype(np.float32))
+            if e > best_e:
+                best, best_e = crop, e
+        if side != region:
+            best = cv2.resize(best, (region, region), interpolation=cv2.INTER_AREA)
+        return best
+
+    def sample(self, rng: np.random.Generator, noise: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        """-> blurred (S,S) float32 [0,1], sharp (S,S) float32 [0,1], kernel (k,k), family.
+
+        ``noise``: None = sensor noise and JPEG with the probabilities of ``cfg.blur``; False = neither;
+        True = both, always.
+        """
+        cfg, k = self.cfg, self.cfg.model.kernel_size
+        pad = k // 2
+        sharp = self._crop(rng, cfg.crop + 2 * pad)
+        kernel, kind = sample_kernel(cfg.blur, rng, k)
+        blur = cv2.filter2D(sharp.astype(np.float32), cv2.CV_32F, np.ascontiguousarray(kernel[::-1, ::-1]),
+                            borderType=cv2.BORDER_REFLECT)[pad:-pad, pad:-pad]
+        sharp = sharp[pad:-pad, pad:-pad]
+        b = cfg.blur
+        if noise or (noise is None and rng.uniform() < b.noise_prob):
+            blur = blur + rng.normal(0.0, float(rng.uniform(*b.noise_sigma)) * 255.0, blur.shape).astype(np.float32)
+        blur = np.clip(blur + 0.5, 0, 255).astype(np.uint8)
+        if noise or (noise is None and rng.uniform() < b.jpeg_prob):
+            blur = jpeg(blur, int(rng.integers(b.jpeg_quality[0], b.jpeg_quality[1] + 1)))
+        return blur.astype(np.float32) / 255.0, sharp.astype(np.float32) / 255.0, kernel, kind
+
+    def batch(self, rng: np.random.Generator, n: int, noise: bool | None = None) -> dict:
+        """``n`` samples as tensors: blur/sharp (n,1,S,S), kernel (n,k,k), kinds (list of str)."""
+        samples = [self.sample(rng, noise) for _ in range(n)]
+        return {
+            "blur": torch.from_numpy(np.stack([s[0] for s in samples]))[:, None],
+            "sharp": torch.from_numpy(np.stack([s[1] for s in samples]))[:, None],
+            "kernel": torch.from_numpy(np.stack([s[2] for s in samples])),
+            "kinds": [s[3] for s in samples],
+        }

@@ -1,0 +1,184 @@
+"""Kernel-aware deblurring: estimate each frame's blur kernel, then deconvolve it in closed form.
+
+``KernelDeblurrer.restore(x)`` takes ``(B,3,H,W)`` RGB float in [0,1] on its device and returns the
+restored frames, same layout, clamped to [0,1]:
+
+1. the ``crops`` most textured ``crop x crop`` tiles of each frame's grey image (full resolution, so
+   the blur is not shrunk away; frames smaller than a tile are reflect-padded);
+2. the estimator's kernel for each tile, combined into one kernel per frame (``combine``);
+3. blur gating: a kernel shorter than ``gate_px`` (long axis, px) means a sharp frame, which passes
+   through untouched; so does a frame whose kernel is not finite (counted in ``nonfinite``);
+4. Wiener deconvolution of the full-resolution colour frame (deblur.deconv), regularised by
+   ``balance + noise_gain * sigma^2`` with sigma the frame's estimated noise.
+
+``temporal`` > 0 smooths kernels over consecutive calls (a video's camera motion is continuous):
+``k_t = (1 - temporal) * k_new + temporal * k_{t-1}``, reset when the frame size changes.
+
+``KernelDeblurrer(...)(frames_bgr)`` is the uint8 interface of ``deblur.predict.Deblurrer``:
+list of (H,W,3) BGR uint8 in, the same out. ``last_kernels`` holds the kernels of the last batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from configs.loader import check_range
+from deblur.arch_kernel import kernel_extent, kernel_moments
+from deblur.deconv import estimate_noise, wiener_deconvolve
+from deblur.models import load_estimator
+from runtime import resolve_device
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["KernelDeblurConfig", "KernelDeblurrer"]
+
+_GREY = (0.299, 0.587, 0.114)  # RGB -> luma (BT.601), as cv2.COLOR_RGB2GRAY
+
+
+@dataclass(frozen=True)
+class KernelDeblurConfig:
+    """Inference options of the kernel-aware deblurrer (every default lives here)."""
+
+    crops: int = 8  # tiles per frame the estimator looks at
+    crop: int = 128  # tile side, px (the estimator's training crop)
+    combine: Literal["mean", "geometric"] = "mean"  # how the tiles' kernels become one
+    gate_px: float = 3.0  # kernels shorter than this (long axis, px) count as no blur: the frame passes through
+    balance: float = 2.0e-3  # Wiener regulariser (Laplacian prior)
+    noise_gain: float = 0.0  # + noise_gain * sigma^2, sigma = the frame's estimated noise in [0,1] units
+    temporal: float = 0.0  # kernel smoothing over consecutive calls, 0 = off
+
+    def __post_init__(self):
+        check_range("crops", self.crops, 1)
+        check_range("crop", self.crop, 32)
+        check_range("gate_px", self.gate_px, 0.0)
+        check_range("balance", self.balance, 1.0e-8)
+        check_range("noise_gain", self.noise_gain, 0.0)
+        check_range("temporal", self.temporal, 0.0, 0.99)
+
+
+class KernelDeblurrer:
+    """Estimate a blur kernel per frame and Wiener-deconvolve it.
+
+    Args:
+        estimator: an exported kernel estimator file (deblur.save_estimator; None = the shipped default),
+            or a KernelEstimator module.
+        device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
+        cfg: KernelDeblurConfig; keyword options override its fields (``crops=4``).
+    """
+
+    def __init__(self, estimator: str | os.PathLike | nn.Module | None = None, device: str | torch.device = "auto",
+                 cfg: KernelDeblurConfig | None = None, **options) -> None:
+        self.device = resolve_device(device)
+        if isinstance(estimator, nn.Module):
+            self.estimator = estimator.to(self.device).eval()
+        else:
+            self.estimator, _ = load_estimator(estimator, device=self.device)
+        for p in self.estimator.parameters():
+            p.requires_grad_(False)
+        self.cfg = dataclasses.replace(cfg or KernelDeblurConfig(), **options)
+        self.kernel_size = self.estimator.kernel_size
+        self.last_kernels: Tensor | None = None  # (B,k,k) kernels of the last batch (gated frames included)
+        self.last_gated: Tensor | None = None  # (B,) True where the frame passed through
+        self.nonfinite = 0  # frames passed through because their kernel was not finite
+        self._previous: Tensor | None = None  # temporal smoothing state: the last frame's kernel
+        self._previous_shape: tuple[int, int] | None = None
+
+    # --- kernels ----------------------------------------------------------------------------------
+    def _tiles(self, grey: Tensor) -> Tensor:
+        """(B,1,H,W) grey -> (B, crops, 1, S, S): the most textured S x S tiles of each frame."""
+        s = self.cfg.crop
+        b, _, h, w = grey.shape
+        if h < s or w < s:  # reflect as far as the frame allows, then replicate
+            ph, pw = max(0, s - h), max(0, s - w)
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            grey = F.pad(grey, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode=mode)
+            h, w = grey.shape[-2:]
+        top, left = (h % s) // 2, (w % s) // 2  # centre the tile grid
+        grid = grey[..., top : top + (h // s) * s, left : left + (w // s) * s]
+        tiles = grid.unfold(2, s, s).unfold(3, s, s)  # (B,1,nh,nw,S,S)
+        tiles = tiles.reshape(b, -1, 1, s, s)
+        energy = (tiles.diff(dim=-1).abs().mean((-1, -2, -3)) + tiles.diff(dim=-2).abs().mean((-1, -2, -3)))
+        n = min(self.cfg.crops, tiles.shape[1])
+        best = energy.topk(n, dim=1).indices  # (B,n)
+        return torch.take_along_dim(tiles, best[..., None, None, None], dim=1)
+
+    @torch.inference_mode()
+    def estimate(self, x: Tensor) -> Tensor:
+        """(B,3,H,W) RGB float [0,1] -> (B,k,k) kernels (non-negative, summing to 1)."""
+        weights = torch.tensor(_GREY, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+        grey = (x.float() * weights).sum(1, keepdim=True)
+        tiles = self._tiles(grey)
+        b, n = tiles.shape[:2]
+        k = self.kernel_size
+        if self.cfg.combine == "geometric":
+            logp = torch.log_softmax(self.estimator.logits(tiles.flatten(0, 1)).float(), dim=1).view(b, n, -1)
+            kernels = torch.softmax(logp.mean(1), dim=1).view(b, k, k)
+        else:
+            kernels = self.estimator(tiles.flatten(0, 1)).view(b, n, k, k).mean(1)
+        return kernels
+
+    def _smooth(self, kernels: Tensor, shape: tuple[int, int]) -> Tensor:
+        a = self.cfg.temporal
+        if a <= 0:
+            return kernels
+        out = []
+        for kern in kernels:
+            if self._previous is not None and self._previous_shape == shape and torch.isfinite(self._previous).all():
+                kern = (1 - a) * kern + a * self._previous
+            self._previous, self._previous_shape = kern, shape
+            out.append(kern)
+        return torch.stack(out)
+
+    # --- restoration ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def restore(self, x: Tensor) -> Tensor:
+        """(B,3,H,W) RGB float [0,1] on the device -> restored, same layout, float32 clamped to [0,1]."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"KernelDeblurrer.restore expects (B,3,H,W) RGB in [0,1], got shape {tuple(x.shape)}")
+        x = x.float()
+        kernels = self._smooth(self.estimate(x), tuple(x.shape[-2:]))
+        finite = torch.isfinite(kernels).flatten(1).all(1)
+        if not finite.all():
+            self.nonfinite += int((~finite).sum())
+            logger.warning("Kernel estimate not finite for %d frame(s) (%d so far): passed through", int((~finite).sum()),
+                           self.nonfinite)
+        safe = torch.where(finite[:, None, None], kernels, torch.zeros_like(kernels))
+        extent = kernel_extent(kernel_moments(safe))
+        sharp = (extent < self.cfg.gate_px) | ~finite
+        self.last_kernels, self.last_gated = safe, sharp
+        out = x.clone()
+        todo = (~sharp).nonzero().flatten()
+        if len(todo):
+            blur = x[todo]
+            balance = torch.full((len(todo),), self.cfg.balance, device=x.device)
+            if self.cfg.noise_gain > 0:
+                balance = balance + self.cfg.noise_gain * estimate_noise(blur) ** 2
+            out[todo] = wiener_deconvolve(blur, safe[todo], balance=balance).clamp_(0.0, 1.0)
+        return out
+
+    # --- uint8 frames -----------------------------------------------------------------------------
+    def __call__(self, frames_bgr: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """list of (H,W,3) BGR uint8 -> deblurred frames, same order, shapes and dtype."""
+        results = []
+        for i, f in enumerate(frames_bgr):
+            if not isinstance(f, np.ndarray) or f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3:
+                what = f"{type(f).__name__} {getattr(f, 'shape', '')} {getattr(f, 'dtype', '')}".strip()
+                raise ValueError(f"frame {i}: expected an (H,W,3) BGR uint8 np.ndarray, got {what}; "
+                                 "convert grey/BGRA frames with cv2.cvtColor first")
+            x = torch.from_numpy(np.ascontiguousarray(f[..., ::-1])).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+            y = self.restore(x)[0]
+            img = (y * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            results.append(np.ascontiguousarray(img[..., ::-1]))
+        return results
+
+    def warmup(self, height: int = 360, width: int = 640) -> None:
+        self([np.full((height, width, 3), 128, np.uint8)])

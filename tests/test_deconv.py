@@ -1,0 +1,126 @@
+"""wiener_deconvolve and estimate_noise: agreement with the numpy baseline, gain, batching, gradients, errors."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from deblur.baselines import wiener
+from deblur.blur_synth import apply_kernel, imagenet_c_kernel, linear_kernel, trajectory_kernel
+from deblur.deconv import estimate_noise, wiener_deconvolve
+from deblur.metrics import psnr
+
+SHARP = cv2.resize(data.astronaut(), (128, 128), interpolation=cv2.INTER_AREA)  # (128,128,3) RGB uint8
+KERNELS = {"linear9": linear_kernel(9, 30), "imagenet_c3": imagenet_c_kernel(3, 20, centered=True)}
+
+
+def _t(img_u8):
+    """uint8 (H,W,3) -> float32 (1,3,H,W) in [0,1]."""
+    return torch.from_numpy(np.ascontiguousarray(img_u8)).permute(2, 0, 1)[None].float() / 255
+
+
+def _u8(x):
+    """float (1,3,H,W) -> uint8 (H,W,3), rounded as the baseline rounds."""
+    return (x[0].permute(1, 2, 0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+
+
+def _embed(kernel, k):
+    """Zero-pad a (k0,k0) kernel to (k,k) around its centre: the same convolution."""
+    m = (k - kernel.shape[0]) // 2
+    return np.pad(kernel, m)
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_matches_numpy_baseline(name):
+    # Without the taper: the same padding (BORDER_REFLECT by k, then to the same 5-smooth FFT size) and filter
+    # as baselines.wiener, so the whole image agrees, borders included, up to float32 round-off.
+    kernel = KERNELS[name]
+    blurred = apply_kernel(SHARP, kernel)
+    ours = _u8(wiener_deconvolve(_t(blurred), torch.from_numpy(kernel), taper=False))
+    diff = np.abs(ours.astype(np.int16) - wiener(blurred, kernel).astype(np.int16))
+    assert diff.mean() < 0.05 and diff.max() <= 1
+
+
+@pytest.mark.parametrize("kernel", [KERNELS["linear9"], trajectory_kernel(15, rng=2)], ids=["linear9", "shake15"])
+def test_true_kernel_raises_psnr_borders_included(kernel):
+    # Both kernels have spectral zeros: untapered (and baselines.wiener) they ring from the borders across
+    # the image and lose PSNR (-2.8 dB and -8.7 dB here); tapered they gain, and so does the outer 8-px frame.
+    blur, sharp = _t(apply_kernel(SHARP, kernel)), _t(SHARP)
+    restored = wiener_deconvolve(blur, torch.from_numpy(kernel)).clamp(0, 1)
+    assert float(psnr(restored, sharp, 1.0) - psnr(blur, sharp, 1.0)) > 3.0
+    frame = torch.ones(128, 128, dtype=torch.bool)
+    frame[8:-8, 8:-8] = False
+    assert (restored - sharp)[..., frame].pow(2).mean() < (blur - sharp)[..., frame].pow(2).mean()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_delta_kernel_is_identity(dtype):
+    x = _t(SHARP).to(dtype)
+    delta = torch.zeros(5, 5)
+    delta[2, 2] = 1
+    out = wiener_deconvolve(x, delta, balance=1e-8)
+    assert out.dtype == dtype and out.shape == x.shape
+    assert (out.float() - x.float()).abs().max() < (1e-4 if dtype == torch.float32 else 1e-3)  # half: its own rounding
+
+
+def test_batch_equals_each_alone():
+    k = max(v.shape[0] for v in KERNELS.values())
+    kernels = torch.from_numpy(np.stack([_embed(v, k) for v in KERNELS.values()]))
+    blur = torch.cat([_t(apply_kernel(SHARP, kernels[0].numpy())), _t(apply_kernel(SHARP[::-1], kernels[1].numpy()))])
+    balance = torch.tensor([2e-3, 5e-3])
+    both = wiener_deconvolve(blur, kernels, balance=balance, noise_gain=1.0)
+    for i in range(2):
+        alone = wiener_deconvolve(blur[i : i + 1], kernels[i], balance=float(balance[i]), noise_gain=1.0)
+        assert torch.allclose(both[i : i + 1], alone, atol=1e-5)
+
+
+def test_gradients_reach_kernel_and_image():
+    kernel = torch.from_numpy(KERNELS["linear9"]).requires_grad_(True)
+    blur = _t(apply_kernel(SHARP, KERNELS["linear9"])).requires_grad_(True)
+    loss = (wiener_deconvolve(blur, kernel) - _t(SHARP)).pow(2).mean()
+    loss.backward()
+    for grad in (kernel.grad, blur.grad):
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_estimate_noise_on_smooth_image():
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 128), torch.linspace(0, 1, 128), indexing="ij")
+    smooth = (0.5 + 0.2 * torch.sin(3 * xx + 2 * yy) * torch.cos(2 * yy)).expand(3, 3, 128, 128)
+    sigmas = torch.tensor([0.0, 0.02, 0.05])
+    noisy = smooth + sigmas[:, None, None, None] * torch.randn(smooth.shape, generator=torch.Generator().manual_seed(0))
+    est = estimate_noise(noisy)
+    assert est.shape == (3,) and est[0] < 0.01
+    assert torch.all((est[1:] / sigmas[1:] - 1).abs() < 0.25), est
+
+
+@pytest.mark.parametrize(
+    "blur_shape,kernel_shape,kwargs,arg",
+    [
+        ((1, 3, 32, 32), (4, 4), {}, "kernel"),  # even side
+        ((2, 3, 32, 32), (3, 5, 5), {}, "kernel"),  # batch mismatch
+        ((3, 32, 32), (5, 5), {}, "blur"),  # no batch axis
+        ((1, 3, 16, 32), (17, 17), {}, "kernel"),  # larger than the image
+        ((1, 3, 32, 32), (5, 5), {"balance": -1.0}, "balance"),
+        ((2, 3, 32, 32), (5, 5), {"balance": torch.ones(3)}, "balance"),
+        ((1, 3, 32, 32), (5, 5), {"pad": -2}, "pad"),
+    ],
+)
+def test_bad_inputs_raise(blur_shape, kernel_shape, kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        wiener_deconvolve(torch.zeros(blur_shape), torch.ones(kernel_shape), **kwargs)
+
+
+def test_estimate_noise_rejects_unbatched():
+    with pytest.raises(ValueError, match="x must be"):
+        estimate_noise(torch.zeros(3, 32, 32))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu():
+    kernel = torch.from_numpy(KERNELS["imagenet_c3"])
+    blur = _t(apply_kernel(SHARP, KERNELS["imagenet_c3"]))
+    cpu = wiener_deconvolve(blur, kernel, noise_gain=1.0)
+    gpu = wiener_deconvolve(blur.cuda(), kernel.cuda(), noise_gain=1.0)
+    assert gpu.device.type == "cuda" and (gpu.cpu() - cpu).abs().max() < 1e-4
