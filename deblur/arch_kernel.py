@@ -45,17 +45,30 @@ class KernelEstimator(nn.Module):
             nn.Flatten(),
             nn.Linear(hidden, hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden, kernel_size * kernel_size),
         )
+        self.to_kernel = nn.Linear(hidden, kernel_size * kernel_size)
+        # the kernel's orientation and extent as 3 numbers (moment_features): a direct, low-dimensional target
+        # that teaches the trunk orientation far faster than the k*k kernel alone
+        self.to_motion = nn.Linear(hidden, 3)
         self.kernel_size = kernel_size
-        nn.init.zeros_(self.head[-1].weight)  # start from a flat kernel: no preference for any direction
-        nn.init.zeros_(self.head[-1].bias)
+        with torch.no_grad():  # start near a flat kernel, but let gradients reach the trunk from step one
+            self.to_kernel.weight.mul_(0.1)
+            self.to_kernel.bias.zero_()
 
-    def logits(self, crops: Tensor) -> Tensor:
-        """(B,1,S,S) grey in [0,1] -> (B, k*k) unnormalised log-kernel."""
+    def features(self, crops: Tensor) -> Tensor:
+        """(B,1,S,S) grey in [0,1] -> (B, hidden) pooled features."""
         if crops.ndim != 4 or crops.shape[1] != 1:
             raise ValueError(f"KernelEstimator expects (B,1,S,S) grey crops, got shape {tuple(crops.shape)}")
         return self.head(self.trunk(crops * 2.0 - 1.0))
+
+    def logits(self, crops: Tensor) -> Tensor:
+        """(B,1,S,S) grey in [0,1] -> (B, k*k) unnormalised log-kernel."""
+        return self.to_kernel(self.features(crops))
+
+    def outputs(self, crops: Tensor) -> tuple[Tensor, Tensor]:
+        """-> (kernel logits (B, k*k), motion features (B,3)) in one pass (training)."""
+        h = self.features(crops)
+        return self.to_kernel(h), self.to_motion(h)
 
     def forward(self, crops: Tensor) -> Tensor:
         k = self.kernel_size

@@ -275,11 +275,12 @@ class KernelLossConfig:
     """Weights of the estimator's loss terms (0 switches one off)."""
 
     kernel: float = 1.0  # cross-entropy of the predicted kernel against the true one (a distribution over taps)
-    moments: float = 1.0  # L1 on orientation and extent (deblur.arch_kernel.moment_features)
+    moments: float = 1.0  # L1 on the predicted kernel's orientation and extent (deblur.arch_kernel.moment_features)
+    motion: float = 1.0  # L1 of the motion head (orientation and extent as 3 numbers) against the true kernel's
     recon: float = 1.0  # L1 of the Wiener restoration with the predicted kernel against the sharp crop
 
     def __post_init__(self):
-        for name in ("kernel", "moments", "recon"):
+        for name in ("kernel", "moments", "motion", "recon"):
             check_range(name, getattr(self, name), 0.0)
 
 

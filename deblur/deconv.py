@@ -4,7 +4,7 @@ Layout and range: images are tensors ``(B,C,H,W)``, float in [0,1], any channel 
 BGR or grey). Kernels are ``(k,k)`` (shared by the batch) or ``(B,k,k)`` float tensors, ``k`` odd,
 non-negative and summing to 1. They are *convolution* kernels anchored on their centre pixel
 ``(k//2, k//2)``: ``blur(p) = sum_d K[c + d] * sharp(p - d)``, as ``deblur.blur_synth.apply_kernel`` blurs
-and ``deblur.baselines.wiener`` deconvolves (this module is its batched torch version).
+and ``deblur.baselines.wiener`` deconvolves (this is its batched torch version, plus edge tapering).
 
 Everything runs on the inputs' device, in float32 (float64 if given float64) with autocast off;
 results come back in the input dtype. ``wiener_deconvolve`` is differentiable w.r.t. the image, the
@@ -75,7 +75,8 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 @torch.no_grad()
 def estimate_noise(x: Tensor) -> Tensor:
-    """Per-image std of additive white noise, in the units of ``x`` ((B,C,H,W) float in [0,1]) -> (B,).
+    """Per-image std of additive white noise, in the units of ``x`` ((B,C,H,W) float in [0,1]) -> (B,) float32
+    (float64 for float64 input).
 
     Donoho's robust estimator: ``median(|HH|) / 0.6745`` over the finest diagonal Haar band (orthonormal,
     so white noise of std s gives coefficients of std s), pooled over all channels. Channels are not
@@ -92,9 +93,7 @@ def estimate_noise(x: Tensor) -> Tensor:
         )
     h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
     x = x[..., :h, :w].to(_compute_dtype(x))
-    a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
-    c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
-    hh = (a - b - c + d) * 0.5
+    hh = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) * 0.5  # diagonal detail
     return hh.abs().flatten(1).median(dim=1).values * _MAD_TO_SIGMA
 
 

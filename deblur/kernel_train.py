@@ -41,7 +41,7 @@ MIN_ANGLE_EXTENT = 9.0  # px: angle errors are reported for linear/ImageNet-C ke
 
 
 def kernel_loss(pred: torch.Tensor, true: torch.Tensor, blur: torch.Tensor, sharp: torch.Tensor,
-                cfg: KernelTrainConfig, logits: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+                cfg: KernelTrainConfig, logits: torch.Tensor, motion: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
     """The weighted loss terms and their sum ("total"); pred/true (B,k,k), blur/sharp (B,1,S,S).
 
     The reconstruction term starts at ``cfg.recon_start``: inverse filtering with the flat kernels of an
@@ -52,7 +52,10 @@ def kernel_loss(pred: torch.Tensor, true: torch.Tensor, blur: torch.Tensor, shar
     if w.kernel > 0:
         terms["kernel"] = -(true.flatten(1) * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
     if w.moments > 0:
-        terms["moments"] = F.l1_loss(moment_features(kernel_moments(pred)), moment_features(kernel_moments(true)))
+        target = moment_features(kernel_moments(true))
+        terms["moments"] = F.l1_loss(moment_features(kernel_moments(pred)), target)
+    if w.motion > 0:
+        terms["motion"] = F.l1_loss(motion.float(), moment_features(kernel_moments(true)))
     if w.recon > 0 and step >= cfg.recon_start:
         m = cfg.model.kernel_size // 2
         restored = wiener_deconvolve(blur, pred, balance=cfg.wiener_balance)
@@ -140,10 +143,10 @@ class KernelTrainer:
     def train_step(self, batch: dict) -> dict[str, float]:
         self.model.train()
         blur, sharp, true = (batch[k].to(self.device) for k in ("blur", "sharp", "kernel"))
-        logits = self.model.logits(blur)
+        logits, motion = self.model.outputs(blur)
         k = self.cfg.model.kernel_size
         pred = torch.softmax(logits.float(), dim=1).view(-1, k, k)
-        terms = kernel_loss(pred, true, blur, sharp, self.cfg, logits, self.step)
+        terms = kernel_loss(pred, true, blur, sharp, self.cfg, logits, motion, self.step)
         for group in self.opt.param_groups:
             group["lr"] = self.lr()
         self.opt.zero_grad(set_to_none=True)
@@ -215,8 +218,8 @@ class KernelTrainer:
             self.save("best.pt")
         with open(self.run_dir / "val.jsonl", "a") as f:
             f.write(json.dumps({"step": self.step, **{k: round(v, 4) for k, v in val.items()}}) + "\n")
-        logger.info("val step %d: angle %.1f° (clean) %.1f° (noisy), PSNR blur/pred/true %.2f/%.2f/%.2f dB", self.step,
-                    val["clean/angle_median"], val["noisy/angle_median"], val["clean/psnr_blur"],
+        logger.info("val step %d: angle %.1f° (clean) %.1f° (noisy), motion head %.1f°, PSNR blur/pred/true %.2f/%.2f/%.2f dB", self.step,
+                    val["clean/angle_median"], val["noisy/angle_median"], val["clean/angle_motion_median"], val["clean/psnr_blur"],
                     val["clean/psnr_pred"], val["clean/psnr_true"])
         return val
 
@@ -225,12 +228,16 @@ class KernelTrainer:
 def evaluate_kernels(model, batch: dict, balance: float, device: torch.device) -> dict[str, float]:
     """Errors of ``model``'s kernels on one batch of KernelCrops; PSNRs of Wiener restorations (interior)."""
     blur, sharp, true = (batch[k].to(device) for k in ("blur", "sharp", "kernel"))
-    pred = torch.cat([model(blur[i : i + 64]) for i in range(0, len(blur), 64)])
+    k = true.shape[-1]
+    logits, motion = (torch.cat(t) for t in zip(*(model.outputs(blur[i : i + 64]) for i in range(0, len(blur), 64))))
+    pred = torch.softmax(logits.float(), dim=1).view(-1, k, k)
     kinds = np.array(batch["kinds"])
     blurred = torch.from_numpy(kinds != "none").to(device)  # PSNRs over blurred crops (a sharp one's is inf)
     mt, mp = kernel_moments(true), kernel_moments(pred)
     extent_true = kernel_extent(mt)
     err = angle_error(moment_angle(mp), moment_angle(mt)).cpu().numpy()
+    c2, s2 = motion[:, 0], motion[:, 1]  # the motion head's (anisotropy-weighted) cos 2a, sin 2a
+    err_motion = angle_error(torch.remainder(torch.rad2deg(0.5 * torch.atan2(s2, c2)), 180.0), moment_angle(mt)).cpu().numpy()
     lined = np.isin(kinds, ["linear", "imagenet_c"]) & (extent_true.cpu().numpy() >= MIN_ANGLE_EXTENT)
     rel_extent = ((kernel_extent(mp) - extent_true).abs() / extent_true.clamp_min(1.0)).cpu().numpy()
     l2 = ((pred - true).flatten(1).norm(dim=1) / true.flatten(1).norm(dim=1)).cpu().numpy()
@@ -239,6 +246,7 @@ def evaluate_kernels(model, batch: dict, balance: float, device: torch.device) -
     out = {
         "angle_median": float(np.median(err[lined])) if lined.any() else float("nan"),
         "angle_p90": float(np.percentile(err[lined], 90)) if lined.any() else float("nan"),
+        "angle_motion_median": float(np.median(err_motion[lined])) if lined.any() else float("nan"),
         "extent_rel_median": float(np.median(rel_extent[kinds != "none"])),
         "kernel_l2_shake": float(np.median(l2[kinds == "shake"])) if (kinds == "shake").any() else float("nan"),
         "extent_none": float(kernel_extent(mp)[torch.from_numpy(kinds == "none")].mean()) if (kinds == "none").any() else float("nan"),
