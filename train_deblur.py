@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     else:
         trainer = trainer_cls(cfg, resume=args.resume, extra_losses=_extra_losses(cfg))
     if args.export:
-        print(f"exported {trainer.export(args.export, which=args.export_from, half=args.half)}")
+        extra = {"half": args.half} if stage == "generator" else {}
+        print(f"exported {trainer.export(args.export, which=args.export_from, **extra)}")
         return 0
     try:
         val = trainer.fit()

@@ -27,7 +27,7 @@ _D = DetectorConfig()
 
 # flag dest -> config key (dotted for the nested detector section)
 FLAG_KEYS = {
-    "source": "source", "show": "show", "save": "save", "save_json": "save_json", "summary": "summary",
+    "source": "source", "show": "show", "compare": "compare", "save": "save", "save_json": "save_json", "summary": "summary",
     "conf": "detector.conf", "iou": "detector.iou", "classes": "detector.classes", "imgsz": "detector.imgsz",
     "device": "detector.device", "half": "detector.half", "batch": "batch", "max_latency": "max_latency",
     "deblur_size": "deblur_size", "no_deblur": "deblur", "deblur_weights": "deblur_weights", "amp": "amp",
@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--show", action="store_const", const=True,
                      help="window: input | deblurred side by side, boxes, fps; q or Esc quits (needs $DISPLAY)")
+    out.add_argument("--compare", action="store_const", const=True,
+                     help="A/B: detect on the input too and draw its boxes on the input pane (counts in the captions)")
     out.add_argument("--save", metavar="OUT.mp4", help="H.264 video of input | output with boxes")
     out.add_argument("--save-json", metavar="OUT.jsonl", help="one JSON line per frame: index, timestamp, detections")
     out.add_argument("--summary", metavar="PATH", help="write the run summary (fps, ms/frame per stage, latency) as JSON")

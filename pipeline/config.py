@@ -34,7 +34,7 @@ class PipelineConfig:
     blur_seed: int = 0  # seed of the (fixed per run) shake kernel
     # --- deblur
     deblur: bool = True  # False: the same pipeline without the deblurring stage
-    deblur_weights: str = ""  # "" = the shipped default (deblur.DEFAULT_WEIGHTS)
+    deblur_weights: str = ""  # a generator or a kernel estimator file; "" = the shipped default (deblur.DEFAULT_WEIGHTS)
     deblur_size: int | Literal["full"] = "full"  # deblur the full frame, or a copy whose long side is N
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: fp16 on CUDA, bf16 on CPUs that have it
     channels_last: bool = True
@@ -49,6 +49,7 @@ class PipelineConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     # --- outputs
     show: bool = False  # window: input | deblurred side by side, boxes, fps; q or Esc quits
+    compare: bool = False  # A/B: also detect on the input frame and draw its boxes on the input pane
     show_max_width: int = 1920  # the shown canvas is scaled down to at most this width
     save: str = ""  # H.264 video of input | output with boxes (e.g. runs/demo/demo.mp4)
     save_fps: float = 0.0  # frame rate of --save (0 = the source's, 25 when unknown)

@@ -39,7 +39,9 @@ from pipeline.stages import (
     Batch,
     Deblur,
     Detect,
+    DetectInput,
     Identity,
+    KernelDeblur,
     Postprocess,
     Preprocess,
     RuntimeDeblur,
@@ -140,23 +142,7 @@ class Runner:
 
         self.runtime = resolve_runtime(c.runtime, self.device)
         if c.deblur:
-            model = self._deblur_model
-            if model is None:
-                from deblur import load_generator
-
-                try:
-                    model, gen_cfg = load_generator(c.deblur_weights or None, device=str(self.device))
-                except FileNotFoundError as e:
-                    raise FileNotFoundError(
-                        f"{e} -- For the pipeline: pass --deblur-weights PATH, or run without deblurring (--no-deblur)."
-                    ) from e
-                logger.info("Deblur: %s from %s", gen_cfg.name, c.deblur_weights or "the default weights")
-            if self.runtime != "torch" or self.device.type == "cuda":
-                self.amp = resolve_amp(c.amp, self.device)
-                deblur = RuntimeDeblur(model, self.device, self.runtime, amp=self.amp, threads=c.threads)
-            else:
-                self.amp = resolve_amp(c.amp, self.device)
-                deblur = Deblur(model, self.device, amp=self.amp, channels_last=c.channels_last)
+            deblur = self._build_deblur()
         else:
             deblur = Identity()
         long_side = None if (not c.deblur or c.deblur_size == "full") else int(c.deblur_size)
@@ -168,6 +154,8 @@ class Runner:
             ("deblur", deblur),
             ("detect", Detect(self.detector)),
         ]
+        if c.compare and c.deblur:
+            stages.append(("detect_input", DetectInput(stages[-1][1])))
         self.need_images = bool(c.show or c.save)
         if self.need_images and c.deblur:
             stages.append(("postprocess", Postprocess()))
@@ -177,6 +165,33 @@ class Runner:
             "Pipeline: device=%s deblur=%s amp=%s deblur_size=%s batch=%d max_latency=%.0f ms threads=%d",
             self.device, c.deblur, self.amp, c.deblur_size, c.batch, c.max_latency, torch.get_num_threads(),
         )
+
+    def _build_deblur(self) -> Callable[[Batch], Batch]:
+        """The deblur stage the weights ask for: a kernel estimator file -> KernelDeblur (estimate the
+        kernel, deconvolve); a generator file -> Deblur / RuntimeDeblur."""
+        c = self.cfg
+        model = self._deblur_model
+        if model is None:
+            from deblur.models import DEFAULT_WEIGHTS, ESTIMATOR_FORMAT, file_format, load_generator
+
+            weights = c.deblur_weights or str(DEFAULT_WEIGHTS)
+            try:
+                is_estimator = file_format(weights) == ESTIMATOR_FORMAT
+                if is_estimator:
+                    from deblur.kernel_deblur import KernelDeblurrer
+
+                    logger.info("Deblur: kernel estimate + Wiener deconvolution, estimator %s", weights)
+                    return KernelDeblur(KernelDeblurrer(weights, device=self.device))
+                model, gen_cfg = load_generator(weights, device=str(self.device))
+            except FileNotFoundError as e:
+                raise FileNotFoundError(
+                    f"{e} -- For the pipeline: pass --deblur-weights PATH, or run without deblurring (--no-deblur)."
+                ) from e
+            logger.info("Deblur: %s from %s", gen_cfg.name, weights)
+        self.amp = resolve_amp(c.amp, self.device)
+        if self.runtime != "torch" or self.device.type == "cuda":
+            return RuntimeDeblur(model, self.device, self.runtime, amp=self.amp, threads=c.threads)
+        return Deblur(model, self.device, amp=self.amp, channels_last=c.channels_last)
 
     def _apply_threads(self) -> None:
         if self.cfg.threads > 0 and torch.get_num_threads() != self.cfg.threads:

@@ -43,6 +43,8 @@ class Batch:
     detections: one list of Detection per frame, in original-frame pixels.
     restored_bgr: (H,W,3) uint8 BGR per frame at the original size (only when an output shows images).
     canvases: the annotated output images (Annotate).
+    kernels: (B,k,k) blur kernels the kernel-aware deblurrer estimated (None for a generator).
+    input_detections: with --compare, one list of Detection per frame found on the input frame.
     """
 
     frames: list[Frame]
@@ -51,6 +53,8 @@ class Batch:
     detections: list[list["Detection"]] = field(default_factory=list)
     restored_bgr: list[np.ndarray] | None = None
     canvases: list[np.ndarray] | None = None
+    kernels: torch.Tensor | None = None
+    input_detections: list[list["Detection"]] | None = None
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -208,6 +212,31 @@ class RuntimeDeblur:
         return batch
 
 
+class KernelDeblur:
+    """batch.blur -> batch.restored with deblur.KernelDeblurrer (estimate the kernel, deconvolve); the
+    kernels go to batch.kernels (the --show thumbnail). Sharp frames pass through (blur gating)."""
+
+    def __init__(self, deblurrer: Any) -> None:
+        self.deblurrer = deblurrer
+
+    def __call__(self, batch: Batch) -> Batch:
+        x01 = (batch.blur.float() + 1.0) * 0.5
+        batch.restored = self.deblurrer.restore(x01).mul_(2.0).sub_(1.0)
+        batch.kernels = self.deblurrer.last_kernels
+        return batch
+
+
+class DetectInput:
+    """--compare: batch.blur (the input, as the deblurrer got it) -> batch.input_detections."""
+
+    def __init__(self, detect: "Detect") -> None:
+        self.detect = detect
+
+    def __call__(self, batch: Batch) -> Batch:
+        batch.input_detections = self.detect.run(batch.blur, batch.frame_size)
+        return batch
+
+
 class Identity:
     """--no-deblur: batch.restored = batch.blur."""
 
@@ -245,12 +274,16 @@ class Detect:
             x01 = F.pad(x01, (left, pw - nw - left, top, ph - nh - top), value=PAD_GRAY / 255.0)
         return x01.contiguous(), gain, left, top
 
-    def __call__(self, batch: Batch) -> Batch:
-        x01 = (batch.restored.float() + 1.0) * 0.5  # RGB [0,1]
-        h0, w0 = batch.frame_size
+    def run(self, x: torch.Tensor, frame_size: tuple[int, int]) -> list[list["Detection"]]:
+        """(B,3,h,w) RGB [-1,1] -> one list of Detection per frame, in original-frame pixels."""
+        x01 = (x.float() + 1.0) * 0.5  # RGB [0,1]
+        h0, w0 = frame_size
         x, gain, left, top = self.letterbox(x01, (h0, w0))
         dets = self.detector(x)
-        batch.detections = [[_unletterbox(d, gain, left, top, w0, h0) for d in per_frame] for per_frame in dets]
+        return [[_unletterbox(d, gain, left, top, w0, h0) for d in per_frame] for per_frame in dets]
+
+    def __call__(self, batch: Batch) -> Batch:
+        batch.detections = self.run(batch.restored, batch.frame_size)
         return batch
 
 
@@ -284,7 +317,9 @@ class Postprocess:
 
 class Annotate:
     """-> batch.canvases: [input | deblurred] side by side (when deblurring) with boxes on the
-    deblurred pane (the detector saw it), or the input with boxes (--no-deblur)."""
+    deblurred pane (the detector saw it), or the input with boxes (--no-deblur). With --compare the
+    input pane gets the boxes found on the input; estimated kernels are drawn as a thumbnail in the
+    deblurred pane's top-right corner."""
 
     def __init__(self, side_by_side: bool = True, labels: tuple[str, str] = ("input", "deblurred")) -> None:
         from detect import draw_detections
@@ -298,13 +333,35 @@ class Annotate:
         for i, frame in enumerate(batch.frames):
             dets = batch.detections[i] if batch.detections else []
             if self.side_by_side and batch.restored_bgr is not None:
-                left = _label(frame.bgr.copy(), self.labels[0])
-                right = _label(self._draw(batch.restored_bgr[i], dets), self.labels[1])
+                left = frame.bgr.copy() if batch.input_detections is None else self._draw(frame.bgr, batch.input_detections[i])
+                left = _label(left, self.labels[0] + (f" ({len(batch.input_detections[i])})" if batch.input_detections else ""))
+                right = self._draw(batch.restored_bgr[i], dets)
+                if batch.kernels is not None:
+                    draw_kernel(right, batch.kernels[i].detach().float().cpu().numpy())
+                right = _label(right, self.labels[1] + (f" ({len(dets)})" if batch.input_detections else ""))
                 canvases.append(np.concatenate([left, right], axis=1))
             else:
                 canvases.append(self._draw(frame.bgr, dets))
         batch.canvases = canvases
         return batch
+
+
+def draw_kernel(img_bgr: np.ndarray, kernel: np.ndarray, side: int = 0) -> np.ndarray:
+    """Draw a (k,k) blur kernel as a white-on-black thumbnail in the top-right corner (in place).
+
+    ``side`` 0 = about a sixth of the image's short side (at least 32 px); the kernel is scaled to its peak.
+    """
+    h, w = img_bgr.shape[:2]
+    side = side or max(32, min(h, w) // 6)
+    if side + 4 > min(h, w):
+        return img_bgr
+    peak = float(kernel.max()) if np.isfinite(kernel).all() else 0.0
+    tile = np.zeros(kernel.shape, np.uint8) if peak <= 0 else np.clip(kernel / peak * 255.0, 0, 255).astype(np.uint8)
+    tile = cv2.resize(tile, (side, side), interpolation=cv2.INTER_NEAREST)
+    x0, y0 = w - side - 2, 2
+    img_bgr[y0 : y0 + side, x0 : x0 + side] = tile[..., None]
+    cv2.rectangle(img_bgr, (x0 - 1, y0 - 1), (x0 + side, y0 + side), (0, 200, 255), 1)
+    return img_bgr
 
 
 def _label(img_bgr: np.ndarray, text: str) -> np.ndarray:
