@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["estimate_noise", "wiener_deconvolve"]
+__all__ = ["deconvolve_uint8", "estimate_noise", "wiener_deconvolve"]
 
 _MAD_TO_SIGMA = 1.0 / 0.6745  # median |N(0, s^2)| = 0.6745 s
 
@@ -197,3 +198,12 @@ def wiener_deconvolve(
         out = torch.fft.irfft2(y_f * filt[:, None], s=(hp, wp))
         out = out[..., p : p + h, p : p + w]
     return out.to(blur.dtype)
+
+
+def deconvolve_uint8(image: np.ndarray, kernel: np.ndarray, balance: float = 2.0e-3) -> np.ndarray:
+    """Wiener-deconvolve an (H,W,3) uint8 image (any channel order) blurred by a (k,k) kernel -> same shape and
+    dtype (``wiener_deconvolve`` with its defaults, on the CPU)."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255.0)
+    with torch.inference_mode():
+        y = wiener_deconvolve(x, torch.from_numpy(np.asarray(kernel, np.float32)), balance=balance)
+        return y[0].clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).permute(1, 2, 0).numpy()

@@ -1,11 +1,15 @@
-"""Held-out deblurring quality: PSNR/SSIM of blurred input, our model, unsharp masking and Wiener (true kernel).
+"""Held-out deblurring quality: PSNR/SSIM of blurred input, our models, unsharp masking and Wiener (true kernel).
 
 The held-out images are the ``val`` split of the training config (``bounds`` [0.9, 1.0] of a hash of each
 name, never seen in training), shrunk to ``val.preload_size``. Each image is blurred with fixed seeds by
-camera-shake trajectories (``shake_kernel``) and by centred ImageNet-C motion kernels at severities 1-5.
-Metrics skip a border of the kernel's size (every method alike) so that edge handling does not decide them.
+camera-shake trajectories (``shake_kernel``) and by centred ImageNet-C motion kernels at severities 1-5,
+optionally followed by sensor noise (``--noise SIGMA``) and JPEG (``--jpeg QUALITY``). Metrics skip a border
+of the kernel's size (every method alike) so that edge handling does not decide them.
 
-    python -m deblur.evaluate --weights deblur/weights/fpn_mobilenet_v2.pt --out runs/deblur_eval
+Each ``--weights`` file (a generator or a kernel estimator) is a column of its own, on the very same blurred
+images, so the columns compare paired:
+
+    python -m deblur.evaluate --weights deblur/weights/kernel_estimator.pt deblur/weights/fpn_mobilenet_v2.pt
 """
 
 from __future__ import annotations
@@ -22,17 +26,20 @@ from pathlib import Path
 import numpy as np
 
 from configs import CONFIG_DIR, load_config
-from deblur.baselines import unsharp, wiener
-from deblur.blur_synth import apply_kernel, imagenet_c_kernel, shake_kernel
+from deblur.baselines import unsharp
+from deblur.blur_synth import add_noise, apply_kernel, imagenet_c_kernel, jpeg, shake_kernel
 from deblur.config import TrainConfig
 from deblur.dataset import SyntheticBlur
+from deblur.deconv import deconvolve_uint8
+from deblur.kernel_deblur import KernelDeblurConfig
 from deblur.metrics import psnr, ssim
-from deblur.predict import Deblurrer
+from deblur.models import DEFAULT_WEIGHTS
+from deblur.predict import load_deblurrer
 
 logger = logging.getLogger(__name__)
 
 FAMILIES = ("shake", "imagenet_c")
-METHODS = ("blurred", "deblurred", "unsharp", "wiener")
+BASELINES = ("unsharp", "wiener")
 
 
 def _seed(name: str, family: str, severity: int) -> int:
@@ -48,9 +55,21 @@ def make_kernel(name: str, family: str, severity: int) -> np.ndarray:
     return imagenet_c_kernel(severity, angle, centered=True)
 
 
-def evaluate(deblurrer: Deblurrer, cfg: TrainConfig, severities=(1, 2, 3, 4, 5), families=FAMILIES,
-             limit: int = 0) -> dict:
-    """Every method on every held-out image x family x severity -> nested dict of mean PSNR/SSIM."""
+def degrade(sharp: np.ndarray, kernel: np.ndarray, noise: float, quality: int, seed: int) -> np.ndarray:
+    """Blur an (H,W,3) uint8 RGB image, then add Gaussian noise (sigma in [0,1] units) and JPEG (0 = none)."""
+    blurred = apply_kernel(sharp, kernel)
+    if noise > 0:
+        blurred = np.clip(add_noise(blurred.astype(np.float32) / 255.0, noise, seed) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return jpeg(blurred, quality) if quality else blurred
+
+
+def evaluate(deblurrers: dict, cfg: TrainConfig, severities=(1, 2, 3, 4, 5), families=FAMILIES,
+             limit: int = 0, noise: float = 0.0, quality: int = 0) -> dict:
+    """Every method on every held-out image x family x severity -> nested dict of mean PSNR/SSIM.
+
+    deblurrers: {label: callable list[BGR uint8] -> list[BGR uint8]}; each label is a column.
+    """
+    methods = ("blurred", *deblurrers, *BASELINES)
     held_out = SyntheticBlur(dataclasses.replace(cfg.val, preload=False), seed=cfg.seed)
     names = held_out.names[:limit] if limit else held_out.names
     rows: dict[str, dict[str, dict[str, list[float]]]] = {}
@@ -66,14 +85,12 @@ def evaluate(deblurrer: Deblurrer, cfg: TrainConfig, severities=(1, 2, 3, 4, 5),
         for family in families:
             for sev in severities:
                 kernel = make_kernel(name, family, sev)
-                blurred = apply_kernel(sharp, kernel)
-                restored_bgr = deblurrer([blurred[..., ::-1].copy()])[0]
-                outputs = {
-                    "blurred": blurred,
-                    "deblurred": restored_bgr[..., ::-1],
-                    "unsharp": unsharp(blurred),
-                    "wiener": wiener(blurred, kernel),  # balance 0.002, as eval_detection
-                }
+                blurred = degrade(sharp, kernel, noise, quality, _seed(name, "noise", sev))
+                outputs = {"blurred": blurred}
+                for label, deblurrer in deblurrers.items():
+                    outputs[label] = deblurrer([blurred[..., ::-1].copy()])[0][..., ::-1]
+                outputs["unsharp"] = unsharp(blurred)
+                outputs["wiener"] = deconvolve_uint8(blurred, kernel)  # balance 0.002, as eval_detection
                 b = kernel.shape[0]
                 crop = (slice(b, -b), slice(b, -b))
                 key = f"{family}/{sev}"
@@ -87,31 +104,41 @@ def evaluate(deblurrer: Deblurrer, cfg: TrainConfig, severities=(1, 2, 3, 4, 5),
         for key, methods in rows.items()
     }
     for fam in families:  # the mean over severities of each family, and of everything
-        table[f"{fam}/mean"] = _mean([table[f"{fam}/{s}"] for s in severities])
-    table["all/mean"] = _mean([table[f"{f}/{s}"] for f in families for s in severities])
-    return {"images": list(names), "severities": list(severities), "families": list(families), "table": table}
+        table[f"{fam}/mean"] = _mean([table[f"{fam}/{s}"] for s in severities], methods)
+    table["all/mean"] = _mean([table[f"{f}/{s}"] for f in families for s in severities], methods)
+    return {"images": list(names), "severities": list(severities), "families": list(families), "methods": list(methods),
+            "noise_sigma": noise, "jpeg_quality": quality, "table": table}
 
 
-def _mean(cells: list[dict]) -> dict:
-    return {m: {k: float(np.mean([c[m][k] for c in cells])) for k in ("psnr", "ssim")} for m in METHODS}
+def _mean(cells: list[dict], methods) -> dict:
+    return {m: {k: float(np.mean([c[m][k] for c in cells])) for k in ("psnr", "ssim")} for m in methods}
 
 
 def to_markdown(result: dict) -> str:
-    lines = [
-        "| blur | severity | blurred PSNR / SSIM | **ours** | gain (dB) | unsharp | Wiener (true kernel) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    """PSNR / SSIM per blur and severity; each model's PSNR gain over the blurred input in brackets."""
+    methods = result["methods"]
+    models = [m for m in methods if m not in ("blurred", *BASELINES)]
+    names = {"wiener": "Wiener (true kernel)"}
+    lines = ["| blur | severity | " + " | ".join(names.get(m, m) for m in methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
     for key, cell in result["table"].items():
         family, sev = key.split("/")
-        f = {m: f"{cell[m]['psnr']:.2f} / {cell[m]['ssim']:.3f}" for m in METHODS}
-        gain = cell["deblurred"]["psnr"] - cell["blurred"]["psnr"]
-        lines.append(f"| {family} | {sev} | {f['blurred']} | **{f['deblurred']}** | {gain:+.2f} | {f['unsharp']} | {f['wiener']} |")
+        row = []
+        for m in methods:
+            text = f"{cell[m]['psnr']:.2f} / {cell[m]['ssim']:.3f}"
+            if m in models or m == "wiener":
+                text += f" ({cell[m]['psnr'] - cell['blurred']['psnr']:+.2f} dB)"
+            row.append(text)
+        lines.append(f"| {family} | {sev} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", default=None, help="exported generator (default: the shipped weights)")
+    parser.add_argument("--weights", nargs="+", default=None,
+                        help="exported generators and/or kernel estimators, one column each (default: the shipped weights)")
+    parser.add_argument("--noise", type=float, default=0.0, help="Gaussian noise sigma in [0,1] units after the blur")
+    parser.add_argument("--jpeg", type=int, default=0, help="JPEG quality after the blur and noise (0 = none)")
     parser.add_argument("--config", default=str(CONFIG_DIR / "deblur_train.yaml"), help="its val split is the held-out set")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5])
@@ -121,9 +148,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     cfg = load_config(TrainConfig, args.config)
-    deblurrer = Deblurrer(args.weights, device=args.device)
-    result = evaluate(deblurrer, cfg, tuple(args.severities), limit=args.limit)
-    result["weights"] = str(args.weights or "default")
+    weights = args.weights or [str(DEFAULT_WEIGHTS)]
+    labels = [Path(w).stem for w in weights]
+    if len(set(labels)) != len(labels):
+        parser.error(f"--weights: two files share a name ({labels}); each column is named by its file's stem")
+    deblurrers = {label: load_deblurrer(w, device=args.device, kernel=KernelDeblurConfig()) for label, w in zip(labels, weights)}
+    result = evaluate(deblurrers, cfg, tuple(args.severities), limit=args.limit, noise=args.noise, quality=args.jpeg)
+    result["weights"] = dict(zip(labels, weights))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     md = to_markdown(result)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from deblur.kernel_deblur import KernelDeblurConfig, KernelDeblurrer
-from deblur.models import ESTIMATOR_FORMAT, file_format, load_generator
+from deblur.models import DEFAULT_WEIGHTS, ESTIMATOR_FORMAT, file_format, load_generator
 from runtime import RUNTIMES, compile_module, cpu_native_bf16, resolve_device, resolve_runtime
 
 logger = logging.getLogger(__name__)
@@ -256,7 +256,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Deblur images with an exported generator. Inputs: image files, directories or globs.",
     )
     parser.add_argument("inputs", nargs="+", metavar="IMG_OR_DIR_OR_GLOB")
-    parser.add_argument("--weights", default=None, help="exported generator (default: deblur/weights/fpn_mobilenet_v2.pt)")
+    parser.add_argument("--weights", default=None,
+                        help="exported generator or kernel estimator (default: deblur/weights/fpn_mobilenet_v2.pt)")
     parser.add_argument("--out", default=None, help="output directory (default: beside each input as <stem>_deblurred<ext>)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast dtype (default: none = float32)")
@@ -280,8 +281,8 @@ def run(args: argparse.Namespace) -> list[Path]:
                          "run them separately or omit --out to write beside each input")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    deblurrer = Deblurrer(args.weights, device=args.device, channels_last=args.channels_last, amp=args.amp,
-                          runtime=args.runtime, threads=args.threads)
+    deblurrer = load_deblurrer(args.weights or str(DEFAULT_WEIGHTS), device=args.device, channels_last=args.channels_last,
+                               amp=args.amp, runtime=args.runtime, threads=args.threads)
     logger.info("Deblurring %d image(s) on %s (amp=%s)", len(images), deblurrer.device, args.amp)
     for src, dst in zip(images, outputs):
         frame_bgr = read_image(src)

@@ -18,11 +18,10 @@ from typing import Callable
 
 import cv2
 import numpy as np
-import torch
 
 from deblur.baselines import unsharp  # noqa: F401 (re-exported: a non-learned condition)
 from deblur.blur_synth import apply_kernel, imagenet_c_kernel, shake_kernel, trajectory_kernel
-from deblur.deconv import wiener_deconvolve
+from deblur.deconv import deconvolve_uint8 as wiener  # noqa: F401 (re-exported: the true-kernel oracle)
 from deblur.metrics import psnr, ssim  # noqa: F401 (re-exported: image quality against sharp)
 from evaluation.config import EvalBlurConfig
 
@@ -53,14 +52,6 @@ def blur_kernel(cfg: EvalBlurConfig, image_name: str, severity: int) -> np.ndarr
 def blur_image(sharp_bgr: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """(H,W,3) uint8 BGR -> blurred (H,W,3) uint8 BGR (true convolution, reflect border)."""
     return apply_kernel(sharp_bgr, kernel)
-
-
-def wiener(blurred: np.ndarray, kernel: np.ndarray, balance: float = 2.0e-3) -> np.ndarray:
-    """(H,W,3) uint8 (any channel order) blurred by ``kernel`` -> Wiener-deconvolved, same shape and dtype."""
-    x = torch.from_numpy(np.ascontiguousarray(blurred)).permute(2, 0, 1)[None].float().div_(255.0)
-    with torch.inference_mode():
-        y = wiener_deconvolve(x, torch.from_numpy(np.asarray(kernel, np.float32)), balance=balance)
-    return y[0].clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 class DeblurMethod:

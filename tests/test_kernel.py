@@ -1,0 +1,210 @@
+"""Kernel-aware deblurring: the estimator, its moments, its training stage and the KernelDeblurrer (CPU, tiny)."""
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+
+from configs import load_config
+from deblur.arch_kernel import angle_error, kernel_extent, kernel_moments, moment_angle
+from deblur.blur_synth import apply_kernel, imagenet_c_kernel, linear_kernel, shake_kernel
+from deblur.config import EstimatorConfig, KernelTrainConfig
+from deblur.kernel_data import KernelCrops, fit_kernel
+from deblur.kernel_deblur import KernelDeblurrer
+from deblur.kernel_train import KernelTrainer
+from deblur.metrics import psnr
+from deblur.models import build_estimator, load_estimator, load_generator, save_estimator, save_generator
+
+TINY = EstimatorConfig(kernel_size=15, width_mult=0.25, depth=7, hidden=16)
+
+
+@pytest.fixture(scope="module")
+def photo_bgr():
+    """A real photo (scikit-image's astronaut), 256x256 BGR uint8."""
+    return cv2.resize(skdata.astronaut()[..., ::-1], (256, 256), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    """Six real photos from scikit-image, as JPEG files (the estimator's training sources)."""
+    root = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field"):
+        img = getattr(skdata, name)()
+        img = img if img.ndim == 3 else np.repeat(img[..., None], 3, 2)
+        cv2.imwrite(str(root / f"{name}.jpg"), cv2.resize(img[..., ::-1], (160, 128)))
+    return root
+
+
+class OracleEstimator(torch.nn.Module):
+    """Test double: always 'estimates' the given kernel (or NaN)."""
+
+    def __init__(self, kernel: np.ndarray):
+        super().__init__()
+        self.kernel_size = kernel.shape[0]
+        self.register_buffer("kernel", torch.from_numpy(kernel.astype(np.float32)))
+
+    def forward(self, crops):
+        return self.kernel.expand(len(crops), -1, -1)
+
+
+# --- moments ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("angle", [0.0, 30.0, 90.0, 135.0, 170.0])
+def test_moment_angle_and_extent_of_a_line(angle):
+    kernel = torch.from_numpy(fit_kernel(linear_kernel(15, angle), 41))[None]
+    m = kernel_moments(kernel)
+    assert float(angle_error(moment_angle(m), torch.tensor([angle]))) < 1.0
+    assert abs(float(kernel_extent(m)) - 15) < 1.5
+    assert abs(float(m[0, 0])) < 0.05 and abs(float(m[0, 1])) < 0.05  # centred
+
+
+def test_angle_error_wraps_at_180():
+    assert float(angle_error(torch.tensor([179.0]), torch.tensor([1.0]))) == pytest.approx(2.0)
+    assert float(angle_error(torch.tensor([90.0]), torch.tensor([0.0]))) == pytest.approx(90.0)
+
+
+def test_fit_kernel_pads_and_crops_centred():
+    k = imagenet_c_kernel(5, 20.0, centered=True)  # wider than 41
+    assert k.shape[0] > 41
+    fitted = fit_kernel(k, 41)
+    assert fitted.shape == (41, 41) and fitted.sum() == pytest.approx(1.0, abs=1e-5)
+    small = fit_kernel(linear_kernel(5, 0.0), 41)
+    assert small[20, 18:23].sum() == pytest.approx(1.0, abs=1e-5)
+
+
+# --- the estimator ------------------------------------------------------------------------------
+def test_estimator_outputs_kernels():
+    model = build_estimator(TINY).eval()
+    out = model(torch.rand(3, 1, 64, 64))
+    assert out.shape == (3, 15, 15)
+    assert (out >= 0).all() and torch.allclose(out.sum((1, 2)), torch.ones(3), atol=1e-5)
+    with pytest.raises(ValueError, match="grey crops"):
+        model(torch.rand(1, 3, 64, 64))
+
+
+def test_estimator_and_generator_files_are_told_apart(tmp_path):
+    from deblur.config import GeneratorConfig
+    from deblur.models import build_generator
+
+    est = save_estimator(build_estimator(TINY), TINY, tmp_path / "est.pt")
+    model, cfg = load_estimator(est)
+    assert cfg == TINY and not model.training
+    gen = save_generator(build_generator(GeneratorConfig()), GeneratorConfig(), tmp_path / "gen.pt")
+    with pytest.raises(ValueError, match="kernel estimator, not a deblurring generator"):
+        load_generator(est)
+    with pytest.raises(ValueError, match="generator .* not a kernel estimator"):
+        load_estimator(gen)
+
+
+# --- data ---------------------------------------------------------------------------------------
+def _cfg(photo_dir, tmp_path, **kw):
+    over = [f"sources=[{photo_dir}/*.jpg]", "crop=48", "batch_size=4", "val_crops=8", "val_every=2", "save_every=2",
+            "log_every=1", "warmup_steps=1", "recon_start=1", "steps=4", "ema=0.5", "preload_size=0",
+            "train_bounds=[0.0, 1.0]", "val_bounds=[0.0, 1.0]", f"project={tmp_path}", "name=k",
+            "model={kernel_size: 15, width_mult: 0.25, depth: 7, hidden: 16}"]
+    return load_config(KernelTrainConfig, None, over + [f"{k}={v}" for k, v in kw.items()])
+
+
+def test_crops_are_blurred_by_their_kernel(photo_dir, tmp_path):
+    cfg = _cfg(photo_dir, tmp_path, **{"blur.noise_prob": 0.0, "blur.jpeg_prob": 0.0})
+    crops = KernelCrops(cfg, (0.0, 1.0))
+    batch = crops.batch(np.random.default_rng(0), 6)
+    assert batch["blur"].shape == (6, 1, 48, 48) and batch["kernel"].shape == (6, 15, 15)
+    assert torch.allclose(batch["kernel"].sum((1, 2)), torch.ones(6), atol=1e-5)
+    for i in range(6):  # re-blur the sharp crop's interior with the kernel: it must match the blurred crop
+        sharp, blur, k = batch["sharp"][i, 0].numpy(), batch["blur"][i, 0].numpy(), batch["kernel"][i].numpy()
+        again = apply_kernel(sharp, k)
+        inner = (slice(8, -8), slice(8, -8))
+        assert np.abs(again[inner] - blur[inner]).mean() < 0.01, batch["kinds"][i]
+    assert batch["blur"].std() > 0.01
+
+
+# --- training -----------------------------------------------------------------------------------
+def test_training_writes_checkpoints_and_resumes_exactly(photo_dir, tmp_path):
+    first = KernelTrainer(_cfg(photo_dir, tmp_path))
+    first.fit()
+    run = tmp_path / "k"
+    assert {"last.pt", "best.pt", "config.yaml", "val.jsonl"} <= {p.name for p in run.iterdir()}
+    lines = [json.loads(x) for x in (run / "val.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [2, 4] and math.isfinite(lines[-1]["clean/psnr_pred"])
+
+    # 6 steps in one go, against 3 steps, Ctrl-C (last.pt is saved on the way out), resume, 3 more: the same weights
+    straight = KernelTrainer(_cfg(photo_dir, tmp_path, name="straight", steps=6))
+    straight.fit()
+    stopped = KernelTrainer(_cfg(photo_dir, tmp_path, name="stopped", steps=6))
+    step = stopped.train_step
+
+    def interrupt_after_3(batch):
+        if stopped.step == 3:
+            raise KeyboardInterrupt
+        return step(batch)
+
+    stopped.train_step = interrupt_after_3
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit()
+    resumed = KernelTrainer(_cfg(photo_dir, tmp_path, name="stopped", steps=6), resume=True)
+    assert resumed.step == 3
+    resumed.fit()
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    out = resumed.export(tmp_path / "exported.pt", which="last.pt")
+    model, cfg_loaded = load_estimator(out)
+    assert cfg_loaded.kernel_size == 15
+
+
+def test_resume_refuses_another_model(photo_dir, tmp_path):
+    KernelTrainer(_cfg(photo_dir, tmp_path, steps=1)).fit()
+    with pytest.raises(ValueError, match="differs"):
+        KernelTrainer(_cfg(photo_dir, tmp_path, **{"model.hidden": 32}), resume=True)
+
+
+# --- KernelDeblurrer ----------------------------------------------------------------------------
+def _blurred(photo_bgr, kernel):
+    return apply_kernel(photo_bgr, kernel)
+
+
+@pytest.mark.parametrize("kernel", [fit_kernel(linear_kernel(11, 30.0), 31), fit_kernel(shake_kernel(3, 7), 31)],
+                         ids=["linear", "shake"])
+def test_true_kernel_restores(photo_bgr, kernel):
+    blurred = _blurred(photo_bgr, kernel)
+    (restored,) = KernelDeblurrer(OracleEstimator(kernel), device="cpu")([blurred])
+    m = 16
+    inner = (slice(m, -m), slice(m, -m))
+    assert psnr(restored[inner], photo_bgr[inner]) > psnr(blurred[inner], photo_bgr[inner]) + 3.0
+
+
+def test_gating_passes_sharp_frames_through(photo_bgr):
+    delta = fit_kernel(np.ones((1, 1), np.float32), 31)
+    deblurrer = KernelDeblurrer(OracleEstimator(delta), device="cpu")
+    (out,) = deblurrer([photo_bgr])
+    assert np.array_equal(out, photo_bgr)
+    assert bool(deblurrer.last_gated.all())
+
+
+def test_nonfinite_kernel_passes_through_and_is_counted(photo_bgr, caplog):
+    nan = np.full((31, 31), np.nan, np.float32)
+    deblurrer = KernelDeblurrer(OracleEstimator(nan), device="cpu")
+    blurred = _blurred(photo_bgr, linear_kernel(9, 0.0))
+    out = deblurrer([blurred, blurred])
+    assert all(np.array_equal(o, blurred) for o in out)
+    assert deblurrer.nonfinite == 2 and "not finite" in caplog.text
+
+
+def test_frames_smaller_than_a_tile(photo_bgr):
+    deblurrer = KernelDeblurrer(build_estimator(TINY).eval(), device="cpu")
+    small = photo_bgr[:40, :70]
+    (out,) = deblurrer([small])
+    assert out.shape == small.shape and out.dtype == np.uint8
+
+
+def test_temporal_smoothing_blends_consecutive_kernels(photo_bgr):
+    line = fit_kernel(linear_kernel(11, 0.0), 31)
+    deblurrer = KernelDeblurrer(OracleEstimator(line), device="cpu", temporal=0.5)
+    deblurrer([photo_bgr])
+    deblurrer.estimator.kernel.copy_(torch.from_numpy(fit_kernel(linear_kernel(11, 90.0), 31)))
+    deblurrer([photo_bgr])
+    k = deblurrer.last_kernels[0]
+    assert float(k[15, 10]) > 0 and float(k[10, 15]) > 0  # half of each: horizontal and vertical
