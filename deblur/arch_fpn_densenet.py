@@ -32,6 +32,7 @@ class FPNDenseNet121(FPNGenerator):
         learn_residual: bool = True,
         zero_init_last: bool = True,
         dropout: float = 0.0,
+        in_channels: int = 3,
     ):
         features = densenet121(weights=None).features
         # children: conv0 norm0 relu0 pool0 denseblock1 transition1 denseblock2 transition2
@@ -46,4 +47,5 @@ class FPNDenseNet121(FPNGenerator):
             learn_residual=learn_residual,
             zero_init_last=zero_init_last,
             dropout=dropout,
+            in_channels=in_channels,
         )

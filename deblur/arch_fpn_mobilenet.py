@@ -1,7 +1,9 @@
 """FPN generators on a MobileNetV2 backbone (DeblurGANv2's FPN-MobileNet, and a depthwise-separable variant).
 
 Layout and range: input and output are ``(B, 3, H, W)`` RGB float in ``[-1, 1]``; any ``H, W >= 32``
-(the model reflect-pads to a multiple of 32 inside ``forward`` and crops back).
+(the model reflect-pads to a multiple of 32 inside ``forward`` and crops back). A refiner
+(``in_channels=6``) takes the blurred and the deconvolved frame stacked, ``(B, 6, H, W)``, and adds its
+residual to the deconvolved one (the last three channels).
 
 Design (DeblurGANv2, Kupyn et al. 2019):
 
@@ -118,8 +120,14 @@ class FPNGenerator(nn.Module):
         zero_init_last: bool = True,
         dropout: float = 0.0,
         separable: bool = False,
+        in_channels: int = 3,
     ):
         super().__init__()
+        if in_channels not in (3, 6):
+            raise ValueError(f"'in_channels' must be 3 (a frame) or 6 (blurred + deconvolved, a refiner), got {in_channels}")
+        if in_channels != 3:
+            _widen_input(backbone, in_channels)
+        self.in_channels = in_channels
         if norm_layer not in NORM_LAYERS:
             raise ValueError(f"Unknown norm_layer '{norm_layer}'. Available: {list(NORM_LAYERS)}")
         if len(taps) != 5 or len(tap_channels) != 5:
@@ -170,8 +178,9 @@ class FPNGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B,3,H,W) RGB float in [-1,1], H,W >= 32 -> restored (B,3,H,W) RGB float in [-1,1]."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected a (B,3,H,W) RGB tensor in [-1,1], got shape {tuple(x.shape)}")
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            what = "RGB" if self.in_channels == 3 else "blurred + deconvolved RGB"
+            raise ValueError(f"expected a (B,{self.in_channels},H,W) {what} tensor in [-1,1], got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         if h < STRIDE or w < STRIDE:
             raise ValueError(
@@ -200,7 +209,18 @@ class FPNGenerator(nn.Module):
         out = torch.tanh(out.to(x.dtype))  # autocast gives bf16 here; the output has the input's dtype
         if not self.learn_residual:
             return out
-        return torch.clamp(x + out, min=-1.0, max=1.0)
+        return torch.clamp(x[:, -3:] + out, min=-1.0, max=1.0)
+
+
+def _widen_input(backbone: nn.Module, in_channels: int) -> None:
+    """Replace the backbone's first convolution by one taking ``in_channels`` channels (fresh init)."""
+    for parent in backbone.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                setattr(parent, name, nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride,
+                                                child.padding, bias=child.bias is not None))
+                return
+    raise ValueError("the backbone has no convolution to widen")
 
 
 class FPNMobileNetV2(FPNGenerator):
@@ -219,6 +239,7 @@ class FPNMobileNetV2(FPNGenerator):
         learn_residual: bool = True,
         zero_init_last: bool = True,
         dropout: float = 0.0,
+        in_channels: int = 3,
     ):
         features = mobilenet_v2(weights=None).features
         super().__init__(
@@ -232,6 +253,7 @@ class FPNMobileNetV2(FPNGenerator):
             zero_init_last=zero_init_last,
             dropout=dropout,
             separable=self.separable,
+            in_channels=in_channels,
         )
 
 

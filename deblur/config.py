@@ -34,6 +34,7 @@ class GeneratorConfig:
     learn_residual: bool = True  # output = clamp(input + tanh(...)), DeblurGANv2's global residual
     zero_init_last: bool = True  # last conv starts at zero: the untrained model is the identity
     dropout: float = 0.0
+    in_channels: int = 3  # 3 = a frame; 6 = a refiner: blurred + Wiener-deconvolved frame, residual on the latter
     backbone_weights: str = ""  # optional torchvision-format state dict of the backbone (ImageNet)
 
     def __post_init__(self):
@@ -124,7 +125,12 @@ class ModelConfig:
     learn_residual: bool = True
     zero_init_last: bool = True
     dropout: float = 0.0
+    num_filters: int = 64  # head width
+    num_filters_fpn: int = 128  # FPN width
     backbone_weights: str = ""
+    # a refiner: the generator gets the blurred frame and its Wiener deconvolution with this kernel estimator's
+    # kernels (6 channels) and learns to remove ringing and estimation error ("" = a plain generator)
+    estimator: str = ""
     vgg_weights: str = ""  # VGG19 state dict for the 'perceptual' content loss
     # 'detector_perceptual' content loss: layers of the frozen darknet detector (YOLOv3-tiny: 4 = stride 4,
     # 8 = stride 16, 13 = stride 32), their weights (empty = equal) and the distance
@@ -144,6 +150,9 @@ class ModelConfig:
             learn_residual=self.learn_residual,
             zero_init_last=self.zero_init_last,
             dropout=self.dropout,
+            num_filters=self.num_filters,
+            num_filters_fpn=self.num_filters_fpn,
+            in_channels=6 if self.estimator else 3,
             backbone_weights=self.backbone_weights,
         )
 

@@ -9,7 +9,9 @@ restored frames, same layout, clamped to [0,1]:
 3. blur gating: a kernel shorter than ``gate_px`` (long axis, px) means a sharp frame, which passes
    through untouched; so does a frame whose kernel is not finite (counted in ``nonfinite``);
 4. Wiener deconvolution of the full-resolution colour frame (deblur.deconv), regularised by
-   ``balance + noise_gain * sigma^2`` with sigma the frame's estimated noise.
+   ``balance + noise_gain * sigma^2`` with sigma the frame's estimated noise;
+5. optionally a refiner (``refiner``: a generator exported with ``in_channels=6``) that takes the blurred
+   and the deconvolved frame and removes ringing and the estimate's errors.
 
 ``temporal`` > 0 smooths kernels over consecutive calls (a video's camera motion is continuous):
 ``k_t = (1 - temporal) * k_new + temporal * k_{t-1}``, reset when the frame size changes.
@@ -34,7 +36,7 @@ from torch import Tensor, nn
 from configs.loader import check_range
 from deblur.arch_kernel import kernel_extent, kernel_moments
 from deblur.deconv import estimate_noise, wiener_deconvolve
-from deblur.models import load_estimator
+from deblur.models import load_estimator, load_generator
 from runtime import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class KernelDeblurConfig:
     balance: float = 2.0e-3  # Wiener regulariser (Laplacian prior)
     noise_gain: float = 0.0  # + noise_gain * sigma^2, sigma = the frame's estimated noise in [0,1] units
     temporal: float = 0.0  # kernel smoothing over consecutive calls, 0 = off
+    refiner: str = ""  # a refiner generator (in_channels 6) run after the deconvolution; "" = none
 
     def __post_init__(self):
         check_range("crops", self.crops, 1)
@@ -86,6 +89,12 @@ class KernelDeblurrer:
             p.requires_grad_(False)
         self.cfg = dataclasses.replace(cfg or KernelDeblurConfig(), **options)
         self.kernel_size = self.estimator.kernel_size
+        self.refiner = None
+        if self.cfg.refiner:
+            self.refiner, gen_cfg = load_generator(self.cfg.refiner, device=self.device)
+            if gen_cfg.in_channels != 6:
+                raise ValueError(f"refiner {self.cfg.refiner} is a plain generator (in_channels {gen_cfg.in_channels}); "
+                                 "a refiner is trained with model.estimator set (configs/deblur_train_refiner.yaml)")
         self.last_kernels: Tensor | None = None  # (B,k,k) kernels of the last batch (gated frames included)
         self.last_gated: Tensor | None = None  # (B,) True where the frame passed through
         self.nonfinite = 0  # frames passed through because their kernel was not finite
@@ -162,7 +171,10 @@ class KernelDeblurrer:
             balance = torch.full((len(todo),), self.cfg.balance, device=x.device)
             if self.cfg.noise_gain > 0:
                 balance = balance + self.cfg.noise_gain * estimate_noise(blur) ** 2
-            out[todo] = wiener_deconvolve(blur, safe[todo], balance=balance).clamp_(0.0, 1.0)
+            deconv = wiener_deconvolve(blur, safe[todo], balance=balance).clamp_(0.0, 1.0)
+            if self.refiner is not None:
+                deconv = (self.refiner(torch.cat([blur, deconv], dim=1) * 2.0 - 1.0) + 1.0) * 0.5
+            out[todo] = deconv
         return out
 
     # --- uint8 frames -----------------------------------------------------------------------------

@@ -168,6 +168,12 @@ class Trainer:
         self.batches = _Batches(len(self.train_set), cfg.batch_size, cfg.train_batches_per_epoch, cfg.seed, self.rank, self.world)
 
         self.gen_cfg = cfg.model.generator()
+        self.kernel_deblurrer = None  # a refiner's first stage: frozen kernel estimate + Wiener deconvolution
+        if cfg.model.estimator:
+            from deblur.kernel_deblur import KernelDeblurrer
+
+            self.kernel_deblurrer = KernelDeblurrer(cfg.model.estimator, device=self.device, gate_px=0.0)
+            logger.info("Refiner: input = blurred + Wiener deconvolution with the kernels of %s", cfg.model.estimator)
         self.G = build_generator(self.gen_cfg)
         if cfg.init_weights and not resume:
             start, _ = load_generator(cfg.init_weights, expect_name=self.gen_cfg.name)
@@ -259,11 +265,17 @@ class Trainer:
 
     # -------------------------------------------------------------- steps
     def _batch(self, indices: list[int], dataset, key: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stack items; ``key`` seeds their crops and blur (the global batch number: a repeated image gets a fresh draw)."""
+        """Stack items; ``key`` seeds their crops and blur (the global batch number: a repeated image gets a fresh draw).
+
+        For a refiner the first tensor is (B,6,H,W): the blurred crops and their Wiener deconvolution.
+        """
         dataset.set_epoch(key)
         items = [dataset[i] for i in indices]
         blur = torch.stack([it["blur"] for it in items]).to(self.device, non_blocking=True)
         sharp = torch.stack([it["sharp"] for it in items]).to(self.device, non_blocking=True)
+        if self.kernel_deblurrer is not None:  # refiner: [blurred, deconvolved] (B,6,H,W), both RGB [-1,1]
+            deconv = self.kernel_deblurrer.restore((blur + 1.0) / 2.0) * 2.0 - 1.0
+            blur = torch.cat([blur, deconv.clone()], dim=1)
         if self.cfg.channels_last:
             blur, sharp = blur.contiguous(memory_format=torch.channels_last), sharp.contiguous(memory_format=torch.channels_last)
         return blur, sharp
@@ -329,13 +341,17 @@ class Trainer:
         """PSNR/SSIM of the (EMA) generator and of the blurred input on the fixed val batches."""
         model = (self.ema or self.G).eval()
         scores = {"psnr": [], "ssim": [], "psnr_blur": [], "ssim_blur": []}
+        if self.kernel_deblurrer is not None:
+            scores["psnr_deconv"] = []
         n = len(self.val_set)
         for b in range(self.cfg.val_batches_per_epoch):
             idx = [(b * self.cfg.batch_size + k) % n for k in range(self.cfg.batch_size)]
             blur, sharp = self._batch(idx, self.val_set, 0)
             with self._autocast():
                 restored = model(blur)
-            restored, blur, sharp = ((t.float() + 1) / 2 for t in (restored, blur, sharp))
+            if self.kernel_deblurrer is not None:
+                scores["psnr_deconv"].append(psnr((blur[:, 3:].float() + 1) / 2, (sharp.float() + 1) / 2, data_range=1.0))
+            restored, blur, sharp = ((t.float() + 1) / 2 for t in (restored, blur[:, :3], sharp))
             scores["psnr"].append(psnr(restored, sharp, data_range=1.0))
             scores["ssim"].append(ssim(restored, sharp, data_range=1.0))
             scores["psnr_blur"].append(psnr(blur, sharp, data_range=1.0))
@@ -439,7 +455,7 @@ class Trainer:
         model = (self.ema or self.G).eval()
         with self._autocast():
             restored = model(blur[:2])
-        grid = torch.cat([blur[:2], restored.float(), sharp[:2]], dim=3)  # blurred | restored | sharp
+        grid = torch.cat([blur[:2, :3], restored.float(), sharp[:2]], dim=3)  # blurred | restored | sharp
         self.writer.add_images("triplet/blurred_restored_sharp", ((grid.float() + 1) / 2).clamp(0, 1), self.step)
 
     def export(self, out: Path, which: str = "best.pt", half: bool = False) -> Path:
