@@ -38,7 +38,13 @@ def stable_seed(*parts: object) -> int:
 
 
 def blur_kernel(cfg: EvalBlurConfig, image_name: str, severity: int) -> np.ndarray:
-    """(k,k) float32 kernel summing to 1, fixed by (cfg.seed, kind, image name, severity)."""
+    """(k,k) float32 kernel summing to 1, fixed by (cfg.seed, kind, image name, severity).
+
+    Severity 0 is no blur (a 1x1 delta): the "blurred" image is the sharp one, so the methods' rows show
+    what they do to sharp frames.
+    """
+    if severity == 0:
+        return np.ones((1, 1), np.float32)
     seed = stable_seed(cfg.seed, cfg.kind, image_name, severity)
     if cfg.kind == "imagenet_c":
         return imagenet_c_kernel(severity, rng=np.random.default_rng(seed), centered=cfg.centered)

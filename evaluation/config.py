@@ -72,7 +72,7 @@ class EvalBlurConfig:
     """
 
     kind: BlurKind = "imagenet_c"
-    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    severities: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])  # 0 = no blur (harm to sharp frames)
     # imagenet_c: True = the kernel centred on its mass (a frame's exposure is centred on its timestamp, and a pure
     # shift cannot be seen in one frame); False = ImageNet-C's own one-sided kernel, which also shifts the image
     centered: bool = True
@@ -80,11 +80,11 @@ class EvalBlurConfig:
 
     def __post_init__(self):
         if not self.severities:
-            raise ValueError("'severities' is empty: give at least one of 1..5")
+            raise ValueError("'severities' is empty: give at least one of 0..5 (0 = no blur)")
         if len(set(self.severities)) != len(self.severities):
             raise ValueError(f"'severities' has duplicates: {self.severities}")
         for s in self.severities:
-            check_range("severities", s, 1, 5)
+            check_range("severities", s, 0, 5)  # 0 = no blur: what each method does to a sharp frame
 
 
 @dataclass(frozen=True)
