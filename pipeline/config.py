@@ -43,7 +43,8 @@ class PipelineConfig:
     # --- batching / threads
     batch: int = 1  # frames per inference batch (at most)
     max_latency: float = 50.0  # ms to wait for a batch to fill before running it
-    threads: int = 2  # torch intra-op threads for the whole process (0 = leave as is)
+    threads: int = 2  # torch intra-op threads for the whole process (0 = leave as is); halved per stage with overlap
+    overlap: bool = True  # deblur and detect in two threads (pipelined); False = one after the other in one thread
     warmup: bool = True  # one untimed pass on a frame of the source's size before the loop
     # --- detector (Ultralytics names: conf, iou, classes, imgsz, device, half)
     detector: DetectorConfig = field(default_factory=DetectorConfig)

@@ -1,8 +1,13 @@
 """The runner: owns every thread and queue of the pipeline, times every stage, reports a summary.
 
-    source reader thread --(source queue)--> inference thread --(out queue)--> sink loop (calling thread)
-      decode / capture                       SimulateBlur, Preprocess,         Annotate, --save (H.264),
-                                             Deblur, Detect, Postprocess       --save-json, --show
+    source reader --(source queue)--> deblur thread --(mid queue)--> detect thread --(out queue)--> sink loop
+    decode/capture                    SimulateBlur, Preprocess,      Detect, Postprocess           Annotate, --save,
+                                      Deblur                                                       --save-json, --show
+
+Deblur and detect overlap (``overlap``, the default): each runs in its own thread with half of the intra-op
+threads, so on N cores throughput approaches the slower of the two instead of their sum. Queues keep every
+frame of a file in order (blocking puts); a live source still keeps only its newest frame. With
+``overlap=False`` one inference thread runs every stage.
 
 The sink loop runs in the calling (main) thread, beside the inference thread: OpenCV's window
 must live in the main thread and Ctrl-C is delivered there. The first Ctrl-C (SIGINT/SIGTERM)
@@ -106,6 +111,7 @@ class Runner:
         self._stop = threading.Event()  # stop taking new frames (Ctrl-C, q, max_frames, error)
         self._abandon = threading.Event()  # the sink loop stopped consuming: do not block on the out queue
         self._out: queue.Queue = queue.Queue(maxsize=2)  # batches ready for the sink loop
+        self._mid: queue.Queue = queue.Queue(maxsize=2)  # deblurred batches waiting for the detect thread
         self.frames_in = 0
         self.frames_out = 0
         self.interrupted = False
@@ -160,6 +166,8 @@ class Runner:
         if self.need_images and c.deblur:
             stages.append(("postprocess", Postprocess()))
         self.infer_stages = stages
+        split = next(i for i, (name, _) in enumerate(stages) if name == "detect")
+        self.front_stages, self.back_stages = stages[:split], stages[split:]
         self.annotate = Annotate(side_by_side=c.deblur) if self.need_images else None
         logger.info(
             "Pipeline: device=%s deblur=%s amp=%s deblur_size=%s batch=%d max_latency=%.0f ms threads=%d",
@@ -190,13 +198,22 @@ class Runner:
             logger.info("Deblur: %s from %s", gen_cfg.name, weights)
         self.amp = resolve_amp(c.amp, self.device)
         if self.runtime != "torch" or self.device.type == "cuda":
-            return RuntimeDeblur(model, self.device, self.runtime, amp=self.amp, threads=c.threads)
+            return RuntimeDeblur(model, self.device, self.runtime, amp=self.amp, threads=self.stage_threads)
         return Deblur(model, self.device, amp=self.amp, channels_last=c.channels_last)
 
+    @property
+    def stage_threads(self) -> int:
+        """torch intra-op threads: ``threads`` (0 = leave as is), split between the two overlapped stages."""
+        c = self.cfg
+        if c.threads <= 0:
+            return 0
+        return max(1, c.threads // 2) if c.overlap else c.threads
+
     def _apply_threads(self) -> None:
-        if self.cfg.threads > 0 and torch.get_num_threads() != self.cfg.threads:
-            logger.debug("torch threads %d -> %d", torch.get_num_threads(), self.cfg.threads)
-            torch.set_num_threads(self.cfg.threads)
+        n = self.stage_threads
+        if n > 0 and torch.get_num_threads() != n:
+            logger.debug("torch threads %d -> %d", torch.get_num_threads(), n)
+            torch.set_num_threads(n)
 
     # ---- inference thread ----------------------------------------------------------------------
     @torch.inference_mode()
@@ -263,7 +280,9 @@ class Runner:
 
     @torch.inference_mode()
     def _infer_loop(self, source: Source) -> None:
+        """Collect batches and run the stages up to Deblur; with overlap, hand them to the detect thread."""
         self._ended = False
+        hand_on = self._put_mid if self.cfg.overlap else self._put_out
         try:
             while not self._stop.is_set() and not self._ended:
                 frames = self._collect(source)
@@ -271,17 +290,56 @@ class Runner:
                     break
                 if self.warmup_s is None and self.cfg.warmup:
                     self.warmup_s = self._warmup(*frames[0].bgr.shape[:2])
-                batch = Batch(frames)
-                for name, stage in self.infer_stages:
-                    with self.timer.time(name, len(batch)):
-                        batch = stage(batch)
+                batch = self._run_stages(Batch(frames), self.front_stages)
+                if not self.cfg.overlap:
+                    batch = self._run_stages(batch, self.back_stages)
                 if self.frames_in == len(batch):
                     self._apply_threads()
-                self._put_out(batch)
-        except BaseException as e:  # handed to the sink loop, which re-raises it after closing outputs
-            self._put_out(_Failed(e))
+                hand_on(batch)
+        except BaseException as e:  # handed on to the sink loop, which re-raises it after closing outputs
+            hand_on(_Failed(e))
         finally:
-            self._put_out(_END)
+            hand_on(_END)
+
+    @torch.inference_mode()
+    def _detect_loop(self) -> None:
+        """The detect thread (overlap): Detect and Postprocess on each deblurred batch, in order."""
+        first = True
+        while True:
+            try:
+                item = self._mid.get(timeout=0.1)
+            except queue.Empty:
+                if self._abandon.is_set():
+                    return
+                continue
+            if item is _END or isinstance(item, _Failed):
+                self._put_out(item)
+                if item is _END:
+                    return
+                continue
+            try:
+                item = self._run_stages(item, self.back_stages)
+                if first:
+                    self._apply_threads()  # Ultralytics lowers the thread count on its first call
+                    first = False
+                self._put_out(item)
+            except BaseException as e:
+                self._stop.set()
+                self._put_out(_Failed(e))
+
+    def _run_stages(self, batch: Batch, stages: list) -> Batch:
+        for name, stage in stages:
+            with self.timer.time(name, len(batch)):
+                batch = stage(batch)
+        return batch
+
+    def _put_mid(self, item: Any) -> None:
+        while not self._abandon.is_set():
+            try:
+                self._mid.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def _put_out(self, item: Any) -> None:
         while not self._abandon.is_set():
@@ -402,13 +460,17 @@ class Runner:
             sinks = self._open_sinks(stack)
             t_start = time.perf_counter()
             worker = threading.Thread(target=self._infer_loop, args=(self.source,), name="inference", daemon=True)
-            worker.start()
+            workers = [worker]
+            if c.overlap:
+                workers.append(threading.Thread(target=self._detect_loop, name="detect", daemon=True))
+            for w in workers:
+                w.start()
             try:
                 while True:
                     try:
                         item = self._out.get(timeout=0.1)
                     except queue.Empty:
-                        if not worker.is_alive() and self._out.empty():
+                        if not any(w.is_alive() for w in workers) and self._out.empty():
                             break
                         continue
                     if item is _END:
@@ -423,9 +485,10 @@ class Runner:
             finally:
                 self._abandon.set()
                 self._stop.set()
-                worker.join(timeout=10.0)
-                if worker.is_alive():
-                    logger.warning("The inference thread did not stop within 10 s")
+                for w in workers:
+                    w.join(timeout=10.0)
+                    if w.is_alive():
+                        logger.warning("The %s thread did not stop within 10 s", w.name)
                 # leaving the ExitStack closes the sinks (video trailer, JSON lines) and the source
         t_end = time.perf_counter()
         wall = t_end - t_start
