@@ -72,7 +72,7 @@ def test_n_frames_in_n_results_out_batched(clip, tmp_path):
     written = json.loads((tmp_path / "s.json").read_text())
     assert written["frames_out"] == 12 and set(written["ms_per_frame"]) >= {"preprocess", "deblur", "detect", "save"}
     assert written["latency_ms"]["p50"] > 0 and written["latency_ms"]["p95"] >= written["latency_ms"]["p50"]
-    assert torch.get_num_threads() == cfg.threads
+    assert torch.get_num_threads() == max(1, cfg.threads // 2)  # deblur and detect overlap: half each
 
 
 def test_saved_video_shows_input_left_and_output_right(clip, tmp_path):
@@ -277,3 +277,54 @@ def test_openvino_runtime(clip, tmp_path, monkeypatch):
     assert np.abs(img[:, 64:][region] - (255 - make_frame(0).astype(int)[region])).mean() < 12
     with pytest.raises(ConfigError, match=r"runtime.*openvino.*CPU"):
         load_config(PipelineConfig, overrides=["runtime=openvino", "detector.device=cuda"])
+
+
+class FailingDetector(FakeDetector):
+    """Fails on its third call (in the detect thread when stages overlap)."""
+
+    def __call__(self, x):
+        if len(self.calls) == 2:
+            raise RuntimeError("detector blew up")
+        return super().__call__(x)
+
+
+def test_overlap_keeps_order_and_results(clip, tmp_path):
+    out = {}
+    for overlap in (True, False):
+        cfg = PipelineConfig(source=str(clip), overlap=overlap, batch=2, save_json=str(tmp_path / f"{overlap}.jsonl"))
+        s = run_pipeline(cfg, deblur_model=SlowIdentity(0.01), detector=FakeDetector(delay=0.01))
+        assert s["frames_out"] == 12
+        out[overlap] = [(r["index"], r["detections"]) for r in _lines(tmp_path / f"{overlap}.jsonl")]
+    assert out[True] == out[False] and [i for i, _ in out[True]] == list(range(12))
+
+
+def test_failure_in_the_detect_thread_closes_outputs_and_reraises(clip, tmp_path):
+    cfg = PipelineConfig(source=str(clip), save=str(tmp_path / "o.mp4"), save_json=str(tmp_path / "d.jsonl"))
+    with pytest.raises(RuntimeError, match="detector blew up"):
+        run_pipeline(cfg, deblur_model=InvertModel(), detector=FailingDetector())
+    n, _ = _decode_count(tmp_path / "o.mp4")  # the video has its trailer: the frames before the failure play
+    written = len(_lines(tmp_path / "d.jsonl"))
+    assert n == written and 1 <= written < 12  # the warm-up is call 1, frame 0 call 2, frame 1 fails
+
+
+def test_kernel_estimator_weights_compare_view_and_thumbnail(clip, tmp_path):
+    """An estimator file as deblur_weights runs estimate + deconvolve; --compare detects on both panes."""
+    from deblur.config import EstimatorConfig
+    from deblur.models import build_estimator, save_estimator
+
+    cfg_e = EstimatorConfig(kernel_size=15, width_mult=0.25, depth=7, hidden=16)
+    weights = save_estimator(build_estimator(cfg_e), cfg_e, tmp_path / "est.pt")
+    cfg = PipelineConfig(source=str(clip), deblur_weights=str(weights), compare=True, save=str(tmp_path / "o.mp4"),
+                         save_crf=10, summary=str(tmp_path / "s.json"))
+    s = run_pipeline(cfg, detector=FakeDetector())
+    assert s["frames_out"] == 12 and {"deblur", "detect", "detect_input"} <= set(s["ms_per_frame"])
+    with av.open(str(tmp_path / "o.mp4")) as c:
+        img = next(c.decode(video=0)).to_ndarray(format="bgr24").astype(int)
+    right = img[:, 64:]
+    side = max(32, 48 // 6)
+    border = right[1, 64 - side - 3 : 64 - 2]  # the thumbnail's orange frame along its top edge
+    assert np.abs(border - np.array([0, 200, 255])).mean(axis=1).min() < 60
+    from detect.draw import class_color
+
+    left = img[:, :64]  # the input pane has the box found on the input (its top edge at y=8)
+    assert np.abs(left[8, 20:44] - np.array(class_color(0))).mean() < 40
