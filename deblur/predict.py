@@ -29,7 +29,7 @@ from torch import nn
 
 from deblur.kernel_deblur import KernelDeblurConfig, KernelDeblurrer
 from deblur.models import DEFAULT_WEIGHTS, ESTIMATOR_FORMAT, file_format, load_generator
-from runtime import RUNTIMES, compile_module, cpu_native_bf16, resolve_device, resolve_runtime
+from runtime import RUNTIMES, compile_module, cpu_native_bf16, resolve_device, resolve_precision, resolve_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +105,9 @@ class Deblurrer:
             raise ValueError(f"amp='fp16' needs a CUDA device, got device '{device}'; use amp='bf16' on CPU")
         if max_batch < 1:
             raise ValueError(f"'max_batch' must be >= 1, got {max_batch}")
-        if amp == "auto":
-            amp = "bf16" if fast_bf16(device) else "none"
+        if amp == "auto":  # the one precision policy (runtime.resolve_precision) for the runtime that will run
+            precision = resolve_precision("auto", resolve_runtime(runtime, device), device)
+            amp = {"fp32": "none"}.get(precision, precision)
         elif amp == "bf16" and not fast_bf16(device):
             logger.warning("amp='bf16' on %s without native bf16 (no AMX/AVX512-bf16): emulated, expect it to be "
                            "several times slower than float32; use amp='none' or 'auto'", device)

@@ -196,7 +196,7 @@ class Runner:
                     f"{e} -- For the pipeline: pass --deblur-weights PATH, or run without deblurring (--no-deblur)."
                 ) from e
             logger.info("Deblur: %s from %s", gen_cfg.name, weights)
-        self.amp = resolve_amp(c.amp, self.device)
+        self.amp = resolve_amp(c.amp, self.device, self.runtime)
         if self.runtime != "torch" or self.device.type == "cuda":
             return RuntimeDeblur(model, self.device, self.runtime, amp=self.amp, threads=self.stage_threads)
         return Deblur(model, self.device, amp=self.amp, channels_last=c.channels_last)

@@ -65,15 +65,13 @@ class Batch:
         return self.frames[0].bgr.shape[:2]
 
 
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """'auto' | 'none' | 'bf16' | 'fp16' -> the precision actually used on `device` ('none', 'bf16', 'fp16')."""
-    if amp == "auto":
-        if device.type == "cuda":
-            return "fp16"
-        return "bf16" if cpu_native_bf16() else "none"
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError(f"amp='fp16' needs a CUDA device, got {device}. Fix: amp=bf16 or amp=none on CPU.")
-    return amp
+def resolve_amp(amp: str, device: torch.device, runtime: str = "torch") -> str:
+    """'auto' | 'none' | 'bf16' | 'fp16' -> the precision ``runtime`` really uses on ``device`` ('none', 'bf16',
+    'fp16'), by the one policy in runtime.resolve_precision (ONNX Runtime's CPU provider: fp32 only)."""
+    from runtime import resolve_precision
+
+    precision = resolve_precision({"none": "fp32"}.get(amp, amp), runtime, device)
+    return {"fp32": "none"}.get(precision, precision)
 
 
 def scaled_size(h: int, w: int, long_side: int | None) -> tuple[int, int]:

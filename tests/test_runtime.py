@@ -289,3 +289,20 @@ def test_resolve_device_names_the_setting_and_the_fix():
     else:
         with pytest.raises(ValueError, match="CUDA device"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_follows_the_runtime_on_native_bf16_cpus(native, generator, tmp_path, monkeypatch):
+    """amp='auto' asks the one policy (runtime.resolve_precision): ONNX Runtime's CPU provider is fp32 only, so
+    a CPU with native bf16 must not hand it bf16 (it raised before)."""
+    import runtime as rt
+    from pipeline.stages import resolve_amp
+
+    monkeypatch.setattr(rt, "cpu_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu, "onnxruntime") == "none"
+    assert resolve_amp("auto", cpu, "torch") == ("bf16" if native else "none")
+    assert resolve_amp("none", cpu, "torch") == "none"
+    weights = save_generator(generator, GeneratorConfig(), tmp_path / "g.pt")
+    d = Deblurrer(weights, device="cpu", amp="auto", runtime="onnxruntime", threads=1, cache_dir=tmp_path / "c")
+    assert d.amp == "none" and d([np.full((64, 64, 3), 100, np.uint8)])[0].shape == (64, 64, 3)
