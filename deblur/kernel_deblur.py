@@ -37,13 +37,17 @@ from configs.loader import check_range
 from deblur.arch_kernel import kernel_extent, kernel_moments
 from deblur.deconv import estimate_noise, wiener_deconvolve
 from deblur.models import load_estimator, load_generator
-from runtime import resolve_device
+from runtime import compile_module, resolve_device, resolve_runtime
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["KernelDeblurConfig", "KernelDeblurrer"]
 
 _GREY = (0.299, 0.587, 0.114)  # RGB -> luma (BT.601), as cv2.COLOR_RGB2GRAY
+
+
+def _grey_weights(x: Tensor) -> Tensor:
+    return torch.tensor(_GREY, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,9 @@ class KernelDeblurConfig:
     balance: float = 2.0e-3  # Wiener regulariser (Laplacian prior)
     noise_gain: float = 0.0  # + noise_gain * sigma^2, sigma = the frame's estimated noise in [0,1] units
     temporal: float = 0.0  # kernel smoothing over consecutive calls, 0 = off
+    # rgb: deconvolve each colour channel; luma: deconvolve the luma only and add its change to every channel
+    # (a third of the FFT work; colour keeps the blurred chroma)
+    channels: Literal["rgb", "luma"] = "rgb"
     refiner: str = ""  # a refiner generator (in_channels 6) run after the deconvolution; "" = none
 
     def __post_init__(self):
@@ -76,10 +83,13 @@ class KernelDeblurrer:
             or a KernelEstimator module.
         device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
         cfg: KernelDeblurConfig; keyword options override its fields (``crops=4``).
+        runtime: where the estimator network runs: 'torch', 'onnxruntime', 'openvino', 'torch_compile' or 'auto'
+            (runtime/; the deconvolution is torch FFTs either way). threads / cache_dir: as runtime.compile_module.
     """
 
     def __init__(self, estimator: str | os.PathLike | nn.Module | None = None, device: str | torch.device = "auto",
-                 cfg: KernelDeblurConfig | None = None, **options) -> None:
+                 cfg: KernelDeblurConfig | None = None, runtime: str = "torch", threads: int = 0,
+                 cache_dir: str | os.PathLike | None = None, **options) -> None:
         self.device = resolve_device(device)
         if isinstance(estimator, nn.Module):
             self.estimator = estimator.to(self.device).eval()
@@ -89,6 +99,12 @@ class KernelDeblurrer:
             p.requires_grad_(False)
         self.cfg = dataclasses.replace(cfg or KernelDeblurConfig(), **options)
         self.kernel_size = self.estimator.kernel_size
+        self.runtime = resolve_runtime(runtime, self.device)
+        self.engine = None  # runtime.CompiledModule of the estimator when not eager torch on the CPU
+        if self.runtime != "torch" or self.device.type == "cuda":
+            # fp32: the estimate's angle must be right within a few degrees, and the network is small
+            self.engine = compile_module(self.estimator, None, self.runtime, self.device, "fp32" if self.device.type == "cpu" else "auto",
+                                         cache_dir=cache_dir, threads=threads)
         self.refiner = None
         if self.cfg.refiner:
             self.refiner, gen_cfg = load_generator(self.cfg.refiner, device=self.device)
@@ -123,17 +139,14 @@ class KernelDeblurrer:
     @torch.inference_mode()
     def estimate(self, x: Tensor) -> Tensor:
         """(B,3,H,W) RGB float [0,1] -> (B,k,k) kernels (non-negative, summing to 1)."""
-        weights = torch.tensor(_GREY, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
-        grey = (x.float() * weights).sum(1, keepdim=True)
+        grey = (x.float() * _grey_weights(x)).sum(1, keepdim=True)
         tiles = self._tiles(grey)
         b, n = tiles.shape[:2]
         k = self.kernel_size
-        if self.cfg.combine == "geometric":
-            logp = torch.log_softmax(self.estimator.logits(tiles.flatten(0, 1)).float(), dim=1).view(b, n, -1)
-            kernels = torch.softmax(logp.mean(1), dim=1).view(b, k, k)
-        else:
-            kernels = self.estimator(tiles.flatten(0, 1)).view(b, n, k, k).mean(1)
-        return kernels
+        per_tile = (self.engine or self.estimator)(tiles.flatten(0, 1)).float().view(b, n, k * k)
+        if self.cfg.combine == "geometric":  # product of the tiles' kernels (they must agree), renormalised
+            return torch.softmax(per_tile.clamp_min(1e-30).log().mean(1), dim=1).view(b, k, k)
+        return per_tile.mean(1).view(b, k, k)
 
     def _smooth(self, kernels: Tensor, shape: tuple[int, int]) -> Tensor:
         a = self.cfg.temporal
@@ -171,7 +184,11 @@ class KernelDeblurrer:
             balance = torch.full((len(todo),), self.cfg.balance, device=x.device)
             if self.cfg.noise_gain > 0:
                 balance = balance + self.cfg.noise_gain * estimate_noise(blur) ** 2
-            deconv = wiener_deconvolve(blur, safe[todo], balance=balance).clamp_(0.0, 1.0)
+            if self.cfg.channels == "luma":
+                luma = (blur * _grey_weights(blur)).sum(1, keepdim=True)
+                deconv = (blur + (wiener_deconvolve(luma, safe[todo], balance=balance) - luma)).clamp_(0.0, 1.0)
+            else:
+                deconv = wiener_deconvolve(blur, safe[todo], balance=balance).clamp_(0.0, 1.0)
             if self.refiner is not None:
                 deconv = (self.refiner(torch.cat([blur, deconv], dim=1) * 2.0 - 1.0) + 1.0) * 0.5
             out[todo] = deconv

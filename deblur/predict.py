@@ -183,7 +183,8 @@ def load_deblurrer(weights: str | os.PathLike, device: str | torch.device = "aut
     ``kernel``), a generator file a ``Deblurrer`` (``generator_options``: runtime, threads, amp, ...). Both
     map a list of (H,W,3) BGR uint8 frames to the deblurred frames."""
     if file_format(weights) == ESTIMATOR_FORMAT:
-        return KernelDeblurrer(weights, device=device, cfg=kernel)
+        return KernelDeblurrer(weights, device=device, cfg=kernel, runtime=generator_options.get("runtime", "torch"),
+                               threads=generator_options.get("threads", 0))
     return Deblurrer(weights, device=device, **generator_options)
 
 

@@ -208,3 +208,20 @@ def test_temporal_smoothing_blends_consecutive_kernels(photo_bgr):
     deblurrer([photo_bgr])
     k = deblurrer.last_kernels[0]
     assert float(k[15, 10]) > 0 and float(k[10, 15]) > 0  # half of each: horizontal and vertical
+
+
+def test_luma_mode_restores_too(photo_bgr):
+    kernel = fit_kernel(linear_kernel(11, 30.0), 31)
+    blurred = _blurred(photo_bgr, kernel)
+    (restored,) = KernelDeblurrer(OracleEstimator(kernel), device="cpu", channels="luma")([blurred])
+    inner = (slice(16, -16), slice(16, -16))
+    assert psnr(restored[inner], photo_bgr[inner]) > psnr(blurred[inner], photo_bgr[inner]) + 2.0
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_estimator_runs_on_the_fast_runtimes(runtime, photo_bgr, tmp_path):
+    model = build_estimator(TINY).eval()
+    ref = KernelDeblurrer(model, device="cpu")
+    fast = KernelDeblurrer(model, device="cpu", runtime=runtime, threads=1, cache_dir=tmp_path)
+    x = torch.from_numpy(photo_bgr[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255
+    assert fast.engine is not None and torch.allclose(ref.estimate(x), fast.estimate(x), atol=1e-5)
