@@ -11,6 +11,7 @@ import logging
 import sys
 
 from configs import CONFIG_DIR, load_config
+from configs.cli import RUN_ERRORS, USAGE_ERRORS, CliError, guarded
 from evaluation import EvalConfig, run_blurred_vs_deblurred
 from evaluation.report import versus_table
 
@@ -24,6 +25,7 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most N images (spread over the set)")
     parser.add_argument("--out", default=None, help="output folder (default runs/eval/<name>/)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. blur.severities=[1,3]")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -32,8 +34,16 @@ def main(argv=None) -> int:
         overrides.append(f"limit={args.limit}")
     if args.out is not None:
         overrides.append(f"out={args.out}")
-    cfg = load_config(EvalConfig, args.config, overrides)
-    report = EXPERIMENTS[args.experiment](cfg, progress=not args.quiet)
+    if args.limit is not None and args.limit < 0:
+        parser.error(f"--limit must be >= 0 (0 = every image), got {args.limit}")
+    try:
+        cfg = guarded(lambda: load_config(EvalConfig, args.config, overrides), args.debug, 2, USAGE_ERRORS)
+        report = guarded(lambda: EXPERIMENTS[args.experiment](cfg, progress=not args.quiet), args.debug, 1, RUN_ERRORS)
+    except CliError as e:
+        return e.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     gt = report["ground_truth"]
     print(f"Ground truth: {gt['kind']} ({gt['description']})")
     print(report["table"])

@@ -20,6 +20,7 @@ import sys
 import yaml
 
 from configs import CONFIG_DIR, load_config
+from configs.cli import RUN_ERRORS, USAGE_ERRORS, CliError, guarded
 from deblur.config import KernelTrainConfig, TrainConfig
 from deblur.kernel_train import KernelTrainer
 from deblur.train import Trainer
@@ -36,7 +37,7 @@ def _stage(path: str) -> str:
         return "generator"  # load_config reports the missing or unreadable file
     stage = raw.get("stage", "generator") if isinstance(raw, dict) else "generator"
     if stage not in STAGES:
-        raise SystemExit(f"error: {path}: stage {stage!r} is unknown. Available: {sorted(STAGES)}")
+        raise ValueError(f"{path}: stage {stage!r} is unknown. Available: {sorted(STAGES)}")
     return stage
 
 
@@ -47,6 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--export", metavar="OUT", help="write the lean inference file of the run's best.pt to OUT and exit")
     parser.add_argument("--export-from", default="best.pt", help="checkpoint of the run to export (default: %(default)s)")
     parser.add_argument("--half", action="store_true", help="export fp16 weights (half the size)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. optimizer.lr=3.0e-4")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
@@ -56,21 +58,25 @@ def main(argv=None) -> int:
     # because shells start background jobs with it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    stage = _stage(args.config)
-    schema, trainer_cls = STAGES[stage]
-    cfg = load_config(schema, args.config, [o for o in args.overrides if not o.startswith("stage=")])
-    if stage == "kernel":
-        trainer = trainer_cls(cfg, resume=args.resume)
-    else:
-        trainer = trainer_cls(cfg, resume=args.resume, extra_losses=_extra_losses(cfg))
-    if args.export:
-        extra = {"half": args.half} if stage == "generator" else {}
-        print(f"exported {trainer.export(args.export, which=args.export_from, **extra)}")
-        return 0
+    trainer = None
     try:
-        val = trainer.fit()
+        stage = guarded(lambda: _stage(args.config), args.debug, 2, USAGE_ERRORS)
+        schema, trainer_cls = STAGES[stage]
+        overrides = [o for o in args.overrides if not o.startswith("stage=")]
+        cfg = guarded(lambda: load_config(schema, args.config, overrides), args.debug, 2, USAGE_ERRORS)
+        extra = {} if stage == "kernel" else {"extra_losses": _extra_losses(cfg)}
+        trainer = guarded(lambda: trainer_cls(cfg, resume=args.resume, **extra), args.debug, 2, USAGE_ERRORS)
+        if args.export:
+            export_kw = {"half": args.half} if stage == "generator" else {}
+            out = guarded(lambda: trainer.export(args.export, which=args.export_from, **export_kw), args.debug, 1, RUN_ERRORS)
+            print(f"exported {out}")
+            return 0
+        val = guarded(trainer.fit, args.debug, 1, RUN_ERRORS)
+    except CliError as e:
+        return e.code
     except KeyboardInterrupt:
-        print(f"interrupted: saved {trainer.run_dir / 'last.pt'}; continue with --resume", file=sys.stderr)
+        saved = f": saved {trainer.run_dir / 'last.pt'}; continue with --resume" if trainer is not None else ""
+        print(f"interrupted{saved}", file=sys.stderr)
         return 130
     if rank == 0:
         print(f"done: step {trainer.step}, last val {val}, run folder {trainer.run_dir}")
