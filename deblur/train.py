@@ -94,7 +94,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     if sch.warmup_steps and step < sch.warmup_steps:
         return (step + 1) / sch.warmup_steps
     total = cfg.num_epochs * cfg.train_batches_per_epoch
-    min_factor = sch.min_lr / cfg.optimizer.lr
+    min_factor = sch.min_lr / cfg.optimizer.lr if cfg.optimizer.lr > 0 else 0.0  # lr 0: nothing to decay
     if sch.name == "constant":
         return 1.0
     if sch.name == "cosine":
@@ -344,8 +344,11 @@ class Trainer:
         if self.kernel_deblurrer is not None:
             scores["psnr_deconv"] = []
         n = len(self.val_set)
+        bs = self.cfg.batch_size
         for b in range(self.cfg.val_batches_per_epoch):
-            idx = [(b * self.cfg.batch_size + k) % n for k in range(self.cfg.batch_size)]
+            if b * bs >= n:  # every held-out image once: no wrap-around, the last batch may be short
+                break
+            idx = list(range(b * bs, min((b + 1) * bs, n)))
             blur, sharp = self._batch(idx, self.val_set, 0)
             with self._autocast():
                 restored = model(blur)
@@ -356,8 +359,6 @@ class Trainer:
             scores["ssim"].append(ssim(restored, sharp, data_range=1.0))
             scores["psnr_blur"].append(psnr(blur, sharp, data_range=1.0))
             scores["ssim_blur"].append(ssim(blur, sharp, data_range=1.0))
-            if b * self.cfg.batch_size >= n:
-                break
         out = {k: float(torch.cat([torch.as_tensor(x).reshape(-1).float() for x in v]).mean()) for k, v in scores.items()}
         out["psnr_gain"] = out["psnr"] - out["psnr_blur"]
         return out

@@ -219,6 +219,12 @@ def test_mask_url():
     assert mask_url("rtsp://admin:hunter2@10.0.0.5:554/live") == "rtsp://admin:***@10.0.0.5:554/live"
     assert mask_url("error opening 'http://u:p@h/x?token=abc&a=1'") == "error opening 'http://u:***@h/x?token=***&a=1'"
     assert mask_url("rtsp://host/x") == "rtsp://host/x"
+    # passwords holding '@' or '/', a bare token as userinfo, secrets in any query parameter name
+    assert mask_url("rtsp://admin:p@ss@host/live") == "rtsp://admin:***@host/live"
+    assert mask_url("rtsp://TOKEN123@cam/stream") == "rtsp://***@cam/stream"
+    assert mask_url("http://u:pa/ss@h/x") == "http://u:***@h/x"
+    assert mask_url("https://h/s?access_token=abc&api_key=k1&q=1") == "https://h/s?access_token=***&api_key=***&q=1"
+    assert "hunter2" not in mask_url("failed: 'rtsp://a:hunter2@h:554/x' (timeout)")
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

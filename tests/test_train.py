@@ -1,5 +1,6 @@
 """The trainer on CPU with tiny crops: exact resume, atomic checkpoints, bad input, export, DDP, Ctrl-C."""
 
+import math
 import os
 import signal
 import subprocess
@@ -182,3 +183,25 @@ def test_cpu_minutes_budget_stops_early_and_saves_last(photos, tmp_path):
     assert torch.load(tmp_path / "tiny" / "last.pt", weights_only=True)["step"] == 1
     with pytest.raises(ConfigError, match="max_cpu_minutes"):
         tiny_cfg(photos, tmp_path, "max_cpu_minutes=-1")
+
+
+def test_lr_zero_does_not_divide_by_zero(photos, tmp_path):
+    cfg = tiny_cfg(photos, tmp_path, "optimizer.lr=0.0", "scheduler.name=cosine", "scheduler.warmup_steps=0")
+    assert lr_factor(4, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 6)), abs=1e-6)  # decays to 0
+    Trainer(cfg)  # the schedulers are built without a ZeroDivisionError
+
+
+def test_validation_scores_every_held_out_image_once(photos, tmp_path):
+    """6 held-out images, batch 4, 16 val batches: batches [0..3] and [4, 5], nothing scored twice."""
+    trainer = Trainer(tiny_cfg(photos, tmp_path, "batch_size=4", "val_batches_per_epoch=16"))
+    seen = []
+    batch = trainer._batch
+
+    def record(indices, dataset, key):
+        if dataset is trainer.val_set:
+            seen.extend(indices)
+        return batch(indices, dataset, key)
+
+    trainer._batch = record
+    trainer.validate()
+    assert sorted(seen) == list(range(len(trainer.val_set))) == list(range(6))
