@@ -305,15 +305,19 @@ class SyntheticBlur(_Base):
         super().__init__(cfg, seed)
         names: list[str] = []
         sources: list[Path | np.ndarray] = []
-        seen: set[str] = set()
+        seen_files: set[Path] = set()
+        seen_names: set[str] = set()
         for pattern in cfg.sources:
             files = _glob(pattern, IMAGE_EXTS | VIDEO_EXTS)
             root = _glob_root(pattern)
             for f in files:
-                rel = (f.relative_to(root) if root != Path(".") else f).as_posix()
-                if rel in seen:
+                if f.resolve() in seen_files:  # the same file matched by two globs
                     continue
-                seen.add(rel)
+                seen_files.add(f.resolve())
+                rel = (f.relative_to(root) if root != Path(".") else f).as_posix()
+                if rel in seen_names:  # another file of the same relative name under another root: keep both
+                    rel = f.as_posix()
+                seen_names.add(rel)
                 if f.suffix.lower() in VIDEO_EXTS:
                     for frame_no, frame in self._decode_video(f, rel):
                         names.append(f"{rel}#{frame_no:06d}")

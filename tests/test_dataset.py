@@ -192,3 +192,14 @@ def test_preload_shrinks(photo_dir):
     ds = SyntheticBlur(synth_cfg(photo_dir, preload=True, preload_size=50, size=32), seed=0)
     assert all(min(s.shape[:2]) <= 50 for s in ds._sources)
     assert ds[0]["sharp"].shape == (3, 32, 32)
+
+
+def test_sources_with_the_same_relative_names_are_all_kept(tmp_path):
+    """a/x.png and b/x.png from two globs are two images; one file matched twice is one."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "x.png"), smooth_image(len(folder)))
+    cfg = DataConfig(sources=[str(tmp_path / "a/*.png"), str(tmp_path / "b/*.png"), str(tmp_path / "*/x.png")],
+                     bounds=(0.0, 1.0), size=32)
+    ds = SyntheticBlur(cfg)
+    assert len(ds) == 2 and len(set(ds.names)) == 2 and "x.png" in ds.names
