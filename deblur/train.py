@@ -399,9 +399,10 @@ class Trainer:
             logger.warning("Interrupted at step %d: saving %s", self.step, self.run_dir / "last.pt")
             self.save("last.pt")
             raise
+        finally:
+            if self.writer:
+                self.writer.close()  # flushed and closed on an error too
         self.save("last.pt")
-        if self.writer:
-            self.writer.close()
         return last_val
 
     def _budget_spent(self) -> bool:
@@ -409,7 +410,12 @@ class Trainer:
         cfg = self.cfg
         wall = (time.monotonic() - self._t_start) / 60
         cpu = (time.process_time() - self._cpu_start) / 60
-        return bool((cfg.max_minutes and wall >= cfg.max_minutes) or (cfg.max_cpu_minutes and cpu >= cfg.max_cpu_minutes))
+        spent = bool((cfg.max_minutes and wall >= cfg.max_minutes) or (cfg.max_cpu_minutes and cpu >= cfg.max_cpu_minutes))
+        if self.distributed:  # every rank must stop at the same step, or the others wait in a collective forever
+            flag = torch.tensor([float(spent)], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            spent = bool(flag.item())
+        return spent
 
     def _epoch(self, epoch: int, start: int, total: int) -> dict[str, float]:
         from tqdm import tqdm

@@ -205,3 +205,22 @@ def test_validation_scores_every_held_out_image_once(photos, tmp_path):
     trainer._batch = record
     trainer.validate()
     assert sorted(seen) == list(range(len(trainer.val_set))) == list(range(6))
+
+
+def test_ranks_agree_to_stop_on_the_time_budget(photos, tmp_path, monkeypatch):
+    """Under DDP each rank checks its own clock; the decision is all-reduced (MAX), so when any rank's budget
+    is spent they all stop at the same step (one rank stopping alone would leave the others hanging)."""
+    import deblur.train as train_mod
+
+    trainer = Trainer(tiny_cfg(photos, tmp_path, "max_minutes=60"))
+    trainer._t_start, trainer._cpu_start = time.monotonic(), time.process_time()
+    assert trainer._budget_spent() is False
+    calls = []
+
+    def other_rank_is_done(flag, op):  # this rank is within budget, another rank is not
+        calls.append(op)
+        flag.fill_(1.0)
+
+    trainer.distributed = True
+    monkeypatch.setattr(train_mod.dist, "all_reduce", other_rank_is_done)
+    assert trainer._budget_spent() is True and calls == [train_mod.dist.ReduceOp.MAX]
