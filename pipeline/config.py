@@ -13,7 +13,7 @@ from typing import Literal
 
 from configs.loader import check_range
 from detect.config import DetectorConfig
-from runtime import CPU_ONLY, RUNTIMES
+from runtime import CPU_ONLY, RUNTIMES, resolve_device
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 
 
@@ -81,7 +81,7 @@ class PipelineConfig:
             )
         if self.runtime not in RUNTIMES:
             raise ValueError(f"'runtime' {self.runtime!r} is not available. Valid: {list(RUNTIMES)}")
-        if self.runtime in CPU_ONLY and self.detector.device != "cpu":
+        if self.runtime in CPU_ONLY and self.detector.device != "cpu" and resolve_device(self.detector.device).type != "cpu":
             raise ValueError(
                 f"'runtime'={self.runtime!r} runs the deblur model on the CPU, but detector.device={self.detector.device!r}: "
                 "the batch could not stay on one device. Fix: runtime=torch with a GPU, or --device cpu."

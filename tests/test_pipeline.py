@@ -328,3 +328,14 @@ def test_kernel_estimator_weights_compare_view_and_thumbnail(clip, tmp_path):
 
     left = img[:, :64]  # the input pane has the box found on the input (its top edge at y=8)
     assert np.abs(left[8, 20:44] - np.array(class_color(0))).mean() < 40
+
+
+def test_device_auto_with_cpu_only_runtimes_on_a_cpu_machine(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for rt in ("openvino", "onnxruntime"):
+        cfg = load_config(PipelineConfig, overrides=[f"runtime={rt}", "detector.device=auto"])
+        assert cfg.runtime == rt
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="could not stay on one device"):
+        load_config(PipelineConfig, overrides=["runtime=openvino", "detector.device=auto"])
