@@ -97,6 +97,7 @@ class Source:
 
     live: bool = False
     kind: str = "source"
+    close_timeout: float = 5.0  # seconds close() waits for the reader thread
 
     def __init__(self, name: str, *, vid_stride: int = 1, queue_size: int = 8) -> None:
         if vid_stride < 1 or queue_size < 1:
@@ -108,6 +109,9 @@ class Source:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._release_lock = threading.Lock()  # close() and a late-exiting reader thread: exactly one releases
+        self._release_on_exit = False
+        self._reader_done = False
         self.dropped = 0  # frames discarded by drop-oldest (live sources only)
         self.read = 0  # frames the reader produced (after vid_stride)
         self.peak_queued = 0  # the most frames ever waiting in the queue
@@ -136,12 +140,17 @@ class Source:
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            if self._thread.is_alive():
-                logger.warning("Source %s: reader thread did not stop within 5 s", self.name)
-            self._thread = None
-        self._release()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=self.close_timeout)
+        with self._release_lock:
+            if thread is not None and not self._reader_done:
+                # the reader may still be inside the container/capture: it releases it itself on its way out
+                logger.warning("Source %s: reader thread did not stop within %g s; it releases the input when it does",
+                               self.name, self.close_timeout)
+                self._release_on_exit = True
+                return
+            self._release()
 
     # ---- consumer side -----------------------------------------------------------------------
     def get(self, timeout: float | None = None) -> Frame | None:
@@ -190,6 +199,11 @@ class Source:
                 self.read += 1
         except Exception as e:  # handed to the consumer, which re-raises it
             end = e
+        finally:
+            with self._release_lock:
+                self._reader_done = True  # no more use of the container/capture from this thread
+                if self._release_on_exit:  # close() gave up waiting for this thread: release here, after the last use
+                    self._release()
         self._put_end(end)
 
     def _put(self, frame: Frame) -> bool:

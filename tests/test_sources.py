@@ -281,3 +281,18 @@ def test_close_stops_a_blocked_reader(clip):
         src.get(timeout=5)
         t0 = time.perf_counter()
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_close_never_releases_a_capture_the_reader_still_uses():
+    """A read that outlasts close()'s wait: the capture is released by the reader after that read, not under it."""
+    cap = FakeCapture(period=1.0)
+    src = CameraSource(0, capture_factory=lambda i: cap)
+    src.close_timeout = 0.2
+    with src:
+        src.start()
+        time.sleep(0.1)  # the reader is inside read() now
+    assert not cap.released  # close() returned without pulling the capture from under the reader
+    deadline = time.monotonic() + 5
+    while not cap.released and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cap.released
