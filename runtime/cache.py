@@ -126,10 +126,12 @@ def cached_file(
         build(tmp)
         verify(tmp)
         digest = file_sha256(tmp)
+        # the .json first: an entry is visible (its file exists) only once its metadata does, so another
+        # process never finds a fresh file without its .json and deletes it as broken
+        _atomic_write_text(path.with_suffix(".json"), json.dumps({"fields": fields, "sha256": digest}, indent=1, sort_keys=True))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    _atomic_write_text(path.with_suffix(".json"), json.dumps({"fields": fields, "sha256": digest}, indent=1, sort_keys=True))
     logger.info("Cached %s export %s", kind, path)
     return path

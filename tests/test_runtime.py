@@ -10,6 +10,7 @@ Tolerances (outputs in [-1,1] for the generator, pixels/confidences for the dete
 
 import json
 import logging
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -306,3 +307,19 @@ def test_auto_precision_follows_the_runtime_on_native_bf16_cpus(native, generato
     weights = save_generator(generator, GeneratorConfig(), tmp_path / "g.pt")
     d = Deblurrer(weights, device="cpu", amp="auto", runtime="onnxruntime", threads=1, cache_dir=tmp_path / "c")
     assert d.amp == "none" and d([np.full((64, 64, 3), 100, np.uint8)])[0].shape == (64, 64, 3)
+
+
+def test_cache_publishes_the_metadata_before_the_file(tmp_path, monkeypatch):
+    """Another process must never see a fresh entry without its .json (it would delete it as broken)."""
+    import runtime.cache as cache
+
+    published = []
+    real_replace = cache.os.replace
+
+    def spy(src, dst):
+        published.append(Path(dst).suffix)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(cache.os, "replace", spy)
+    path = cache.cached_file(tmp_path, "onnx", ".onnx", {"k": 1}, lambda p: Path(p).write_bytes(b"x"), lambda p: None)
+    assert published == [".json", ".onnx"] and path.is_file() and path.with_suffix(".json").is_file()
