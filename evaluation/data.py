@@ -14,6 +14,8 @@ to decode is skipped by the caller and counted in the report.
 
 from __future__ import annotations
 
+import collections
+
 import glob
 import json
 import logging
@@ -431,10 +433,9 @@ def load_eval_set(cfg: EvalDataConfig, detector_names: list[str]) -> EvalSet:
             "images. Fix: run `python scripts/fetch_data.py --what all` (or `make data`) for the default set, "
             "or point data.sources at your images (e.g. data.sources=[\"my/frames/*.jpg\"])."
         )
-    names = [s.name for s in samples]
-    if len(set(names)) != len(names):
-        # same stem in two folders: fall back to paths, which are unique
-        for s in samples:
+    counts = collections.Counter(s.name for s in samples)
+    for s in samples:  # same stem in two folders: only those samples fall back to their (unique) paths, so
+        if counts[s.name] > 1:  # every other sample keeps its name, hence its blur seed and cache key
             s.name = f"{s.path}#{s.frame}" if s.frame >= 0 else s.path
     notes = []
     if cmap.unknown:

@@ -169,3 +169,13 @@ def test_ssim_matches_skimage():
     assert ssim(b, a) == pytest.approx(structural_similarity(a, b, channel_axis=-1, data_range=255), abs=1e-6)
     assert psnr(b, a) == pytest.approx(peak_signal_noise_ratio(a, b, data_range=255), abs=1e-9)
     assert psnr(a, a) == float("inf") and ssim(a, a) == pytest.approx(1.0)
+
+
+def test_colliding_stems_rename_only_the_colliding_samples(tmp_path):
+    """a/x.jpg and b/x.jpg fall back to their paths; every other sample keeps its name (its blur seed, its cache)."""
+    for folder, name in (("a", "x"), ("b", "x"), ("a", "dog"), ("b", "kite")):
+        _img(tmp_path / folder / f"{name}.jpg")
+    cfg = EvalDataConfig(sources=[str(tmp_path / "a/*.jpg"), str(tmp_path / "b/*.jpg")])
+    names = sorted(s.name for s in load_eval_set(cfg, COCO_NAMES).samples)
+    assert "dog" in names and "kite" in names
+    assert sorted(n for n in names if n not in ("dog", "kite")) == sorted(str(tmp_path / f / "x.jpg") for f in "ab")
