@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from configs.loader import check_range
 from deblur.arch_kernel import kernel_extent, kernel_moments
 from deblur.deconv import estimate_noise, wiener_deconvolve
-from deblur.models import load_estimator, load_generator
+from deblur.models import DEFAULT_ESTIMATOR, load_estimator, load_generator, load_refiner
 from runtime import compile_module, resolve_device, resolve_runtime
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,9 @@ class KernelDeblurConfig:
     # rgb: deconvolve each colour channel; luma: deconvolve the luma only and add its change to every channel
     # (a third of the FFT work; colour keeps the blurred chroma)
     channels: Literal["rgb", "luma"] = "rgb"
-    refiner: str = ""  # a refiner generator (in_channels 6) run after the deconvolution; "" = none
+    # the refiner run after the deconvolution: "" = the one bundled in the estimator file (if any), "none" = no
+    # refiner, or the path of a refiner generator (in_channels 6)
+    refiner: str = ""
 
     def __post_init__(self):
         check_range("crops", self.crops, 1)
@@ -106,11 +108,17 @@ class KernelDeblurrer:
             self.engine = compile_module(self.estimator, None, self.runtime, self.device, "fp32" if self.device.type == "cpu" else "auto",
                                          cache_dir=cache_dir, threads=threads)
         self.refiner = None
-        if self.cfg.refiner:
+        if self.cfg.refiner not in ("", "none"):
             self.refiner, gen_cfg = load_generator(self.cfg.refiner, device=self.device)
             if gen_cfg.in_channels != 6:
                 raise ValueError(f"refiner {self.cfg.refiner} is a plain generator (in_channels {gen_cfg.in_channels}); "
                                  "a refiner is trained with model.estimator set (configs/deblur_train_refiner.yaml)")
+        elif self.cfg.refiner == "" and not isinstance(estimator, nn.Module):
+            bundled = load_refiner(estimator if estimator is not None else DEFAULT_ESTIMATOR, device=self.device)
+            self.refiner = bundled[0] if bundled is not None else None
+        if self.refiner is not None:
+            for p in self.refiner.parameters():
+                p.requires_grad_(False)
         self.last_kernels: Tensor | None = None  # (B,k,k) kernels of the last batch (gated frames included)
         self.last_gated: Tensor | None = None  # (B,) True where the frame passed through
         self.nonfinite = 0  # frames passed through because their kernel was not finite

@@ -46,6 +46,7 @@ __all__ = [
     "build_estimator",
     "build_generator",
     "load_estimator",
+    "load_refiner",
     "save_estimator",
     "count_params",
     "file_format",
@@ -364,13 +365,26 @@ def build_estimator(cfg: EstimatorConfig) -> KernelEstimator:
     return ESTIMATORS[kwargs.pop("name")](**kwargs)
 
 
+def _lean_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {_strip_prefixes(k): v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+
+
 def save_estimator(model: nn.Module, cfg: EstimatorConfig, path: str | os.PathLike, step: int = 0,
-                   meta: dict | None = None) -> Path:
-    """Export a kernel estimator with its ``cfg`` to ``path`` atomically; returns the path."""
+                   meta: dict | None = None, refiner: tuple[nn.Module, GeneratorConfig] | None = None) -> Path:
+    """Export a kernel estimator with its ``cfg`` to ``path`` atomically; returns the path.
+
+    ``refiner``: (generator, its GeneratorConfig with in_channels 6) bundled in the same file, so that one
+    file is the whole kernel-aware deblurrer (``load_refiner`` reads it back).
+    """
     meta = dict(meta or {})
     _check_meta(meta)
-    state = {_strip_prefixes(k): v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
-    payload = {"format": ESTIMATOR_FORMAT, "model": state, "cfg": dataclasses.asdict(cfg), "step": int(step), "meta": meta}
+    payload = {"format": ESTIMATOR_FORMAT, "model": _lean_state(model), "cfg": dataclasses.asdict(cfg), "step": int(step),
+               "meta": meta}
+    if refiner is not None:
+        ref_model, ref_cfg = refiner
+        if ref_cfg.in_channels != 6:
+            raise ValueError(f"a refiner takes 6 channels (blurred + deconvolved); this generator takes {ref_cfg.in_channels}")
+        payload["refiner"] = {"model": _lean_state(ref_model), "cfg": dataclasses.asdict(ref_cfg)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -418,8 +432,21 @@ def load_estimator(weights: str | os.PathLike | None = None,
     except RuntimeError as e:
         raise ValueError(f"{path}: its weights do not fit the '{cfg.name}' estimator of its cfg {obj['cfg']}") from e
     model = model.float().to(resolve_device(device)).eval()
-    logger.info("Loaded %s kernel estimator (step %s) from %s", cfg.name, obj.get("step", "?"), path)
+    logger.info("Loaded %s kernel estimator (step %s) from %s%s", cfg.name, obj.get("step", "?"), path,
+                " with a bundled refiner" if obj.get("refiner") else "")
     return model, cfg
+
+
+def load_refiner(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, GeneratorConfig] | None:
+    """The refiner bundled in a kernel estimator file (eval mode on ``device``), or None if it has none."""
+    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    bundled = obj.get("refiner") if isinstance(obj, Mapping) else None
+    if not bundled:
+        return None
+    cfg = dataclasses.replace(_cfg_from_dict(bundled["cfg"], Path(path)), backbone_weights="")
+    model = build_generator(cfg)
+    model.load_state_dict(bundled["model"], strict=True)
+    return model.float().to(resolve_device(device)).eval(), cfg
 
 
 def file_format(path: str | os.PathLike) -> str | None:
@@ -460,8 +487,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deblur.models", description="Deblurring generator registry.")
     parser.add_argument("--summary", action="store_true", help="print params and GFLOPs of every generator")
     parser.add_argument("--size", default="1280x720", help="WxH for the GFLOPs column (default 1280x720)")
+    parser.add_argument("--bundle", nargs=3, metavar=("ESTIMATOR", "REFINER", "OUT"),
+                        help="write OUT: the kernel estimator file with the refiner (an exported in_channels=6 "
+                             "generator) bundled, one file for the whole kernel-aware deblurrer")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.bundle:
+        est_path, ref_path, out = args.bundle
+        try:
+            est, est_cfg = load_estimator(est_path)
+            ref, ref_cfg = load_generator(ref_path)
+            meta = dict(torch.load(est_path, map_location="cpu", weights_only=True).get("meta") or {})
+            meta["refiner_from"] = Path(ref_path).name
+            step = int(torch.load(est_path, map_location="cpu", weights_only=True).get("step", 0))
+            print(save_estimator(est, est_cfg, out, step=step, meta=meta, refiner=(ref, ref_cfg)))
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}")
+            return 2
+        return 0
     if not args.summary:
         parser.print_help()
         return 0

@@ -172,7 +172,7 @@ class Trainer:
         if cfg.model.estimator:
             from deblur.kernel_deblur import KernelDeblurrer
 
-            self.kernel_deblurrer = KernelDeblurrer(cfg.model.estimator, device=self.device, gate_px=0.0)
+            self.kernel_deblurrer = KernelDeblurrer(cfg.model.estimator, device=self.device, gate_px=0.0, refiner="none")
             logger.info("Refiner: input = blurred + Wiener deconvolution with the kernels of %s", cfg.model.estimator)
         self.G = build_generator(self.gen_cfg)
         if cfg.init_weights and not resume:

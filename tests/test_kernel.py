@@ -225,3 +225,23 @@ def test_estimator_runs_on_the_fast_runtimes(runtime, photo_bgr, tmp_path):
     fast = KernelDeblurrer(model, device="cpu", runtime=runtime, threads=1, cache_dir=tmp_path)
     x = torch.from_numpy(photo_bgr[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255
     assert fast.engine is not None and torch.allclose(ref.estimate(x), fast.estimate(x), atol=1e-5)
+
+
+def test_a_bundled_refiner_runs_after_the_deconvolution(photo_bgr, tmp_path):
+    from deblur.config import GeneratorConfig
+    from deblur.models import build_generator, load_refiner
+
+    ref_cfg = GeneratorConfig(in_channels=6, zero_init_last=False)
+    refiner = build_generator(ref_cfg).eval()
+    est = build_estimator(TINY).eval()
+    with pytest.raises(ValueError, match="6 channels"):
+        save_estimator(est, TINY, tmp_path / "bad.pt", refiner=(build_generator(GeneratorConfig()), GeneratorConfig()))
+    plain = save_estimator(est, TINY, tmp_path / "plain.pt")
+    bundled = save_estimator(est, TINY, tmp_path / "bundled.pt", refiner=(refiner, ref_cfg))
+    assert load_refiner(plain) is None and load_refiner(bundled)[1].in_channels == 6
+    blurred = _blurred(photo_bgr, linear_kernel(9, 45.0))
+    kw = {"device": "cpu", "gate_px": 0.0}  # deconvolve whatever the (untrained) estimator says
+    (a,) = KernelDeblurrer(plain, **kw)([blurred])
+    (b,) = KernelDeblurrer(bundled, **kw)([blurred])
+    (c,) = KernelDeblurrer(bundled, refiner="none", **kw)([blurred])
+    assert np.array_equal(a, c) and np.abs(a.astype(int) - b).mean() > 1.0
