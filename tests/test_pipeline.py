@@ -55,7 +55,7 @@ def _decode_count(path):
 def test_n_frames_in_n_results_out_batched(clip, tmp_path):
     det = FakeDetector(imgsz=64)
     cfg = PipelineConfig(
-        source=str(clip), batch=4, max_latency=200.0, save=str(tmp_path / "o.mp4"), save_json=str(tmp_path / "d.jsonl"),
+        runtime="torch", source=str(clip), batch=4, max_latency=200.0, save=str(tmp_path / "o.mp4"), save_json=str(tmp_path / "d.jsonl"),
         summary=str(tmp_path / "s.json"),
     )
     s = run_pipeline(cfg, deblur_model=InvertModel(), detector=det)
@@ -76,7 +76,7 @@ def test_n_frames_in_n_results_out_batched(clip, tmp_path):
 
 
 def test_saved_video_shows_input_left_and_output_right(clip, tmp_path):
-    cfg = PipelineConfig(source=str(clip), save=str(tmp_path / "o.mp4"), save_crf=10)
+    cfg = PipelineConfig(runtime="torch", source=str(clip), save=str(tmp_path / "o.mp4"), save_crf=10)
     run_pipeline(cfg, deblur_model=InvertModel(), detector=FakeDetector())
     with av.open(str(tmp_path / "o.mp4")) as c:
         img = next(c.decode(video=0)).to_ndarray(format="bgr24").astype(int)
@@ -90,7 +90,7 @@ def test_saved_video_shows_input_left_and_output_right(clip, tmp_path):
 def test_no_deblur_and_deblur_size(clip, tmp_path):
     det = FakeDetector()
     s = run_pipeline(
-        PipelineConfig(source=str(clip), deblur=False, save=str(tmp_path / "o.mp4")), detector=det
+        PipelineConfig(runtime="torch", source=str(clip), deblur=False, save=str(tmp_path / "o.mp4")), detector=det
     )
     assert s["frames_out"] == 12 and "deblur" in s["ms_per_frame"]
     assert _decode_count(tmp_path / "o.mp4")[1] == (64, 48)  # one pane
@@ -106,7 +106,7 @@ def test_no_deblur_and_deblur_size(clip, tmp_path):
 
 def test_file_source_slow_stage_backpressure(clip):
     src = VideoFileSource(clip, queue_size=2)
-    s = run_pipeline(PipelineConfig(source=str(clip), queue_size=2), source=src, deblur_model=SlowIdentity(0.03), detector=FakeDetector())
+    s = run_pipeline(PipelineConfig(runtime="torch", source=str(clip), queue_size=2), source=src, deblur_model=SlowIdentity(0.03), detector=FakeDetector())
     assert s["frames_out"] == 12 and s["dropped"] == 0
     assert s["peak_source_queue"] <= 2
 
@@ -114,7 +114,7 @@ def test_file_source_slow_stage_backpressure(clip):
 def test_camera_slow_stage_drops_and_max_frames():
     src = CameraSource(0, capture_factory=lambda i: FakeCapture(period=0.003))
     s = run_pipeline(
-        PipelineConfig(source="cam0", max_frames=6), source=src, deblur_model=SlowIdentity(0.04), detector=FakeDetector()
+        PipelineConfig(runtime="torch", source="cam0", max_frames=6), source=src, deblur_model=SlowIdentity(0.04), detector=FakeDetector()
     )
     assert s["frames_out"] == 6 and s["dropped"] > 0 and s["live"] and s["peak_source_queue"] <= 1
 
@@ -291,7 +291,7 @@ class FailingDetector(FakeDetector):
 def test_overlap_keeps_order_and_results(clip, tmp_path):
     out = {}
     for overlap in (True, False):
-        cfg = PipelineConfig(source=str(clip), overlap=overlap, batch=2, save_json=str(tmp_path / f"{overlap}.jsonl"))
+        cfg = PipelineConfig(runtime="torch", source=str(clip), overlap=overlap, batch=2, save_json=str(tmp_path / f"{overlap}.jsonl"))
         s = run_pipeline(cfg, deblur_model=SlowIdentity(0.01), detector=FakeDetector(delay=0.01))
         assert s["frames_out"] == 12
         out[overlap] = [(r["index"], r["detections"]) for r in _lines(tmp_path / f"{overlap}.jsonl")]
@@ -299,7 +299,7 @@ def test_overlap_keeps_order_and_results(clip, tmp_path):
 
 
 def test_failure_in_the_detect_thread_closes_outputs_and_reraises(clip, tmp_path):
-    cfg = PipelineConfig(source=str(clip), save=str(tmp_path / "o.mp4"), save_json=str(tmp_path / "d.jsonl"))
+    cfg = PipelineConfig(runtime="torch", source=str(clip), save=str(tmp_path / "o.mp4"), save_json=str(tmp_path / "d.jsonl"))
     with pytest.raises(RuntimeError, match="detector blew up"):
         run_pipeline(cfg, deblur_model=InvertModel(), detector=FailingDetector())
     n, _ = _decode_count(tmp_path / "o.mp4")  # the video has its trailer: the frames before the failure play
@@ -314,7 +314,7 @@ def test_kernel_estimator_weights_compare_view_and_thumbnail(clip, tmp_path):
 
     cfg_e = EstimatorConfig(kernel_size=15, width_mult=0.25, depth=7, hidden=16)
     weights = save_estimator(build_estimator(cfg_e), cfg_e, tmp_path / "est.pt")
-    cfg = PipelineConfig(source=str(clip), deblur_weights=str(weights), compare=True, save=str(tmp_path / "o.mp4"),
+    cfg = PipelineConfig(runtime="torch", source=str(clip), deblur_weights=str(weights), compare=True, save=str(tmp_path / "o.mp4"),
                          save_crf=10, summary=str(tmp_path / "s.json"))
     s = run_pipeline(cfg, detector=FakeDetector())
     assert s["frames_out"] == 12 and {"deblur", "detect", "detect_input"} <= set(s["ms_per_frame"])
