@@ -261,6 +261,10 @@ class KernelBlurConfig:
     noise_sigma: tuple[float, float] = (0.0, 0.02)  # [0,1] units
     jpeg_prob: float = 0.3
     jpeg_quality: tuple[int, int] = (50, 95)
+    # a soft source: with this probability the sharp crop is first Gaussian-blurred (sigma in soften_sigma px),
+    # as video frames often are; that softness belongs to the "sharp" image, the label stays the motion kernel
+    soften_prob: float = 0.0
+    soften_sigma: tuple[float, float] = (0.3, 1.2)
 
     def __post_init__(self):
         known = {"imagenet_c", "linear", "shake", "none"}
@@ -277,6 +281,8 @@ class KernelBlurConfig:
         _check_pair("noise_sigma", self.noise_sigma, 0.0, 1.0)
         check_range("jpeg_prob", self.jpeg_prob, 0.0, 1.0)
         _check_pair("jpeg_quality", self.jpeg_quality, 1, 100)
+        check_range("soften_prob", self.soften_prob, 0.0, 1.0)
+        _check_pair("soften_sigma", self.soften_sigma, 0.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -309,6 +315,7 @@ class KernelTrainConfig:
     crop_candidates: int = 4  # of this many random crops, keep the one with the most gradient energy
     blur: KernelBlurConfig = field(default_factory=KernelBlurConfig)
     model: EstimatorConfig = field(default_factory=EstimatorConfig)
+    init_weights: str = ""  # start from an exported estimator (fine-tuning); ignored by --resume
     loss: KernelLossConfig = field(default_factory=KernelLossConfig)
     wiener_balance: float = 2.0e-3  # the recon loss's deconvolution regulariser
     recon_start: int = 500  # step from which the reconstruction loss is on

@@ -100,11 +100,13 @@ class KernelCrops:
         cfg, k = self.cfg, self.cfg.model.kernel_size
         pad = k // 2
         sharp = self._crop(rng, cfg.crop + 2 * pad)
+        b = cfg.blur
+        if b.soften_prob > 0 and rng.uniform() < b.soften_prob:
+            sharp = cv2.GaussianBlur(sharp, (0, 0), float(rng.uniform(*b.soften_sigma)), borderType=cv2.BORDER_REFLECT)
         kernel, kind = sample_kernel(cfg.blur, rng, k)
         blur = cv2.filter2D(sharp.astype(np.float32), cv2.CV_32F, np.ascontiguousarray(kernel[::-1, ::-1]),
                             borderType=cv2.BORDER_REFLECT)[pad:-pad, pad:-pad]
         sharp = sharp[pad:-pad, pad:-pad]
-        b = cfg.blur
         if noise or (noise is None and rng.uniform() < b.noise_prob):
             blur = blur + rng.normal(0.0, float(rng.uniform(*b.noise_sigma)) * 255.0, blur.shape).astype(np.float32)
         blur = np.clip(blur + 0.5, 0, 255).astype(np.uint8)

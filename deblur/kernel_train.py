@@ -30,7 +30,7 @@ from deblur.config import KernelTrainConfig
 from deblur.deconv import wiener_deconvolve
 from deblur.kernel_data import KernelCrops
 from deblur.metrics import psnr
-from deblur.models import build_estimator, save_estimator
+from deblur.models import build_estimator, load_estimator, save_estimator
 from deblur.train import atomic_save
 from runtime import resolve_device
 
@@ -75,7 +75,15 @@ class KernelTrainer:
         torch.set_flush_denormal(True)  # the softmax over k*k taps makes denormals, many times slower on CPU
         torch.manual_seed(cfg.seed)
         self.run_dir = Path(cfg.project) / cfg.name
-        self.model = build_estimator(cfg.model).to(self.device)
+        self.model = build_estimator(cfg.model)
+        if cfg.init_weights and not resume:
+            start, start_cfg = load_estimator(cfg.init_weights)
+            if start_cfg != cfg.model:
+                raise ValueError(f"init_weights {cfg.init_weights} holds a {start_cfg} estimator, but the config asks for "
+                                 f"{cfg.model}; set model to match or start from scratch (init_weights='')")
+            self.model.load_state_dict(start.state_dict())
+            logger.info("Estimator initialised from %s", cfg.init_weights)
+        self.model = self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval() if cfg.ema > 0 else None
         o = cfg.optimizer
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[o.name]
