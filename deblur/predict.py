@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from deblur.kernel_deblur import KernelDeblurConfig, KernelDeblurrer
-from deblur.models import DEFAULT_WEIGHTS, ESTIMATOR_FORMAT, file_format, load_generator
+from deblur.models import DEFAULT_DEBLURRER, ESTIMATOR_FORMAT, file_format, load_generator
 from runtime import RUNTIMES, compile_module, cpu_native_bf16, resolve_device, resolve_precision, resolve_runtime
 
 logger = logging.getLogger(__name__)
@@ -259,15 +259,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("inputs", nargs="+", metavar="IMG_OR_DIR_OR_GLOB")
     parser.add_argument("--weights", default=None,
-                        help="exported generator or kernel estimator (default: deblur/weights/fpn_mobilenet_v2.pt)")
+                        help="kernel estimator or generator file (default: deblur/weights/kernel_estimator.pt)")
     parser.add_argument("--out", default=None, help="output directory (default: beside each input as <stem>_deblurred<ext>)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast dtype (default: none = float32)")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="keep the default NCHW memory format")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
-    parser.add_argument("--runtime", default="torch", choices=RUNTIMES,
-                        help="inference runtime (default: torch; auto = the fastest available here)")
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                        help="inference runtime (default: auto = the fastest available here)")
     return parser.parse_args(argv)
 
 
@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> list[Path]:
                          "run them separately or omit --out to write beside each input")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    deblurrer = load_deblurrer(args.weights or str(DEFAULT_WEIGHTS), device=args.device, channels_last=args.channels_last,
+    deblurrer = load_deblurrer(args.weights or str(DEFAULT_DEBLURRER), device=args.device, channels_last=args.channels_last,
                                amp=args.amp, runtime=args.runtime, threads=args.threads)
     logger.info("Deblurring %d image(s) on %s (amp=%s)", len(images), deblurrer.device, args.amp)
     for src, dst in zip(images, outputs):

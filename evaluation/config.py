@@ -89,12 +89,12 @@ class EvalBlurConfig:
 
 @dataclass(frozen=True)
 class EvalDeblurConfig:
-    weights: str = ""  # "" = deblur.DEFAULT_WEIGHTS (deblur/weights/fpn_mobilenet_v2.pt)
+    weights: str = ""  # a kernel estimator or a generator file; "" = deblur.models.DEFAULT_DEBLURRER (kernel_estimator.pt)
     device: str = "cpu"
     max_side: int = 0  # 0 = deblur at full resolution; N = shrink so the long side is <= N, then resize back
     channels_last: bool = True
     # deblur.predict.Deblurrer runtime: torch (eager, the reference) | torch_compile | onnxruntime | openvino | auto
-    runtime: Literal["torch", "torch_compile", "onnxruntime", "openvino", "auto"] = "torch"
+    runtime: Literal["torch", "torch_compile", "onnxruntime", "openvino", "auto"] = "auto"
     # more generators scored in the same run, {label: weights}: each is a condition of its own, on the very
     # same images, blur and bootstrap resamples as 'deblurred', so the report gives each one's difference to
     # 'deblurred' with a paired interval (e.g. a fine-tune against the shipped model).

@@ -116,11 +116,11 @@ def _build_deblurrer(cfg: EvalConfig, weights: str = "", key: str = "deblur.weig
     """-> (callable list[BGR] -> list[BGR], info dict for the report). ``weights``/``key``: a model of
     deblur.compare instead of deblur.weights (the same device, runtime and threads). A weights file holding a
     kernel estimator gives the kernel-aware deblurrer (options deblur.kernel), a generator file the generator."""
-    from deblur.models import DEFAULT_WEIGHTS
+    from deblur.models import DEFAULT_DEBLURRER
     from deblur.predict import load_deblurrer
 
     given = weights or cfg.deblur.weights
-    path = Path(given) if given else DEFAULT_WEIGHTS
+    path = Path(given) if given else DEFAULT_DEBLURRER
     if not path.is_file():
         raise FileNotFoundError(
             f"{key}: no weights at {path}"

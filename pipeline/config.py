@@ -34,11 +34,11 @@ class PipelineConfig:
     blur_seed: int = 0  # seed of the (fixed per run) shake kernel
     # --- deblur
     deblur: bool = True  # False: the same pipeline without the deblurring stage
-    deblur_weights: str = ""  # a generator or a kernel estimator file; "" = the shipped default (deblur.DEFAULT_WEIGHTS)
+    deblur_weights: str = ""  # a kernel estimator or a generator file; "" = the shipped kernel estimator
     deblur_size: int | Literal["full"] = "full"  # deblur the full frame, or a copy whose long side is N
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: fp16 on CUDA, bf16 on CPUs that have it
     channels_last: bool = True
-    runtime: str = "torch"  # torch | torch_compile | onnxruntime | openvino (CPU) | auto; also the darknet detector's
+    runtime: str = "auto"  # auto (the fastest correct here: openvino on CPUs) | torch | torch_compile | onnxruntime | openvino; also the darknet detector's
     # (when detector.runtime is left at "torch"); exports cached in $BLURDET_CACHE or ~/.cache/blurdet
     # --- batching / threads
     batch: int = 1  # frames per inference batch (at most)
@@ -81,7 +81,8 @@ class PipelineConfig:
             )
         if self.runtime not in RUNTIMES:
             raise ValueError(f"'runtime' {self.runtime!r} is not available. Valid: {list(RUNTIMES)}")
-        if self.runtime in CPU_ONLY and self.detector.device != "cpu" and resolve_device(self.detector.device).type != "cpu":
+        on_cpu = self.detector.device == "cpu" or (self.detector.device == "auto" and resolve_device("auto").type == "cpu")
+        if self.runtime in CPU_ONLY and not on_cpu:
             raise ValueError(
                 f"'runtime'={self.runtime!r} runs the deblur model on the CPU, but detector.device={self.detector.device!r}: "
                 "the batch could not stay on one device. Fix: runtime=torch with a GPU, or --device cpu."

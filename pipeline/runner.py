@@ -180,16 +180,17 @@ class Runner:
         c = self.cfg
         model = self._deblur_model
         if model is None:
-            from deblur.models import DEFAULT_WEIGHTS, ESTIMATOR_FORMAT, file_format, load_generator
+            from deblur.models import DEFAULT_DEBLURRER, ESTIMATOR_FORMAT, file_format, load_generator
 
-            weights = c.deblur_weights or str(DEFAULT_WEIGHTS)
+            weights = c.deblur_weights or str(DEFAULT_DEBLURRER)
             try:
                 is_estimator = file_format(weights) == ESTIMATOR_FORMAT
                 if is_estimator:
                     from deblur.kernel_deblur import KernelDeblurrer
 
                     logger.info("Deblur: kernel estimate + Wiener deconvolution, estimator %s", weights)
-                    return KernelDeblur(KernelDeblurrer(weights, device=self.device))
+                    return KernelDeblur(KernelDeblurrer(weights, device=self.device, runtime=self.runtime,
+                                                        threads=self.stage_threads))
                 model, gen_cfg = load_generator(weights, device=str(self.device))
             except FileNotFoundError as e:
                 raise FileNotFoundError(
