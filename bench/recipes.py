@@ -45,7 +45,7 @@ BASE = ["optimizer.name=adam", "optimizer.lr=3.0e-4", "scheduler.name=constant",
 # name -> (what it tests, overrides on top of BASE)
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "lr3e-4_warmup_ema": ("the base: Adam 3e-4, 200 warm-up steps, constant, EMA 0.999, L1 + 0.1 FFT", []),
-    "lr1e-4_const": ("Adam 1e-4 constant, no warm-up, no EMA (DeblurGANv2's lr; FACTS.md's first run)",
+    "lr1e-4_const": ("Adam 1e-4 constant, no warm-up, no EMA (DeblurGANv2's lr; the first default recipe)",
                      ["optimizer.lr=1.0e-4", "scheduler.warmup_steps=0", "ema=0.0"]),
     "lr3e-4_noema": ("the base without EMA and with a short warm-up (isolates EMA + warm-up)",
                      ["scheduler.warmup_steps=20", "ema=0.0"]),

@@ -161,7 +161,7 @@ class FPNGenerator(nn.Module):
         self.smooth2 = conv_norm_relu(nf, nf // 2, norm_layer, separable)
         self.final = nn.Conv2d(nf // 2, 3, 3, padding=1)
         if zero_init_last:
-            # the residual starts at zero: the untrained model is exactly the identity (FACTS.md)
+            # the residual starts at zero: the untrained model is exactly the identity (it trains faster from there)
             nn.init.zeros_(self.final.weight)
             nn.init.zeros_(self.final.bias)
 

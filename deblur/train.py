@@ -153,7 +153,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        torch.set_flush_denormal(True)  # denormals made GAN steps 40x slower on this CPU (FACTS.md)
+        torch.set_flush_denormal(True)  # denormal arithmetic is many times slower on CPUs (GAN steps crawled)
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
         self.run_dir = Path(cfg.project) / cfg.name
 
