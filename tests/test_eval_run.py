@@ -154,7 +154,7 @@ def test_paired_real_blur_with_fake_detector(tmp_path):
 def test_missing_default_weights_is_a_clear_error(tmp_path, monkeypatch):
     import deblur.models
 
-    monkeypatch.setattr(deblur.models, "DEFAULT_WEIGHTS", tmp_path / "none.pt")
+    monkeypatch.setattr(deblur.models, "DEFAULT_DEBLURRER", tmp_path / "none.pt")
     folder = tmp_path / "imgs"
     folder.mkdir()
     cv2.imwrite(str(folder / "a.jpg"), np.full((64, 96, 3), 100, np.uint8))
