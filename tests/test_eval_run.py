@@ -211,7 +211,7 @@ def test_compare_models_in_one_run_paired(tmp_path, identity_weights, capsys):
 @pytest.mark.parametrize("compare,err,match", [
     ("{blurred: x.pt}", ValueError, "deblur.compare: label 'blurred'"),
     ("{'a b': x.pt}", ValueError, "label 'a b'"),
-    ("{tuned: missing.pt}", FileNotFoundError, r"deblur.compare.tuned: no generator at missing.pt"),
+    ("{tuned: missing.pt}", FileNotFoundError, r"deblur.compare.tuned: no weights at missing.pt"),
 ])
 def test_compare_bad_labels_and_paths_are_clear_errors(tmp_path, compare, err, match):
     folder = tmp_path / "imgs"

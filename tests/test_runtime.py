@@ -20,7 +20,7 @@ from skimage import data as skdata
 
 from deblur.arch_fpn_mobilenet import FPNMobileNetV2
 from deblur.config import GeneratorConfig
-from deblur.models import save_generator
+from deblur.models import load_generator, save_generator
 from deblur.predict import Deblurrer
 from runtime import (
     AUTO_ORDER,
@@ -90,7 +90,15 @@ def test_generator_bf16_within_tolerance(runtime, generator, astronaut_blur, tmp
     with torch.no_grad():
         ref = generator(astronaut_blur)
     engine = compile_module(generator, None, runtime, "cpu", "bf16", cache_dir=tmp_path, spatial_multiple=32)
-    assert (engine(astronaut_blur) - ref).abs().max().item() <= TOL_BF16
+    diff = (engine(astronaut_blur) - ref).abs()
+    # A random-init network amplifies bf16's rounding in a few pixels (measured on an AVX512-BF16 CPU: mean 0.011,
+    # p99 0.045, max 0.096 for torch and OpenVINO alike), so bound the bulk, and the trained weights tightly.
+    assert diff.mean().item() <= TOL_BF16 / 3 and diff.flatten().quantile(0.99).item() <= TOL_BF16
+    shipped, _ = load_generator(None)
+    with torch.no_grad():
+        ref = shipped(astronaut_blur)
+    engine = compile_module(shipped, None, runtime, "cpu", "bf16", cache_dir=tmp_path, spatial_multiple=32)
+    assert (engine(astronaut_blur) - ref).abs().max().item() <= 0.01  # measured 0.003
 
 
 @pytest.mark.parametrize("runtime", CPU_EXPORTED)
