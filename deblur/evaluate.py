@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from deblur.kernel_deblur import KernelDeblurConfig
 from deblur.metrics import psnr, ssim
 from deblur.models import DEFAULT_DEBLURRER
 from deblur.predict import load_deblurrer
+from runtime.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -166,15 +166,15 @@ def main(argv=None) -> int:
     deblurrers = {label: load_deblurrer(w, device=args.device, kernel=KernelDeblurConfig()) for label, w in zip(labels, weights)}
     result = evaluate(deblurrers, cfg, tuple(args.severities), limit=args.limit, noise=args.noise, quality=args.jpeg)
     result["weights"] = dict(zip(labels, weights))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     md = to_markdown(result)
-    for name, text in (("report.md", md + "\n"), ("report.json", json.dumps(result, indent=2))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+    _write_reports(Path(args.out), {"report.md": md + "\n", "report.json": json.dumps(result, indent=2)})
     print(md)
     return 0
+
+
+def _write_reports(out: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        atomic_write_text(out / name, text)
 
 
 def _kernel_report(args) -> int:
@@ -201,13 +201,8 @@ def _kernel_report(args) -> int:
                 r = evaluate_kernels(model, batch, cfg.wiener_balance, next(model.parameters()).device)
             result[f"{w}|{name}"] = r
             lines.append(f"| {Path(w).stem} | {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     md = "\n".join(lines)
-    for name, text in (("kernels.md", md + "\n"), ("kernels.json", json.dumps(result, indent=2))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+    _write_reports(Path(args.out), {"kernels.md": md + "\n", "kernels.json": json.dumps(result, indent=2)})
     print(md)
     return 0
 

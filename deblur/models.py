@@ -33,6 +33,7 @@ from deblur.arch_fpn_mobilenet import FPNGenerator, FPNMobileNetV2, FPNMobileNet
 from deblur.arch_kernel import KernelEstimator
 from deblur.config import EstimatorConfig, GeneratorConfig, ModelConfig
 from runtime import resolve_device
+from runtime.files import atomic_save
 
 logger = logging.getLogger(__name__)
 
@@ -389,17 +390,7 @@ def save_estimator(model: nn.Module, cfg: EstimatorConfig, path: str | os.PathLi
         if ref_cfg.in_channels != 6:
             raise ValueError(f"a refiner takes 6 channels (blurred + deconvolved); this generator takes {ref_cfg.in_channels}")
         payload["refiner"] = {"model": _lean_state(ref_model), "cfg": dataclasses.asdict(ref_cfg)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    path = atomic_save(payload, path)
     logger.info("Saved %s kernel estimator (step %d) to %s", cfg.name, step, path)
     return path
 

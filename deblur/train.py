@@ -31,6 +31,7 @@ from deblur.losses import build_adv_loss, build_content_loss
 from deblur.metrics import psnr, ssim
 from deblur.models import TRAIN_FORMAT, build_generator, load_generator, save_generator
 from runtime import cpu_native_bf16, resolve_device
+from runtime.files import atomic_save
 
 logger = logging.getLogger(__name__)
 
@@ -51,20 +52,6 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def atomic_save(obj: dict, path: Path) -> None:
-    """torch.save to a temp file, fsync, then rename: a crash or full disk leaves the old file intact."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise OSError(f"Could not write checkpoint {path} ({e}); the previous {path.name} is intact.") from e
-        raise
 
 
 def _rng_state() -> dict:
