@@ -24,7 +24,7 @@ from pipeline.runner import run_pipeline
 from pipeline.sources import CameraSource, VideoFileSource
 from pipeline.stages import Batch, Deblur, Detect, Postprocess, Preprocess
 from pipeline.sources import Frame
-from pipeline.testing import FakeCapture, FakeDetector, InvertModel, SlowIdentity, make_frame, write_clip
+from fakes import FakeCapture, FakeDetector, InvertModel, SlowIdentity, make_frame, write_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -178,9 +178,10 @@ def test_cli_end_to_end_real_detector_and_generator(tmp_path):
 _SIGINT_SCRIPT = textwrap.dedent(
     """
     import sys
+    sys.path.insert(0, "tests")  # the test doubles (tests/fakes.py); the script runs from the repository root
     from pipeline.__main__ import build_parser, config_from_args
     from pipeline.runner import run_pipeline
-    from pipeline.testing import FakeDetector, SlowIdentity
+    from fakes import FakeDetector, SlowIdentity
     cfg = config_from_args(build_parser().parse_args(sys.argv[1:]))
     s = run_pipeline(cfg, deblur_model=SlowIdentity(0.05), detector=FakeDetector())
     print("frames_out", s["frames_out"], "interrupted", s["interrupted"], flush=True)

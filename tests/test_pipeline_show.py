@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.testing import make_frame, write_clip
+from fakes import make_frame, write_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 96, 160  # clip frame size; the window shows a (H, 2W) canvas at the screen's top-left
@@ -74,7 +74,7 @@ _SHOW_SCRIPT = textwrap.dedent(
     import sys, time, torch
     from pipeline.__main__ import build_parser, config_from_args
     from pipeline.runner import run_pipeline
-    from pipeline.testing import FakeDetector
+    from fakes import FakeDetector
 
     class SlowInvert(torch.nn.Module):  # the output pane shows inverted colours; slow, to keep the window up
         def forward(self, x):

