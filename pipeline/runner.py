@@ -117,7 +117,6 @@ class Runner:
         self.interrupted = False
         self.quit_by_user = False
         self._t_stop_request: float | None = None  # when Ctrl-C / q asked to stop
-        self.peak_out_queue = 0
         self._latencies: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)
         self._pending: Frame | None = None
 
@@ -348,7 +347,6 @@ class Runner:
                 self._out.put(item, timeout=0.1)
             except queue.Full:
                 continue
-            self.peak_out_queue = max(self.peak_out_queue, self._out.qsize())
             return
 
     # ---- sink loop (calling thread) ------------------------------------------------------------

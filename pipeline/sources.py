@@ -134,10 +134,6 @@ class Source:
             self._thread = threading.Thread(target=self._run, name=f"source-{self.kind}", daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
-        """Ask the reader to stop (non-blocking); close() also joins it."""
-        self._stop.set()
-
     def close(self) -> None:
         self._stop.set()
         thread, self._thread = self._thread, None
@@ -254,9 +250,6 @@ class Source:
     def _release(self) -> None:
         pass
 
-    def describe(self) -> dict:
-        return {"source": self.name, "kind": self.kind, "live": self.live, "fps": self.fps, "frame_size": self.frame_size}
-
 
 # ------------------------------------------------------------------------------------------------
 class VideoFileSource(Source):
@@ -278,7 +271,6 @@ class VideoFileSource(Source):
         self.path = Path(path)
         self._container = None
         self.expected_frames: int | None = None
-        self.decode_errors = 0  # damaged packets skipped
         self.expected_duration: float | None = None  # seconds, when the container states it
 
     def _open(self) -> None:
@@ -365,7 +357,6 @@ class VideoFileSource(Source):
                 decoded += 1
         if self._stop.is_set():
             return
-        self.decode_errors = errors
         if errors:
             self.stopped_early = f"{errors} damaged packet(s) skipped; {decoded} frames decoded"
         if self.expected_frames and decoded < self.expected_frames:

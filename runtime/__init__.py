@@ -254,9 +254,3 @@ def compile_module(
     if example_shape is not None:
         compiled.prepare(example_shape)
     return compiled
-
-
-def describe(compiled: Any) -> dict[str, Any]:
-    """JSON-friendly description of a CompiledModule (for summaries)."""
-    return {"name": compiled.name, "runtime": compiled.runtime, "precision": compiled.precision,
-            "device": str(compiled.device), "threads": compiled.threads}
