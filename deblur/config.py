@@ -186,19 +186,21 @@ class SchedulerConfig:
 class TrainConfig:
     name: str = "fpn_mobilenet_v2"  # run folder: <project>/<name>
     project: str = "runs/deblur"
-    train: DataConfig = field(default_factory=lambda: DataConfig(sources=["data/train/**/*.jpg"]))
-    val: DataConfig = field(
-        default_factory=lambda: DataConfig(sources=["data/train/**/*.jpg"], bounds=(0.9, 1.0), crop="center", flip=False)
-    )
+    train: DataConfig = field(default_factory=lambda: DataConfig(
+        sources=["data/train/**/*.jpg", "data/train/**/*.png"], preload=True, preload_size=720))
+    val: DataConfig = field(default_factory=lambda: DataConfig(
+        sources=["data/train/**/*.jpg", "data/train/**/*.png"], bounds=(0.9, 1.0), crop="center", flip=False,
+        preload=True, preload_size=720))
     model: ModelConfig = field(default_factory=ModelConfig)
     num_epochs: int = 200
-    train_batches_per_epoch: int = 1000
-    val_batches_per_epoch: int = 20
+    train_batches_per_epoch: int = 500
+    val_batches_per_epoch: int = 16
     batch_size: int = 4
     image_size: int = 256  # crop side for training (overrides train.size / val.size when > 0)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    # the recipe benchmark's winner (bench/results/recipes_2026-11-25.md): AdamW 1e-3, cosine, EMA 0.99
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adamw", lr=1.0e-3))
     d_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(name="cosine", min_lr=1.0e-6, warmup_steps=20))
     warmup_num: int = 0  # epochs with the backbone frozen
     init_weights: str = ""  # start the generator from an exported file (fine-tuning); ignored by --resume
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -207,10 +209,10 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads (0 = leave as is)
     num_workers: int = 0  # DataLoader workers
     seed: int = 0
-    ema: float = 0.0  # EMA decay of generator weights used for val/export (0 = off)
+    ema: float = 0.99  # EMA decay of generator weights used for val/export (0 = off)
     log_every: int = 20  # steps between TensorBoard scalars
     image_every: int = 500  # steps between image triplets in TensorBoard
-    save_every: int = 200  # steps between last.pt checkpoints
+    save_every: int = 100  # steps between last.pt checkpoints
     max_steps: int = 0  # stop after this many steps in total (0 = num_epochs * train_batches_per_epoch)
     max_minutes: float = 0.0  # stop after this wall time (0 = no limit); last.pt is saved
     max_cpu_minutes: float = 0.0  # stop after this much CPU time of this process, all threads (0 = no limit)

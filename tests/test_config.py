@@ -132,3 +132,11 @@ def _schema_for(path):
 def test_every_config_file_loads(path):
     cfg = load_config(_schema_for(path), path)
     assert cfg is not None
+
+
+@pytest.mark.parametrize("name", ["deblur_train", "kernel_train", "detect", "pipeline", "eval_detection"])
+def test_default_yaml_files_equal_the_dataclass_defaults(name):
+    """These YAML files document the defaults: every value in them must be the dataclass's own default."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    schema = _schema_for(path)
+    assert load_config(schema, path) == schema()
