@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 import cv2
@@ -20,7 +21,10 @@ QUIT_KEYS = (ord("q"), ord("Q"), 27)  # q, Q, Esc
 
 
 def check_display() -> None:
-    """RuntimeError unless $DISPLAY names an X display (no window is opened here)."""
+    """RuntimeError unless $DISPLAY names an X display (no window is opened here). Only where X11 is the window
+    system (Linux and the BSDs, without Wayland): macOS and Windows have their own, with no $DISPLAY."""
+    if sys.platform in ("darwin", "win32", "cygwin") or os.environ.get("WAYLAND_DISPLAY"):
+        return
     display = os.environ.get("DISPLAY", "")
     if not display:
         raise RuntimeError(

@@ -340,3 +340,16 @@ def test_device_auto_with_cpu_only_runtimes_on_a_cpu_machine(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ConfigError, match="could not stay on one device"):
         load_config(PipelineConfig, overrides=["runtime=openvino", "detector.device=auto"])
+
+
+@pytest.mark.parametrize("platform", ["darwin", "win32"])
+def test_show_needs_no_display_variable_off_x11(platform, monkeypatch):
+    from pipeline import display
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(display.sys, "platform", platform)
+    display.check_display()  # macOS and Windows have their own window systems: no $DISPLAY to check
+    monkeypatch.setattr(display.sys, "platform", "linux")
+    with pytest.raises(RuntimeError, match="needs a display"):
+        display.check_display()

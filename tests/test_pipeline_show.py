@@ -131,3 +131,4 @@ def test_show_window_has_input_and_output_panes(xvfb, tmp_path):
     assert proc.returncode in (0, 130), err  # 130: stopped by our Ctrl-C
     assert shot is not None, f"no screenshot showed the input pane at the top-left; pipeline said: {out} {err[-2000:]}"
     assert all(checks), f"input pane, output pane (two halves), empty screen below: {checks}"
+
