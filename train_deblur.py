@@ -78,9 +78,19 @@ def main(argv=None) -> int:
         saved = f": saved {trainer.run_dir / 'last.pt'}; continue with --resume" if trainer is not None else ""
         print(f"interrupted{saved}", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group()
     if rank == 0:
         print(f"done: step {trainer.step}, last val {val}, run folder {trainer.run_dir}")
     return 0
+
+
+def _close_process_group() -> None:
+    """Under torchrun: leave the process group before exiting (gloo's threads abort a process that exits in it)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _extra_losses(cfg: TrainConfig) -> dict:
