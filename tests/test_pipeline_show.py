@@ -72,6 +72,7 @@ def xvfb():
 _SHOW_SCRIPT = textwrap.dedent(
     """
     import sys, time, torch
+    sys.path.insert(0, "tests")  # the test doubles (tests/fakes.py); the script runs from the repository root
     from pipeline.__main__ import build_parser, config_from_args
     from pipeline.runner import run_pipeline
     from fakes import FakeDetector
@@ -93,7 +94,7 @@ def test_show_window_has_input_and_output_panes(xvfb, tmp_path):
     clip = write_clip(tmp_path / "clip.mp4", n=150, h=H, w=W)
     env = dict(os.environ, DISPLAY=xvfb)
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SHOW_SCRIPT, "--source", str(clip), "--show", "--imgsz", "64"],
+        [sys.executable, "-c", _SHOW_SCRIPT, "--source", str(clip), "--show", "--imgsz", "64", "--runtime", "torch"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     expected_left = make_frame(0, H, W)[..., ::-1].astype(int)  # RGB
