@@ -353,3 +353,23 @@ def test_show_needs_no_display_variable_off_x11(platform, monkeypatch):
     monkeypatch.setattr(display.sys, "platform", "linux")
     with pytest.raises(RuntimeError, match="needs a display"):
         display.check_display()
+
+
+def test_frame_size_changes_mid_stream_at_batch_4(tmp_path):
+    """Images of two sizes in one folder, batch 4, deblur and detect overlapped: every frame comes out, in order,
+    with boxes in its own frame's pixels (a new size starts a new batch)."""
+    import cv2
+
+    sizes = [(48, 64)] * 5 + [(60, 80)] * 6 + [(48, 64)] * 3
+    for i, (h, w) in enumerate(sizes):
+        cv2.imwrite(str(tmp_path / f"f{i:03d}.png"), make_frame(i, h, w))
+    cfg = PipelineConfig(runtime="torch", source=str(tmp_path / "*.png"), batch=4, max_latency=200.0,
+                         save_json=str(tmp_path / "d.jsonl"))
+    det = FakeDetector(imgsz=64)
+    s = run_pipeline(cfg, deblur_model=InvertModel(), detector=det)
+    lines = _lines(tmp_path / "d.jsonl")
+    assert s["frames_out"] == len(sizes) and [r["index"] for r in lines] == list(range(len(sizes)))
+    for r, (h, w) in zip(lines, sizes):
+        x1, y1, x2, y2 = r["detections"][0]["xyxy"]
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h and x2 - x1 == pytest.approx(w / 2, abs=1)
+    assert max(c[0] for c in det.calls) <= 4
