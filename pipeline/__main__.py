@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "configs/pipeline.yaml when given with --config). Every flag can also be given as key=value.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    d = f" (default: %s)"
+    d = " (default: %s)"
     io = p.add_argument_group("input")
     io.add_argument("--source", metavar="SRC", help="demo | cam0, cam1, ... or 0, 1, ... | video file | image, folder or "
                     "quoted glob | rtsp://, rtmp://, http(s):// stream" + d % _P.source)

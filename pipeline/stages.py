@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.sources import Frame
-from runtime import cpu_native_bf16
 
 if TYPE_CHECKING:
     from detect import Detection

@@ -3,7 +3,6 @@ backpressure vs drops, config/CLI mapping, Ctrl-C, errors. Fake detector and toy
 keep it fast; one test runs the real CLI with the real detector and a saved (untrained) generator."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
