@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from configs.loader import check_range
 from deblur.arch_kernel import kernel_extent, kernel_moments
 from deblur.deconv import estimate_noise, wiener_deconvolve
+from deblur.frames import check_bgr_frames
 from deblur.models import DEFAULT_ESTIMATOR, load_estimator, load_generator, load_refiner
 from runtime import compile_module, resolve_device, resolve_runtime
 
@@ -210,12 +211,9 @@ class KernelDeblurrer:
     # --- uint8 frames -----------------------------------------------------------------------------
     def __call__(self, frames_bgr: Sequence[np.ndarray]) -> list[np.ndarray]:
         """list of (H,W,3) BGR uint8 -> deblurred frames, same order, shapes and dtype."""
+        check_bgr_frames(frames_bgr)
         results = []
-        for i, f in enumerate(frames_bgr):
-            if not isinstance(f, np.ndarray) or f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3:
-                what = f"{type(f).__name__} {getattr(f, 'shape', '')} {getattr(f, 'dtype', '')}".strip()
-                raise ValueError(f"frame {i}: expected an (H,W,3) BGR uint8 np.ndarray, got {what}; "
-                                 "convert grey/BGRA frames with cv2.cvtColor first")
+        for f in frames_bgr:
             x = torch.from_numpy(np.ascontiguousarray(f[..., ::-1])).to(self.device).permute(2, 0, 1)[None].float() / 255.0
             y = self.restore(x)[0]
             img = (y * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()

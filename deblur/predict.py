@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deblur.frames import check_bgr_frames
 from deblur.kernel_deblur import KernelDeblurConfig, KernelDeblurrer
 from deblur.models import DEFAULT_DEBLURRER, ESTIMATOR_FORMAT, file_format, load_generator
 from runtime import RUNTIMES, compile_module, cpu_native_bf16, resolve_device, resolve_precision, resolve_runtime
@@ -155,11 +156,7 @@ class Deblurrer:
 
     def __call__(self, frames_bgr: Sequence[np.ndarray]) -> list[np.ndarray]:
         """frames_bgr: list of (H,W,3) BGR uint8 (H,W >= 32) -> deblurred frames, same order, shapes and dtype."""
-        for i, f in enumerate(frames_bgr):
-            if not isinstance(f, np.ndarray) or f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3:
-                what = f"{type(f).__name__} {getattr(f, 'shape', '')} {getattr(f, 'dtype', '')}".strip()
-                raise ValueError(f"frame {i}: expected an (H,W,3) BGR uint8 np.ndarray, got {what}; "
-                                 "convert grey/BGRA frames with cv2.cvtColor first")
+        check_bgr_frames(frames_bgr)
         results: list[np.ndarray | None] = [None] * len(frames_bgr)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, f in enumerate(frames_bgr):

@@ -261,3 +261,9 @@ def test_the_shipped_estimator_finds_a_real_blur(photo_bgr):
     assert psnr(restored[inner], big[inner]) > psnr(blurred[inner], big[inner])  # sharper than its input
     (same,) = deblurrer([big])
     assert np.array_equal(same, big) and bool(deblurrer.last_gated.all())
+
+
+def test_bad_frames_are_named(photo_bgr):
+    deblurrer = KernelDeblurrer(OracleEstimator(fit_kernel(linear_kernel(5, 0.0), 15)), device="cpu")
+    with pytest.raises(ValueError, match=r"frame 1: expected an \(H,W,3\) BGR uint8"):
+        deblurrer([photo_bgr, photo_bgr[..., 0]])
