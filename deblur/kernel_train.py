@@ -30,13 +30,14 @@ from deblur.config import KernelTrainConfig
 from deblur.deconv import wiener_deconvolve
 from deblur.kernel_data import KernelCrops
 from deblur.metrics import psnr
-from deblur.models import build_estimator, load_estimator, save_estimator
-from deblur.train import atomic_save
+from deblur.models import KERNEL_TRAIN_FORMAT, build_estimator, load_estimator, save_estimator
+from deblur.train import build_optimizer
 from runtime import resolve_device
+from runtime.files import atomic_save
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "kernel-train-v1"
+CHECKPOINT_FORMAT = KERNEL_TRAIN_FORMAT
 MIN_ANGLE_EXTENT = 9.0  # px: angle errors are reported for linear/ImageNet-C kernels at least this long
 
 
@@ -85,9 +86,7 @@ class KernelTrainer:
             logger.info("Estimator initialised from %s", cfg.init_weights)
         self.model = self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval() if cfg.ema > 0 else None
-        o = cfg.optimizer
-        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[o.name]
-        self.opt = cls(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.opt = build_optimizer(self.model.parameters(), cfg.optimizer)
         self.step = 0
         self.best = -math.inf
         self.train_data = KernelCrops(cfg, cfg.train_bounds)

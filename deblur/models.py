@@ -67,6 +67,7 @@ ESTIMATORS: dict[str, type[KernelEstimator]] = {"kernel_mobilenet_v2": KernelEst
 
 EXPORT_FORMAT = "deblur-generator-v1"
 ESTIMATOR_FORMAT = "deblur-kernel-estimator-v1"
+KERNEL_TRAIN_FORMAT = "kernel-train-v1"  # deblur/kernel_train.py checkpoints hold "model", "ema" and "cfg" too
 TRAIN_FORMAT = "deblur-train-v1"  # deblur/train.py checkpoints hold "model" and "cfg" too
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "fpn_mobilenet_v2.pt"
 DEFAULT_ESTIMATOR = Path(__file__).resolve().parent / "weights" / "kernel_estimator.pt"
@@ -314,7 +315,7 @@ def load_generator(
         raise ValueError(f"{path} is not a deblur generator file: it holds a {type(obj).__name__}, "
                          f"expected a dict with format '{EXPORT_FORMAT}' (write it with deblur.save_generator)")
     fmt = obj.get("format")
-    if fmt in (ESTIMATOR_FORMAT, "kernel-train-v1"):
+    if fmt in (ESTIMATOR_FORMAT, KERNEL_TRAIN_FORMAT):
         raise ValueError(f"{path} holds a kernel estimator, not a deblurring generator. Pass it as the estimator "
                          "(--estimator / deblur.estimator=...), and a generator file (format "
                          f"'{EXPORT_FORMAT}') as the generator weights.")
@@ -413,7 +414,7 @@ def load_estimator(weights: str | os.PathLike | None = None,
     if fmt in (EXPORT_FORMAT, TRAIN_FORMAT):
         raise ValueError(f"{path} holds a deblurring generator (format {fmt!r}), not a kernel estimator. Pass it as "
                          f"the generator weights, and an estimator file (format '{ESTIMATOR_FORMAT}') as the estimator.")
-    if fmt not in (ESTIMATOR_FORMAT, "kernel-train-v1"):
+    if fmt not in (ESTIMATOR_FORMAT, KERNEL_TRAIN_FORMAT):
         raise ValueError(f"{path} is not a kernel estimator file (format {fmt!r}); export one with "
                          f"`python train_deblur.py --config configs/kernel_train.yaml --export PATH`.")
     try:
@@ -421,7 +422,7 @@ def load_estimator(weights: str | os.PathLike | None = None,
     except (ConfigError, ValueError, TypeError) as e:
         raise ValueError(f"{path}: its stored estimator config is invalid: {e}") from e
     model = build_estimator(cfg)
-    state = obj["ema"] if fmt == "kernel-train-v1" and obj.get("ema") is not None else obj["model"]
+    state = obj["ema"] if fmt == KERNEL_TRAIN_FORMAT and obj.get("ema") is not None else obj["model"]
     try:
         model.load_state_dict({_strip_prefixes(k): v for k, v in state.items()}, strict=True)
     except RuntimeError as e:
@@ -492,9 +493,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             est, est_cfg = load_estimator(est_path)
             ref, ref_cfg = load_generator(ref_path)
-            meta = dict(torch.load(est_path, map_location="cpu", weights_only=True).get("meta") or {})
-            meta["refiner_from"] = Path(ref_path).name
-            step = int(torch.load(est_path, map_location="cpu", weights_only=True).get("step", 0))
+            stored = torch.load(est_path, map_location="cpu", weights_only=True)
+            meta = {**(stored.get("meta") or {}), "refiner_from": Path(ref_path).name}
+            step = int(stored.get("step", 0))
             print(save_estimator(est, est_cfg, out, step=step, meta=meta, refiner=(ref, ref_cfg)))
         except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}")

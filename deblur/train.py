@@ -94,7 +94,8 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return 1.0 + (min_factor - 1.0) * t
 
 
-def _optimizer(params, cfg) -> torch.optim.Optimizer:
+def build_optimizer(params, cfg) -> torch.optim.Optimizer:
+    """The optimizer an OptimizerConfig names (adam | adamw), over ``params``."""
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.name]
     return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
@@ -177,8 +178,8 @@ class Trainer:
         self.adv_loss = build_adv_loss(cfg.model.disc_loss) if self.D is not None else None
         self.ema = copy.deepcopy(self.G).eval().requires_grad_(False) if cfg.ema else None
 
-        self.opt_g = _optimizer(self.G.parameters(), cfg.optimizer)
-        self.opt_d = _optimizer(self.D.parameters(), cfg.d_optimizer) if self.D is not None else None
+        self.opt_g = build_optimizer(self.G.parameters(), cfg.optimizer)
+        self.opt_d = build_optimizer(self.D.parameters(), cfg.d_optimizer) if self.D is not None else None
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lambda s: lr_factor(s, cfg))
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lambda s: lr_factor(s, cfg)) if self.opt_d else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
