@@ -1,4 +1,5 @@
 """Detection under blur: python eval_detection.py blurred_vs_deblurred [--config Y] [--limit N] [--out DIR] [key=value ...]
+                   python eval_detection.py detector_variants  (int8 / smaller input against the reference detector)
 
 Blurs every image of the evaluation set at each severity, restores it (our deblurrer, unsharp masking, Wiener
 with the true kernel), runs the detector on every condition and writes report.md/.json/.csv and plots to
@@ -13,9 +14,10 @@ import sys
 from configs import CONFIG_DIR, load_config
 from configs.cli import RUN_ERRORS, USAGE_ERRORS, CliError, guarded
 from evaluation import EvalConfig, run_blurred_vs_deblurred
+from evaluation.detectors import run_detector_variants
 from evaluation.report import versus_table
 
-EXPERIMENTS = {"blurred_vs_deblurred": run_blurred_vs_deblurred}
+EXPERIMENTS = {"blurred_vs_deblurred": run_blurred_vs_deblurred, "detector_variants": run_detector_variants}
 
 
 def main(argv=None) -> int:
@@ -30,6 +32,8 @@ def main(argv=None) -> int:
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides)
+    if not any(o.startswith("name=") for o in overrides):
+        overrides.insert(0, f"name={args.experiment}")  # runs/eval/<experiment>/ unless named
     if args.limit is not None:
         overrides.append(f"limit={args.limit}")
     if args.out is not None:
@@ -44,6 +48,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    if args.experiment == "detector_variants":
+        print(f"Ground truth: {report['ground_truth']}\n{report['table']}")
+        print(f"Report: {cfg.out or 'runs/eval/' + cfg.name}/report.md")
+        return 0
     gt = report["ground_truth"]
     print(f"Ground truth: {gt['kind']} ({gt['description']})")
     print(report["table"])

@@ -15,13 +15,14 @@ Override values are parsed with ``yaml.safe_load`` (never eval): ``lr=3.0e-4``, 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, Sequence, TypeVar
 
 import yaml
+
+from configs.common import did_you_mean
 
 T = TypeVar("T")
 
@@ -39,10 +40,8 @@ def check_range(name: str, value: float, lo: float | None = None, hi: float | No
         raise ValueError(f"'{name}' must be in {rng}, got {value!r}")
 
 
-def _did_you_mean(key: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, list(choices), n=3, cutoff=0.5)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return f"{hint} Valid keys: {sorted(choices)}"
+def _unknown_key_hint(key: str, choices: Sequence[str]) -> str:
+    return f"{did_you_mean(key, choices)} Valid keys: {sorted(choices)}"
 
 
 def _type_name(tp: Any) -> str:
@@ -64,20 +63,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass  # try the next member of the union
         raise ConfigError(f"{where}: {value!r} does not fit {_type_name(tp)}")
     if origin is Literal:
         if value not in args:
-            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}.{hint}")
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}.{did_you_mean(value, args)}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -122,7 +118,7 @@ def from_dict(schema: type[T], data: dict, _prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
     for key in data:
         if key not in fields:
-            raise ConfigError(f"Unknown config key '{_prefix}{key}'.{_did_you_mean(str(key), list(fields))}")
+            raise ConfigError(f"Unknown config key '{_prefix}{key}'.{_unknown_key_hint(str(key), list(fields))}")
     kwargs = {k: _coerce(v, hints[k], f"{_prefix}{k}") for k, v in data.items()}
     try:
         return schema(**kwargs)

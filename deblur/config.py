@@ -6,10 +6,11 @@ Every default lives here. Keys speak DeblurGANv2's config language (``files_a``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from configs.loader import check_range
+from runtime.urls import mask_url
 
 
 def _check_pair(name: str, pair: tuple, lo: float, hi: float) -> None:
@@ -101,6 +102,17 @@ class DataConfig:
     flip: bool = True
     video_frame_step: int = 5  # take every Nth video frame
     scale: tuple[float, float] = (1.0, 1.0)  # random rescale of the sharp image before cropping
+    # WebDataset tar shards (local globs or URLs, `{000..009}` ranges): NAME.blur.png + NAME.sharp.png pairs,
+    # or NAME.sharp.png alone for synthetic blur. Streamed when preload is false, else read once into memory.
+    shards: list[str] = field(default_factory=list)
+    shuffle_buffer: int = 256  # samples held (undecoded) to shuffle a shard stream (0 or 1 = shard order)
+    # files_a/files_b/sources/shards may be fsspec URLs (s3://, gs://, https://): network reads time out after
+    # `timeout` seconds and are retried `retries` times with backoff; remote files are kept in a read-through
+    # cache of at most `cache_gb` GiB (0 = off) in `cache_dir` ("" = $BLURDET_CACHE/data or ~/.cache/blurdet/data)
+    timeout: float = 60.0
+    retries: int = 3
+    cache_dir: str = ""
+    cache_gb: float = 10.0
 
     def __post_init__(self):
         check_range("size", self.size, 32)
@@ -109,9 +121,18 @@ class DataConfig:
             raise ValueError(f"'bounds' must satisfy 0 <= lo < hi <= 1, got {self.bounds}")
         if bool(self.files_a) != bool(self.files_b):
             raise ValueError("'files_a' and 'files_b' go together: give both globs (blurred and sharp) or neither")
-        if not self.files_a and not self.sources:
-            raise ValueError("a data split needs 'files_a'+'files_b' (paired) or 'sources' (synthetic blur)")
+        if not self.files_a and not self.sources and not self.shards:
+            raise ValueError("a data split needs 'files_a'+'files_b' (paired), 'sources' (synthetic blur) or 'shards' (WebDataset)")
         check_range("video_frame_step", self.video_frame_step, 1)
+        check_range("shuffle_buffer", self.shuffle_buffer, 0)
+        check_range("timeout", self.timeout, 0.1)
+        check_range("retries", self.retries, 0, 20)
+        check_range("cache_gb", self.cache_gb, 0.0)
+
+    def masked(self) -> "DataConfig":
+        """This config with credentials in its URLs masked (what may be logged or written to a run folder)."""
+        return replace(self, files_a=mask_url(self.files_a), files_b=mask_url(self.files_b),
+                       sources=[mask_url(s) for s in self.sources], shards=[mask_url(s) for s in self.shards])
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,25 @@ stable SHA-1 of the key (not Python's salted ``hash``). The key is the matched r
 neighbouring frames never straddle the split.
 
 Unreadable images raise ``ValueError`` naming the file (at construction when ``preload``, else when the
-item is read): a broken file in the corpus is a bug to fix, not to skip silently.
+item is read): a broken file in the corpus is a bug to fix, not to skip silently. In a WebDataset shard,
+one bad sample (undecodable, or a pair missing its other half) is logged, skipped and counted instead; a
+truncated shard raises ``deblur.remote.ShardError``.
+
+Remote data: every glob may be an fsspec URL (``s3://bucket/gopro/train/*/blur/*.png``); pairing, the hash
+split and ``bounds`` work on the part after the bucket exactly as on a local path. See ``deblur.remote``.
+
+Shards: ``cfg.shards`` lists WebDataset tar shards. With ``preload`` they are read once into memory
+(``ShardItems``, a map-style dataset like the others); otherwise ``ShardStream`` streams them: each data
+epoch shuffles the shard order (seed, epoch), deals shards to DDP ranks and DataLoader workers
+(``shards[g::G]`` for global worker g of G), and shuffles samples in a ``shuffle_buffer``; so every sample
+is read exactly once per data epoch across all ranks and workers.
 """
 
 from __future__ import annotations
 
-import difflib
 import glob
 import hashlib
+import io
 import logging
 import math
 import os
@@ -31,14 +42,19 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from configs import did_you_mean
 from deblur.blur_synth import sample_kernel, synthesize
 from deblur.config import DataConfig
+from deblur.remote import Remote, is_url, iter_shard, mask_url, resolve_shards, strip_protocol
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PairedFolders", "SyntheticBlur", "build_dataset", "CORRUPT_NAMES", "IMAGE_EXTS", "VIDEO_EXTS"]
+__all__ = [
+    "PairedFolders", "SyntheticBlur", "ShardItems", "ShardStream", "build_dataset", "batch_loader", "stream_loader",
+    "collate", "CORRUPT_NAMES", "IMAGE_EXTS", "VIDEO_EXTS",
+]
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -72,9 +88,8 @@ def check_corrupt(names: list[str]) -> None:
     """ValueError for any name not in ``CORRUPT_NAMES`` (with a did-you-mean hint)."""
     for name in names:
         if name not in CORRUPT_NAMES:
-            close = difflib.get_close_matches(name, CORRUPT_NAMES, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"Unknown corrupt transform {name!r}.{hint} Valid: {list(CORRUPT_NAMES)}")
+            raise ValueError(f"Unknown corrupt transform {name!r}.{did_you_mean(name, CORRUPT_NAMES)} "
+                             f"Valid: {list(CORRUPT_NAMES)}")
 
 
 def _build_corrupt(names: list[str]):
@@ -107,18 +122,39 @@ def _in_bounds(key: str, bounds: tuple[float, float]) -> bool:
     return bounds[0] <= h < bounds[1]  # h < 1, so hi = 1 takes everything above lo
 
 
-def _glob_root(pattern: str) -> Path:
+def _parts(pattern: str) -> tuple[str, ...]:
+    """Path components of a local path or of a URL's part after ``scheme://`` (bucket first)."""
+    return PurePosixPath(strip_protocol(pattern)[1]).parts if is_url(pattern) else Path(pattern).parts
+
+
+def _root_parts(pattern: str) -> tuple[str, ...]:
     """The leading components of a glob that contain no wildcard."""
-    parts = Path(pattern).parts
     root: list[str] = []
-    for part in parts:
+    for part in _parts(pattern):
         if glob.has_magic(part):
             break
         root.append(part)
+    return tuple(root)
+
+
+def _glob_root(pattern: str) -> Path:
+    """The leading components of a local glob that contain no wildcard."""
+    root = _root_parts(pattern)
     return Path(*root) if root else Path(".")
 
 
-def _glob(pattern: str, exts: set[str] | None = None) -> list[Path]:
+def _relative(f: Path | str, pattern: str) -> PurePosixPath:
+    """``f`` (a match of ``pattern``) relative to the pattern's wildcard-free root."""
+    if isinstance(f, str):  # a URL
+        return PurePosixPath(*PurePosixPath(strip_protocol(f)[1]).parts[len(_root_parts(pattern)):])
+    root = _glob_root(pattern)
+    return PurePosixPath((f.relative_to(root) if root != Path(".") else f).as_posix())
+
+
+def _glob(pattern: str, exts: set[str] | None = None, remote: Remote | None = None) -> list[Path | str]:
+    """Sorted matches of a local glob (Paths) or of an fsspec URL glob (URL strings)."""
+    if is_url(pattern):
+        return (remote or Remote()).glob(pattern, exts)
     files = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True))
     files = [f for f in files if f.is_file() and (exts is None or f.suffix.lower() in exts)]
     if not files:
@@ -129,8 +165,18 @@ def _glob(pattern: str, exts: set[str] | None = None) -> list[Path]:
     return files
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to (H,W,3) uint8 RGB; ValueError naming the file if it cannot be read."""
+def decode_rgb(data: bytes, name: str) -> np.ndarray:
+    """Decode encoded image bytes to (H,W,3) uint8 RGB; ValueError naming ``name`` if they are not an image."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if img is None:
+        raise ValueError(f"Cannot read image {mask_url(name)}: missing, truncated or not an image. Remove or replace it.")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_rgb(path: str | Path, remote: Remote | None = None) -> np.ndarray:
+    """Decode an image file or URL to (H,W,3) uint8 RGB; ValueError naming the file if it cannot be read."""
+    if isinstance(path, str) and is_url(path):
+        return decode_rgb((remote or Remote()).read(path), path)
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError(f"Cannot read image {path}: missing, truncated or not an image. Remove or replace it.")
@@ -190,6 +236,7 @@ class _Base(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self._corrupt = _build_corrupt(cfg.corrupt)
+        self.remote = Remote(cfg.timeout, cfg.retries, cfg.cache_dir, cfg.cache_gb)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch for per-item randomness (ignored by centre-cropped datasets)."""
@@ -204,6 +251,47 @@ class _Base(Dataset):
             self._corrupt.set_random_seed(int(rng.integers(2**31)))
             blur = self._corrupt(image=np.ascontiguousarray(blur))["image"]
         return {"blur": _to_tensor(blur), "sharp": _to_tensor(sharp), "name": name}
+
+    def _paired_item(self, blur: np.ndarray, sharp: np.ndarray, name: str, rng: np.random.Generator) -> dict:
+        """Same crop (after a random ``scale``), flips and rotation of an aligned blurred/sharp pair."""
+        S = self.cfg.size
+        scale = float(rng.uniform(*self.cfg.scale))
+        src = max(1, round(S / scale))
+        blur, sharp = _ensure_min_side([blur, sharp], src)
+        y, x = _crop_box(*blur.shape[:2], src, self.cfg.crop == "random", rng)
+        blur, sharp = blur[y : y + src, x : x + src], sharp[y : y + src, x : x + src]
+        if src != S:
+            interp = cv2.INTER_AREA if src > S else cv2.INTER_CUBIC
+            blur, sharp = (cv2.resize(im, (S, S), interpolation=interp) for im in (blur, sharp))
+        if self.cfg.flip:
+            blur, sharp = _geometric([blur, sharp], rng)
+        return self._finish(blur, sharp, name, rng)
+
+    def _synthetic_item(self, img: np.ndarray, name: str, rng: np.random.Generator) -> dict:
+        """Crop a sharp image with a margin, blur it with a sampled kernel, keep the centre of both."""
+        kernel, info = sample_kernel(self.cfg.blur, rng)
+        S, pad = self.cfg.size, kernel.shape[0] // 2
+        region = S + 2 * pad
+        scale = float(rng.uniform(*self.cfg.scale))
+        side = max(1, round(region / scale))
+        (img,) = _ensure_min_side([img], side)
+        y, x = _crop_box(*img.shape[:2], side, self.cfg.crop == "random", rng)
+        sharp = img[y : y + side, x : x + side]
+        if side != region:
+            interp = cv2.INTER_AREA if side > region else cv2.INTER_CUBIC
+            sharp = cv2.resize(sharp, (region, region), interpolation=interp)
+        if self.cfg.flip:
+            (sharp,) = _geometric([sharp], rng)
+        blur, _ = synthesize(sharp, self.cfg.blur, rng, kernel, info, margin=pad)
+        sharp = sharp[pad : pad + S, pad : pad + S]
+        return self._finish(blur, np.ascontiguousarray(sharp), name, rng)
+
+    def _check_pair_shapes(self, blur: np.ndarray, sharp: np.ndarray, name_a: str, name_b: str) -> None:
+        if blur.shape != sharp.shape:
+            raise ValueError(
+                f"Pair sizes differ: {mask_url(name_a)} is {blur.shape[1]}x{blur.shape[0]}, "
+                f"{mask_url(name_b)} is {sharp.shape[1]}x{sharp.shape[0]}. Paired images must align."
+            )
 
 
 class PairedFolders(_Base):
@@ -225,14 +313,14 @@ class PairedFolders(_Base):
         only_b = sorted(set(keys_b) - set(keys_a))
         if only_a or only_b:
             raise ValueError(
-                f"files_a {cfg.files_a!r} and files_b {cfg.files_b!r} do not pair up: "
+                f"files_a {mask_url(cfg.files_a)!r} and files_b {mask_url(cfg.files_b)!r} do not pair up: "
                 f"{len(only_a)} blurred without a sharp match (first: {only_a[:5]}), "
                 f"{len(only_b)} sharp without a blurred match (first: {only_b[:5]}). Pairs are matched by "
                 f"relative path with the blur/sharp directory names removed; fix the globs or the tree."
             )
         names = sorted(k for k in keys_a if _in_bounds(_split_key(k), cfg.bounds))
         if not names:
-            raise ValueError(f"No pairs of {cfg.files_a!r} fall in bounds {cfg.bounds}; widen 'bounds'.")
+            raise ValueError(f"No pairs of {mask_url(cfg.files_a)!r} fall in bounds {cfg.bounds}; widen 'bounds'.")
         self.names = names
         self.files_a = [keys_a[k] for k in names]
         self.files_b = [keys_b[k] for k in names]
@@ -241,32 +329,27 @@ class PairedFolders(_Base):
             self._cache = [self._load(i) for i in range(len(names))]
         logger.info("PairedFolders: %d pairs in bounds %s (of %d)", len(names), cfg.bounds, len(keys_a))
 
-    @staticmethod
-    def _keys(pattern: str, other: str) -> dict[str, Path]:
-        files = _glob(pattern, IMAGE_EXTS)
-        root = _glob_root(pattern)
-        pat_parts = Path(pattern).parts[len(root.parts) :]
-        other_parts = Path(other).parts[len(_glob_root(other).parts) :]
+    def _keys(self, pattern: str, other: str) -> dict[str, Path | str]:
+        files = _glob(pattern, IMAGE_EXTS, self.remote)
+        pat_parts = _parts(pattern)[len(_root_parts(pattern)) :]
+        other_parts = _parts(other)[len(_root_parts(other)) :]
         only_here = {p for p in pat_parts[:-1] if not glob.has_magic(p)} - set(other_parts[:-1])
         strip_ext = bool(pat_parts and other_parts and pat_parts[-1] != other_parts[-1])
-        keys: dict[str, Path] = {}
+        keys: dict[str, Path | str] = {}
         for f in files:
-            rel = f.relative_to(root) if root != Path(".") else f
+            rel = _relative(f, pattern)
             parts = [p for p in rel.parts[:-1] if p not in only_here]
             last = rel.stem if strip_ext else rel.name
             key = PurePosixPath(*parts, last).as_posix()
             if key in keys:
-                raise ValueError(f"Glob {pattern!r}: {keys[key]} and {f} map to the same pair key {key!r}")
+                raise ValueError(f"Glob {mask_url(pattern)!r}: {mask_url(str(keys[key]))} and {mask_url(str(f))} map "
+                                 f"to the same pair key {key!r}")
             keys[key] = f
         return keys
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        blur, sharp = read_rgb(self.files_a[i]), read_rgb(self.files_b[i])
-        if blur.shape != sharp.shape:
-            raise ValueError(
-                f"Pair sizes differ: {self.files_a[i]} is {blur.shape[1]}x{blur.shape[0]}, "
-                f"{self.files_b[i]} is {sharp.shape[1]}x{sharp.shape[0]}. Paired images must align."
-            )
+        blur, sharp = read_rgb(self.files_a[i], self.remote), read_rgb(self.files_b[i], self.remote)
+        self._check_pair_shapes(blur, sharp, str(self.files_a[i]), str(self.files_b[i]))
         if self.cfg.preload and self.cfg.preload_size > 0:
             blur, sharp = _shrink(blur, self.cfg.preload_size), _shrink(sharp, self.cfg.preload_size)
         return blur, sharp
@@ -277,18 +360,7 @@ class PairedFolders(_Base):
     def __getitem__(self, index: int) -> dict:
         rng = self._rng(index)
         blur, sharp = self._cache[index] if self._cache is not None else self._load(index)
-        S = self.cfg.size
-        scale = float(rng.uniform(*self.cfg.scale))
-        src = max(1, round(S / scale))
-        blur, sharp = _ensure_min_side([blur, sharp], src)
-        y, x = _crop_box(*blur.shape[:2], src, self.cfg.crop == "random", rng)
-        blur, sharp = blur[y : y + src, x : x + src], sharp[y : y + src, x : x + src]
-        if src != S:
-            interp = cv2.INTER_AREA if src > S else cv2.INTER_CUBIC
-            blur, sharp = (cv2.resize(im, (S, S), interpolation=interp) for im in (blur, sharp))
-        if self.cfg.flip:
-            blur, sharp = _geometric([blur, sharp], rng)
-        return self._finish(blur, sharp, self.names[index], rng)
+        return self._paired_item(blur, sharp, self.names[index], rng)
 
 
 class SyntheticBlur(_Base):
@@ -304,47 +376,48 @@ class SyntheticBlur(_Base):
     def __init__(self, cfg: DataConfig, seed: int = 0):
         super().__init__(cfg, seed)
         names: list[str] = []
-        sources: list[Path | np.ndarray] = []
-        seen_files: set[Path] = set()
+        sources: list[Path | str | np.ndarray] = []
+        seen_files: set[Path | str] = set()
         seen_names: set[str] = set()
         for pattern in cfg.sources:
-            files = _glob(pattern, IMAGE_EXTS | VIDEO_EXTS)
-            root = _glob_root(pattern)
+            files = _glob(pattern, IMAGE_EXTS | VIDEO_EXTS, self.remote)
             for f in files:
-                if f.resolve() in seen_files:  # the same file matched by two globs
+                ident = f if isinstance(f, str) else f.resolve()
+                if ident in seen_files:  # the same file matched by two globs
                     continue
-                seen_files.add(f.resolve())
-                rel = (f.relative_to(root) if root != Path(".") else f).as_posix()
+                seen_files.add(ident)
+                rel = _relative(f, pattern).as_posix()
                 if rel in seen_names:  # another file of the same relative name under another root: keep both
-                    rel = f.as_posix()
+                    rel = mask_url(f) if isinstance(f, str) else f.as_posix()
                 seen_names.add(rel)
-                if f.suffix.lower() in VIDEO_EXTS:
+                if PurePosixPath(str(f)).suffix.lower() in VIDEO_EXTS:
                     for frame_no, frame in self._decode_video(f, rel):
                         names.append(f"{rel}#{frame_no:06d}")
                         sources.append(frame)
                 elif _in_bounds(_split_key(rel), cfg.bounds):
                     names.append(rel)
-                    sources.append(read_rgb(f) if cfg.preload else f)
+                    sources.append(read_rgb(f, self.remote) if cfg.preload else f)
         if cfg.preload and cfg.preload_size > 0:
             sources = [_shrink(s, cfg.preload_size) if isinstance(s, np.ndarray) else s for s in sources]
         if not names:
-            raise ValueError(f"No images of sources {cfg.sources} fall in bounds {cfg.bounds}; widen 'bounds'.")
+            raise ValueError(f"No images of sources {cfg.masked().sources} fall in bounds {cfg.bounds}; widen 'bounds'.")
         self.names = names
         self._sources = sources
-        logger.info("SyntheticBlur: %d images/frames in bounds %s from %s", len(names), cfg.bounds, cfg.sources)
+        logger.info("SyntheticBlur: %d images/frames in bounds %s from %s", len(names), cfg.bounds, cfg.masked().sources)
 
     def image(self, index: int) -> np.ndarray:
         """The whole sharp image ``index`` as (H,W,3) uint8 RGB (shrunk to ``preload_size`` when preloading)."""
         src = self._sources[index]
-        return src if isinstance(src, np.ndarray) else read_rgb(src)
+        return src if isinstance(src, np.ndarray) else read_rgb(src, self.remote)
 
-    def _decode_video(self, path: Path, rel: str) -> list[tuple[int, np.ndarray]]:
+    def _decode_video(self, path: Path | str, rel: str) -> list[tuple[int, np.ndarray]]:
         import av
 
         step = self.cfg.video_frame_step
         frames = []
+        remote = isinstance(path, str) and is_url(path)
         try:
-            with av.open(str(path)) as container:
+            with av.open(io.BytesIO(self.remote.read(path)) if remote else str(path)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 for i, frame in enumerate(container.decode(stream)):
@@ -352,33 +425,253 @@ class SyntheticBlur(_Base):
                         continue
                     frames.append((i, frame.to_ndarray(format="rgb24")))
         except (av.error.FFmpegError, IndexError) as e:
-            raise ValueError(f"Cannot decode video {path}: {e}. Remove or replace it.") from e
+            raise ValueError(f"Cannot decode video {mask_url(str(path))}: {e}. Remove or replace it.") from e
         return frames
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __getitem__(self, index: int) -> dict:
-        rng = self._rng(index)
-        img = self.image(index)
-        kernel, info = sample_kernel(self.cfg.blur, rng)
-        S, pad = self.cfg.size, kernel.shape[0] // 2
-        region = S + 2 * pad
-        scale = float(rng.uniform(*self.cfg.scale))
-        side = max(1, round(region / scale))
-        (img,) = _ensure_min_side([img], side)
-        y, x = _crop_box(*img.shape[:2], side, self.cfg.crop == "random", rng)
-        sharp = img[y : y + side, x : x + side]
-        if side != region:
-            interp = cv2.INTER_AREA if side > region else cv2.INTER_CUBIC
-            sharp = cv2.resize(sharp, (region, region), interpolation=interp)
-        if self.cfg.flip:
-            (sharp,) = _geometric([sharp], rng)
-        blur, _ = synthesize(sharp, self.cfg.blur, rng, kernel, info, margin=pad)
-        sharp = sharp[pad : pad + S, pad : pad + S]
-        return self._finish(blur, np.ascontiguousarray(sharp), self.names[index], rng)
+        return self._synthetic_item(self.image(index), self.names[index], self._rng(index))
 
 
-def build_dataset(cfg: DataConfig, seed: int = 0) -> PairedFolders | SyntheticBlur:
-    """PairedFolders when ``cfg.files_a`` is set, else SyntheticBlur over ``cfg.sources``."""
-    return PairedFolders(cfg, seed) if cfg.files_a else SyntheticBlur(cfg, seed)
+
+# ----------------------------------------------------------------------------- WebDataset shards
+def _image_of(sample: dict[str, bytes], role: str) -> tuple[str, bytes] | None:
+    """The ``<role>.<image ext>`` member of a shard sample, as (ext, bytes), or None."""
+    for ext, data in sample.items():
+        head, _, tail = ext.partition(".")
+        if head == role and f".{tail}" in IMAGE_EXTS:
+            return ext, data
+    return None
+
+
+def _key_seed(key: str) -> int:
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big")
+
+
+class _ShardBase(_Base):
+    """What shard datasets share: shard listing and decoding one sample into a training item."""
+
+    def __init__(self, cfg: DataConfig, seed: int = 0):
+        super().__init__(cfg, seed)
+        self.shards = resolve_shards(cfg.shards, self.remote)
+        self.skipped = 0  # bad samples skipped (in this process)
+
+    def _samples(self, shards: list[str]):
+        """(name, sample, shard) of every in-bounds sample of ``shards``, in order, streamed. The name is the
+        sample's ``name.txt`` member when it has one (scripts/make_shards.py writes the source file's relative
+        name there, so names and the hash split equal the folder's), else its key."""
+        for shard in shards:
+            try:
+                f = self.remote.open_stream(shard)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"Shard {mask_url(shard)} does not exist: {e}") from e
+            with f:
+                for key, sample in iter_shard(f, shard):
+                    name = sample["name.txt"].decode("utf-8", "replace") if "name.txt" in sample else key
+                    if _in_bounds(_split_key(name), self.cfg.bounds):
+                        yield name, sample, shard
+
+    def _decode(self, key: str, sample: dict[str, bytes], shard: str) -> tuple[np.ndarray | None, np.ndarray] | None:
+        """(blur or None, sharp) as (H,W,3) uint8 RGB; None (logged and counted) for a bad sample."""
+        sharp, blur = _image_of(sample, "sharp"), _image_of(sample, "blur")
+        try:
+            if sharp is None:
+                raise ValueError(f"no sharp.<image ext> member (members: {sorted(sample)})")
+            sharp_img = decode_rgb(sharp[1], f"{shard}:{key}.{sharp[0]}")
+            blur_img = decode_rgb(blur[1], f"{shard}:{key}.{blur[0]}") if blur is not None else None
+            if blur_img is not None:
+                self._check_pair_shapes(blur_img, sharp_img, f"{key}.{blur[0]}", f"{key}.{sharp[0]}")
+        except ValueError as e:
+            self.skipped += 1
+            logger.warning("Shard %s: sample %r skipped (%s); %d bad samples skipped so far",
+                           mask_url(shard), key, e, self.skipped)
+            return None
+        return blur_img, sharp_img
+
+    def _item(self, blur: np.ndarray | None, sharp: np.ndarray, name: str, rng: np.random.Generator) -> dict:
+        if blur is None:
+            return self._synthetic_item(sharp, name, rng)
+        return self._paired_item(blur, sharp, name, rng)
+
+
+class ShardItems(_ShardBase):
+    """WebDataset shards read once into memory (``preload``): a map-style dataset like PairedFolders.
+
+    Pairs (``NAME.blur.*`` + ``NAME.sharp.*``) are cropped like PairedFolders, sharp-only samples are blurred
+    like SyntheticBlur. Items are named by their sample key.
+    """
+
+    def __init__(self, cfg: DataConfig, seed: int = 0):
+        super().__init__(cfg, seed)
+        self.names: list[str] = []
+        self._images: list[tuple[np.ndarray | None, np.ndarray]] = []
+        for key, sample, shard in self._samples(self.shards):
+            pair = self._decode(key, sample, shard)
+            if pair is None:
+                continue
+            if cfg.preload_size > 0:
+                pair = tuple(_shrink(im, cfg.preload_size) if im is not None else None for im in pair)
+            self.names.append(key)
+            self._images.append(pair)
+        if not self.names:
+            raise ValueError(f"No samples of shards {cfg.masked().shards} fall in bounds {cfg.bounds}; widen 'bounds'.")
+        logger.info("ShardItems: %d samples in bounds %s from %d shards (%d bad, skipped)",
+                    len(self.names), cfg.bounds, len(self.shards), self.skipped)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict:
+        blur, sharp = self._images[index]
+        return self._item(blur, sharp, self.names[index], self._rng(index))
+
+
+class ShardStream(_ShardBase, IterableDataset):
+    """WebDataset shards streamed: an IterableDataset of items, split across DDP ranks and DataLoader workers.
+
+    Data epoch ``e``: the shard order is shuffled with ``(seed, e)`` (kept when ``crop="center"``), global
+    worker ``g = rank * workers + worker_id`` of ``G`` reads ``shards[g::G]``, and its samples pass a
+    ``shuffle_buffer`` seeded by ``(seed, e, g)``. Each sample's crop and blur draw from
+    ``(seed, e, hash(key))``. So a data epoch yields every in-bounds sample exactly once across all ranks
+    and workers, and the stream is the same for the same seed, world size and worker count.
+
+    ``loop=True`` runs data epochs forever (training); else one epoch, ``epoch``. ``skip_batches`` and
+    ``batch_size`` resume a DataLoader over this stream at a global batch: worker w (of W) drops the samples
+    of its batches that come before it (read but not decoded), since the DataLoader takes batches from its
+    workers in turn.
+    """
+
+    def __init__(self, cfg: DataConfig, seed: int = 0, rank: int | None = None, world: int | None = None,
+                 loop: bool = False):
+        super().__init__(cfg, seed)
+        if rank is None:
+            import torch.distributed as dist
+
+            ready = dist.is_available() and dist.is_initialized()
+            rank, world = (dist.get_rank(), dist.get_world_size()) if ready else (0, 1)
+        self.rank, self.world, self.loop = int(rank), int(world or 1), loop
+        if len(self.shards) < self.world:
+            raise ValueError(
+                f"{len(self.shards)} shards for {self.world} DDP ranks: every rank needs at least one shard. Write "
+                f"more, smaller shards (scripts/make_shards.py --samples-per-shard) or set preload=true."
+            )
+        self.skip_batches, self.batch_size = 0, 1
+        logger.info("ShardStream: %d shards, rank %d of %d, shuffle buffer %d",
+                    len(self.shards), self.rank, self.world, cfg.shuffle_buffer)
+
+    def _shuffled(self, samples, rng: np.random.Generator):
+        size = self.cfg.shuffle_buffer if self.cfg.crop == "random" else 0
+        if size <= 1:
+            yield from samples
+            return
+        buf = []
+        for s in samples:
+            buf.append(s)
+            if len(buf) >= size:
+                i = int(rng.integers(len(buf)))
+                buf[i], buf[-1] = buf[-1], buf[i]
+                yield buf.pop()
+        while buf:
+            i = int(rng.integers(len(buf)))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            yield buf.pop()
+
+    def _epoch_samples(self, epoch: int, g: int, G: int):
+        order = list(self.shards)
+        if self.cfg.crop == "random":
+            order = [order[i] for i in np.random.default_rng([self.seed, epoch]).permutation(len(order))]
+        mine = order[g::G]
+        rng = np.random.default_rng([self.seed, epoch, g, 1])
+        for key, sample, shard in self._shuffled(self._samples(mine), rng):
+            yield epoch, key, sample, shard
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        G, g = self.world * workers, self.rank * workers + wid
+        if g >= len(self.shards):
+            logger.warning("ShardStream: worker %d of rank %d has no shard (%d shards for %d readers); it idles",
+                           wid, self.rank, len(self.shards), G)
+            return
+        skip = max(0, (self.skip_batches - wid + workers - 1) // workers) * self.batch_size
+        epoch = self.epoch
+        while True:
+            n = 0
+            for e, key, sample, shard in self._epoch_samples(epoch, g, G):
+                n += 1
+                if skip:
+                    skip -= 1
+                    continue
+                pair = self._decode(key, sample, shard)
+                if pair is None:
+                    continue
+                rng = np.random.default_rng([self.seed, 0 if self.cfg.crop == "center" else e, _key_seed(key)])
+                yield self._item(*pair, key, rng)
+            if not self.loop:
+                return
+            if n == 0:
+                raise ValueError(f"Shards {[mask_url(s) for s in self.shards[g::G]]} hold no sample in bounds "
+                                 f"{self.cfg.bounds}; widen 'bounds'.")
+            epoch += 1
+
+
+def build_dataset(cfg: DataConfig, seed: int = 0) -> PairedFolders | SyntheticBlur | ShardItems | ShardStream:
+    """PairedFolders when ``cfg.files_a`` is set; else, for ``cfg.shards``, ShardItems (``preload``, or a
+    centre-cropped validation split) or a looping ShardStream; else SyntheticBlur over ``cfg.sources``."""
+    if cfg.files_a:
+        return PairedFolders(cfg, seed)
+    if cfg.shards:
+        return ShardItems(cfg, seed) if cfg.preload or cfg.crop == "center" else ShardStream(cfg, seed, loop=True)
+    return SyntheticBlur(cfg, seed)
+
+
+# ----------------------------------------------------------------------------- batches (DataLoader workers)
+def collate(items: list[dict]) -> dict:
+    """Items -> ``{"blur","sharp": (B,3,S,S) RGB float32 [-1,1], "name": list[str]}``."""
+    return {
+        "blur": torch.stack([it["blur"] for it in items]),
+        "sharp": torch.stack([it["sharp"] for it in items]),
+        "name": [it["name"] for it in items],
+    }
+
+
+class KeyedBatches(Dataset):
+    """A map-style dataset's batches as items: ``self[(key, indices)]`` is the collated batch of
+    ``dataset[i] for i in indices`` drawn at ``set_epoch(key)``. A batch depends only on (seed, key,
+    indices), so it is the same in the main process and in any DataLoader worker."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, task: tuple[int, list[int]]) -> dict:
+        key, indices = task
+        self.dataset.set_epoch(key)
+        return collate([self.dataset[i] for i in indices])
+
+
+def _worker_init(worker_id: int) -> None:
+    cv2.setNumThreads(1)  # each worker is one core's worth; OpenCV's own pool would oversubscribe the machine
+
+
+def batch_loader(dataset: Dataset, tasks: list[tuple[int, list[int]]], num_workers: int = 0,
+                 pin_memory: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
+    """Batches of a map-style dataset, in the order of ``tasks`` [(key, indices)], decoded, cropped and
+    blurred in ``num_workers`` processes (0 = this one). ``seed`` seeds the loader's own generator, so the
+    global torch RNG is not touched."""
+    return torch.utils.data.DataLoader(
+        KeyedBatches(dataset), sampler=tasks, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed), worker_init_fn=_worker_init if num_workers else None,
+    )
+
+
+def stream_loader(stream: ShardStream, batch_size: int, num_workers: int = 0, skip_batches: int = 0,
+                  pin_memory: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
+    """Batches of a ShardStream, starting at global batch ``skip_batches`` (resume), read, decoded and
+    blurred in ``num_workers`` processes (0 = this one)."""
+    stream.batch_size, stream.skip_batches = int(batch_size), int(skip_batches)
+    return torch.utils.data.DataLoader(
+        stream, batch_size=batch_size, collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed), worker_init_fn=_worker_init if num_workers else None,
+    )

@@ -14,13 +14,14 @@ Build them by name: ``build_discriminator("patch_gan", norm_layer="instance")``.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import logging
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+
+from configs import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -190,9 +191,7 @@ DISCRIMINATORS: dict[str, Callable[..., nn.Module] | None] = {
 
 
 def _unknown(kind: str, name: str, choices) -> ValueError:
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return ValueError(f"Unknown {kind} '{name}'.{hint} Available: {sorted(choices)}")
+    return ValueError(f"Unknown {kind} '{name}'.{did_you_mean(name, choices)} Available: {sorted(choices)}")
 
 
 def build_discriminator(name: str, **kwargs) -> nn.Module | None:

@@ -4,7 +4,8 @@
 All inputs are ``restored, sharp: Tensor (B,3,H,W) RGB float in [-1, 1]`` (the generator's range).
 Every loss returns a float32 scalar, also under bf16/fp16 autocast: inputs and discriminator
 scores are cast with ``.float()`` and the reductions (and SSIM/FFT filtering) run with autocast
-off. Networks inside a loss (the discriminator, VGG) still run under the caller's autocast.
+off. Networks inside a loss (the discriminator, VGG) still run under the caller's autocast, except the
+critic inside the WGAN-GP gradient penalty (float32: a gradient of a half graph underflows).
 
 Adversarial (``build_adv_loss(name)``): one interface for every discriminator kind of
 ``deblur.discriminators`` (a tensor, a ``{"full", "patch"}`` dict or a list of scales; the loss
@@ -20,7 +21,6 @@ forward returns ``(total, {name: value})``.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from configs import did_you_mean
 from deblur.metrics import ssim_components
 
 logger = logging.getLogger(__name__)
@@ -52,9 +53,7 @@ __all__ = [
 
 
 def _unknown(kind: str, name: str, choices, fix: str = "") -> ValueError:
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return ValueError(f"Unknown {kind} '{name}'.{hint} Available: {sorted(choices)}{fix}")
+    return ValueError(f"Unknown {kind} '{name}'.{did_you_mean(name, choices)} Available: {sorted(choices)}{fix}")
 
 
 def _no_autocast(x: Tensor):
@@ -194,16 +193,21 @@ class WGANGPLoss(AdversarialLoss):
         return -fake.mean()
 
     def gradient_penalty(self, D: Disc, restored: Tensor, sharp: Tensor) -> Tensor:
-        """Mean over components of E (||grad c(x)||_2 - 1)^2 (float32 scalar, not yet times gp_lambda)."""
+        """Mean over components of E (||grad c(x)||_2 - 1)^2 (float32 scalar, not yet times gp_lambda).
+
+        The critic's forward and its input gradient run in float32 whatever the caller's autocast: under
+        fp16 the gradient would be taken on an unscaled half graph (GradScaler scales only the final loss),
+        where small input gradients underflow to 0 and the norm is wrong.
+        """
         b = sharp.shape[0]
         alpha = torch.rand(b, 1, 1, 1, device=sharp.device, dtype=torch.float32)
         x = (alpha * sharp.detach().float() + (1 - alpha) * restored.detach().float()).requires_grad_(True)
-        parts = _components(D(x))
-        penalties = []
-        for p in parts:
-            # per-image critic = mean of its scores (rows of a double_gan crop batch included)
-            (grad,) = torch.autograd.grad(p.sum() * (b / p.numel()), x, create_graph=True)
-            with _no_autocast(x):
+        with _no_autocast(x):
+            parts = _components(D(x))
+            penalties = []
+            for p in parts:
+                # per-image critic = mean of its scores (rows of a double_gan crop batch included)
+                (grad,) = torch.autograd.grad(p.sum() * (b / p.numel()), x, create_graph=True)
                 penalties.append(((grad.float().flatten(1).norm(2, dim=1) - 1) ** 2).mean())
         return torch.stack(penalties).mean()
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import logging
 import os
 import re
@@ -27,6 +26,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from configs import did_you_mean
 from configs.loader import ConfigError, from_dict
 from deblur.arch_fpn_densenet import FPNDenseNet121
 from deblur.arch_fpn_mobilenet import FPNGenerator, FPNMobileNetV2, FPNMobileNetV2DSC
@@ -80,10 +80,8 @@ _OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12
 
 
 def _unknown_generator(name: str) -> ValueError:
-    close = difflib.get_close_matches(str(name), list(GENERATORS), n=1, cutoff=0.5)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
     return ValueError(
-        f"Unknown generator '{name}'. Available: {sorted(GENERATORS)}.{hint} "
+        f"Unknown generator '{name}'. Available: {sorted(GENERATORS)}.{did_you_mean(name, GENERATORS)} "
         "Set GeneratorConfig.name (model.g_name in the training YAML) to one of them."
     )
 

@@ -25,12 +25,12 @@ from torch import nn
 
 from configs import save_config, to_dict
 from deblur.config import TrainConfig
-from deblur.dataset import build_dataset
+from deblur.dataset import ShardStream, batch_loader, build_dataset, collate, stream_loader
 from deblur.discriminators import build_discriminator
 from deblur.losses import build_adv_loss, build_content_loss
 from deblur.metrics import psnr, ssim
 from deblur.models import TRAIN_FORMAT, build_generator, load_generator, save_generator
-from runtime import cpu_native_bf16, resolve_device
+from runtime import resolve_device, resolve_precision
 from runtime.files import atomic_save
 
 logger = logging.getLogger(__name__)
@@ -40,21 +40,27 @@ CHECKPOINT_FORMAT = TRAIN_FORMAT
 
 # ----------------------------------------------------------------------------- helpers
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device`` (None = fp32)."""
-    if amp == "none":
-        return None
-    if amp == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_native_bf16() else None
-    if amp == "fp16" and device.type == "cpu":
-        raise ValueError("amp=fp16 needs CUDA; on CPU use amp=bf16 or amp=none")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    """The autocast dtype for ``amp`` ('auto' | 'none' | 'bf16' | 'fp16') on ``device`` (None = fp32), by the
+    one precision policy (runtime.resolve_precision, training=True)."""
+    try:
+        precision = resolve_precision({"none": "fp32"}.get(amp, amp), "torch", device, training=True)
+    except ValueError as e:
+        raise ValueError(f"amp={amp!r} on {device}: {e} (for training, amp=none is fp32)") from e
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def sync_batchnorm(model: nn.Module, distributed: bool, device: torch.device) -> nn.Module:
+    """BatchNorm -> SyncBatchNorm under DDP on CUDA, so the backbone's statistics come from the global batch,
+    not from each GPU's few crops. Not on the CPU: SyncBatchNorm runs on GPUs only (gloo cannot run it), so
+    CPU DDP keeps per-process statistics. Same parameters, buffers and state_dict keys."""
+    if distributed and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
 
 
-def _rng_state() -> dict:
+def _rng_state(device: torch.device) -> dict:
+    """Every RNG training draws from. CUDA: the training device's generator only (None on the CPU), so a
+    checkpoint resumes on a machine with any number of GPUs."""
     np_state = np.random.get_state()
     return {
         "python": list(random.getstate()[1]) + [random.getstate()[2] or 0],
@@ -62,17 +68,26 @@ def _rng_state() -> dict:
         "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
         "numpy_pos": np_state[2],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, device: torch.device) -> None:
     py = state["python"]
     random.setstate((state["python_version"], tuple(py[:-1]), None))
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if device.type != "cuda" or cuda is None or (isinstance(cuda, list) and not cuda):
+        return  # a CPU run draws nothing from CUDA generators; a CPU checkpoint has no CUDA state to restore
+    if isinstance(cuda, list):  # older checkpoints: one state per GPU of the machine that saved them
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= len(cuda):
+            logger.warning("checkpoint holds CUDA RNG states for %d GPU(s), none for %s: its CUDA RNG starts afresh",
+                           len(cuda), device)
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -118,6 +133,11 @@ class _Batches:
             yield b, row
 
 
+def _masked(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with credentials in its data URLs masked: what goes into run folders and checkpoints."""
+    return dataclasses.replace(cfg, train=cfg.train.masked(), val=cfg.val.masked())
+
+
 # ----------------------------------------------------------------------------- trainer
 class Trainer:
     """Build everything from a TrainConfig and run (or resume) training.
@@ -153,7 +173,10 @@ class Trainer:
         self.train_set = build_dataset(dataclasses.replace(cfg.train, size=size), seed=cfg.seed)
         val_size = cfg.image_size or cfg.val.size
         self.val_set = build_dataset(dataclasses.replace(cfg.val, size=val_size), seed=cfg.seed) if cfg.val_batches_per_epoch else None
-        self.batches = _Batches(len(self.train_set), cfg.batch_size, cfg.train_batches_per_epoch, cfg.seed, self.rank, self.world)
+        self.streaming = isinstance(self.train_set, ShardStream)  # shards streamed: no indices, the stream splits itself
+        self.batches = None if self.streaming else _Batches(
+            len(self.train_set), cfg.batch_size, cfg.train_batches_per_epoch, cfg.seed, self.rank, self.world)
+        self._stream_batches = None  # the ShardStream's DataLoader iterator, kept across epochs
 
         self.gen_cfg = cfg.model.generator()
         self.kernel_deblurrer = None  # a refiner's first stage: frozen kernel estimate + Wiener deconvolution
@@ -193,7 +216,13 @@ class Trainer:
         self.D_train = self.D
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.G_train = nn.parallel.DistributedDataParallel(self.G, device_ids=ids)
+            self.G = sync_batchnorm(self.G, self.distributed, self.device)  # same Parameter objects: opt_g still holds them
+            # warm-up epochs freeze the backbone (requires_grad off) after DDP has registered its parameters;
+            # without unused-parameter detection the first step with it frozen waits for their gradients and
+            # the next fails: "Expected to have finished reduction in the prior iteration". Detection costs one
+            # autograd-graph walk a step (DDP warns once when, after the thaw, nothing is unused)
+            self.G_train = nn.parallel.DistributedDataParallel(self.G, device_ids=ids,
+                                                               find_unused_parameters=cfg.warmup_num > 0)
             if self.D is not None:
                 self.D_train = nn.parallel.DistributedDataParallel(self.D, device_ids=ids)
         self.writer = None
@@ -204,7 +233,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "model": self.G.state_dict(),
             "cfg": dataclasses.asdict(self.gen_cfg),
-            "train_cfg": to_dict(self.cfg),
+            "train_cfg": to_dict(_masked(self.cfg)),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "discriminator": self.D.state_dict() if self.D is not None else None,
             "optimizer_g": self.opt_g.state_dict(),
@@ -214,7 +243,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "best_psnr": self.best_psnr,
-            "rng": _rng_state(),
+            "rng": _rng_state(self.device),
         }
 
     def save(self, name: str = "last.pt") -> Path:
@@ -248,7 +277,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step = ckpt["step"]
         self.best_psnr = ckpt["best_psnr"]
-        _set_rng_state(ckpt["rng"])
+        _set_rng_state(ckpt["rng"], self.device)
         logger.info("Resumed %s at step %d (best val PSNR %.2f dB)", path, self.step, self.best_psnr)
 
     # -------------------------------------------------------------- steps
@@ -258,15 +287,36 @@ class Trainer:
         For a refiner the first tensor is (B,6,H,W): the blurred crops and their Wiener deconvolution.
         """
         dataset.set_epoch(key)
-        items = [dataset[i] for i in indices]
-        blur = torch.stack([it["blur"] for it in items]).to(self.device, non_blocking=True)
-        sharp = torch.stack([it["sharp"] for it in items]).to(self.device, non_blocking=True)
+        return self._to_device(collate([dataset[i] for i in indices]))
+
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """A collated batch (deblur.dataset.collate) on the training device, refiner input and layout applied."""
+        blur = batch["blur"].to(self.device, non_blocking=True)
+        sharp = batch["sharp"].to(self.device, non_blocking=True)
         if self.kernel_deblurrer is not None:  # refiner: [blurred, deconvolved] (B,6,H,W), both RGB [-1,1]
             deconv = self.kernel_deblurrer.restore((blur + 1.0) / 2.0) * 2.0 - 1.0
             blur = torch.cat([blur, deconv.clone()], dim=1)
         if self.cfg.channels_last:
             blur, sharp = blur.contiguous(memory_format=torch.channels_last), sharp.contiguous(memory_format=torch.channels_last)
         return blur, sharp
+
+    def _train_batches(self, epoch: int, start: int):
+        """The collated training batches of ``epoch`` from batch ``start`` on, made in ``num_workers``
+        DataLoader processes (decoding, crops and blur synthesis there). A batch is the same with any number
+        of workers, so a resumed run continues exactly."""
+        cfg = self.cfg
+        pin = self.device.type == "cuda"
+        if self.streaming:
+            if self._stream_batches is None:  # one stream across epochs; a resumed run skips what it has seen
+                self._stream_batches = iter(stream_loader(
+                    self.train_set, cfg.batch_size, cfg.num_workers, skip_batches=self.step, pin_memory=pin,
+                    seed=cfg.seed * 1_000_003 + self.rank))
+            for _ in range(start, cfg.train_batches_per_epoch):
+                yield next(self._stream_batches)
+            return
+        tasks = [(epoch * cfg.train_batches_per_epoch + b, row) for b, row in self.batches.epoch(epoch, start)]
+        yield from batch_loader(self.train_set, tasks, cfg.num_workers, pin_memory=pin,
+                                seed=(cfg.seed * 1_000_003 + epoch) * 64 + self.rank)
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -358,12 +408,12 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
+            save_config(_masked(cfg), self.run_dir / "config.yaml")  # no credentials in the run folder
             self.writer = SummaryWriter(str(self.run_dir))
             logger.info(
                 "Training %s (%d params) on %s, amp=%s, %d threads, data %d train / %d val images -> %s",
                 self.gen_cfg.name, sum(p.numel() for p in self.G.parameters()), self.device,
-                self.amp_dtype, torch.get_num_threads(), len(self.train_set), len(self.val_set or []), self.run_dir,
+                self.amp_dtype, torch.get_num_threads(), "streamed" if self.streaming else len(self.train_set), len(self.val_set or []), self.run_dir,
             )
             m = cfg.model
             logger.info(
@@ -410,11 +460,11 @@ class Trainer:
 
         cfg = self.cfg
         bar = tqdm(
-            self.batches.epoch(epoch, start), total=cfg.train_batches_per_epoch, initial=start,
+            self._train_batches(epoch, start), total=cfg.train_batches_per_epoch, initial=start,
             desc=f"epoch {epoch}", disable=not self.is_main, dynamic_ncols=True, mininterval=2.0,
         )
-        for b, indices in bar:
-            blur, sharp = self._batch(indices, self.train_set, epoch * cfg.train_batches_per_epoch + b)
+        for batch in bar:
+            blur, sharp = self._to_device(batch)
             logs = self.train_step(blur, sharp)
             self.step += 1
             if self.is_main:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import importlib
 import logging
 
-from detect.base import COCO_NAMES, Detection, Detector, letterbox, nms, scale_boxes
+from detect.base import (
+    COCO_NAMES, PAD_GRAY, Detection, Detector, LetterboxInfo, letterbox, letterbox_tensor, nms, scale_boxes,
+    scale_detections,
+)
 from detect.config import BACKEND_NAMES, DetectorConfig
 from detect.draw import draw_detections
 
@@ -49,10 +52,14 @@ __all__ = [
     "Detection",
     "Detector",
     "DetectorConfig",
+    "LetterboxInfo",
+    "PAD_GRAY",
     "build_darknet_model",
     "build_detector",
     "draw_detections",
     "letterbox",
+    "letterbox_tensor",
     "nms",
     "scale_boxes",
+    "scale_detections",
 ]

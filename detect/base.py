@@ -1,25 +1,26 @@
 """Pieces every backend shares: the Detection record, the Detector base class (pre/infer/post),
-letterbox, box rescaling and per-class NMS."""
+letterbox (of numpy frames and of device tensors) and its inverse, and per-class NMS."""
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision
 
+from configs import did_you_mean
 from detect.config import DetectorConfig
 from runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
-PAD_GRAY = 114  # letterbox padding value (Ultralytics' gray)
+PAD_GRAY = 114  # letterbox padding value (Ultralytics' gray); the one copy: backends and pipeline import it
 
 # The 80 COCO class names in YOLO order (darknet coco.names, Ultralytics coco.yaml).
 COCO_NAMES: tuple[str, ...] = (
@@ -60,6 +61,19 @@ class LetterboxInfo:
     orig_w: int
 
 
+def _letterbox_geometry(
+    h0: int, w0: int, new_shape: tuple[int, int], auto: bool, stride: int
+) -> tuple[int, int, int, int, int, int, float]:
+    """-> (new_h, new_w, top, bottom, left, right, gain): the resize and the padding of a letterbox."""
+    gain = min(new_shape[0] / h0, new_shape[1] / w0)
+    new_w, new_h = int(round(w0 * gain)), int(round(h0 * gain))
+    dw, dh = new_shape[1] - new_w, new_shape[0] - new_h
+    if auto:
+        dw, dh = dw % stride, dh % stride
+    top, left = dh // 2, dw // 2
+    return new_h, new_w, top, dh - top, left, dw - left, gain
+
+
 def letterbox(
     frame_bgr: np.ndarray,
     new_shape: tuple[int, int],
@@ -71,21 +85,33 @@ def letterbox(
 
     frame_bgr: (H,W,3) uint8 BGR. new_shape: (h, w) target. auto=True pads only up to a multiple
     of `stride` (minimal rectangle) instead of the full new_shape.
-    Returns the (h', w', 3) uint8 BGR image and the LetterboxInfo that maps boxes back.
+    Returns the (h', w', 3) uint8 BGR image and the LetterboxInfo that maps boxes back (scale_boxes).
     """
     h0, w0 = frame_bgr.shape[:2]
-    gain = min(new_shape[0] / h0, new_shape[1] / w0)
-    new_w, new_h = int(round(w0 * gain)), int(round(h0 * gain))
-    dw, dh = new_shape[1] - new_w, new_shape[0] - new_h
-    if auto:
-        dw, dh = dw % stride, dh % stride
+    new_h, new_w, top, bottom, left, right, gain = _letterbox_geometry(h0, w0, new_shape, auto, stride)
     if (new_w, new_h) != (w0, h0):
         frame_bgr = cv2.resize(frame_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    top, left = dh // 2, dw // 2
-    out = cv2.copyMakeBorder(
-        frame_bgr, top, dh - top, left, dw - left, cv2.BORDER_CONSTANT, value=(color, color, color)
-    )
+    out = cv2.copyMakeBorder(frame_bgr, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(color, color, color))
     return out, LetterboxInfo(gain=gain, pad_x=float(left), pad_y=float(top), orig_h=h0, orig_w=w0)
+
+
+def letterbox_tensor(
+    x01: torch.Tensor,
+    new_shape: tuple[int, int],
+    orig_hw: tuple[int, int] | None = None,
+    auto: bool = False,
+    stride: int = 32,
+) -> tuple[torch.Tensor, LetterboxInfo]:
+    """``letterbox`` on the device: (B,3,h,w) RGB float [0,1] -> ((B,3,h',w') padded with PAD_GRAY / 255,
+    LetterboxInfo). orig_hw: the frames' original (H, W) when x01 holds them at another size (a deblur
+    resolution): the geometry, and so the boxes scale_boxes maps back, refer to the original frame."""
+    h0, w0 = orig_hw or tuple(x01.shape[2:])
+    new_h, new_w, top, bottom, left, right, gain = _letterbox_geometry(h0, w0, new_shape, auto, stride)
+    if (new_h, new_w) != tuple(x01.shape[2:]):
+        x01 = F.interpolate(x01, size=(new_h, new_w), mode="bilinear", align_corners=False)
+    if top or bottom or left or right:
+        x01 = F.pad(x01, (left, right, top, bottom), value=PAD_GRAY / 255.0)
+    return x01.contiguous(), LetterboxInfo(gain=gain, pad_x=float(left), pad_y=float(top), orig_h=h0, orig_w=w0)
 
 
 def scale_boxes(xyxy: torch.Tensor, info: LetterboxInfo) -> torch.Tensor:
@@ -94,6 +120,14 @@ def scale_boxes(xyxy: torch.Tensor, info: LetterboxInfo) -> torch.Tensor:
     out[:, [0, 2]] = ((out[:, [0, 2]] - info.pad_x) / info.gain).clamp_(0, info.orig_w)
     out[:, [1, 3]] = ((out[:, [1, 3]] - info.pad_y) / info.gain).clamp_(0, info.orig_h)
     return out
+
+
+def scale_detections(dets: list[Detection], info: LetterboxInfo) -> list[Detection]:
+    """scale_boxes for Detection lists (boxes found on a letterboxed tensor), in float64 like the xyxy floats."""
+    if not dets:
+        return []
+    xyxy = scale_boxes(torch.tensor([d.xyxy for d in dets], dtype=torch.float64), info).tolist()
+    return [replace(d, xyxy=tuple(box)) for d, box in zip(dets, xyxy)]
 
 
 def xywh_to_xyxy(xywh: torch.Tensor) -> torch.Tensor:
@@ -147,10 +181,8 @@ def class_indices(classes: list[str] | None, names: list[str]) -> list[int] | No
         if name not in names and _ALIASES.get(name) in names:
             name = _ALIASES[name]
         if name not in names:
-            close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-            hint = f" Did you mean {close}?" if close else ""
             raise ValueError(
-                f"detect.classes contains {name!r}, which is not a class of this model.{hint} "
+                f"detect.classes contains {name!r}, which is not a class of this model.{did_you_mean(name, names)} "
                 f"Valid names ({len(names)}): {names[:10]}{' ...' if len(names) > 10 else ''}"
             )
         out.append(names.index(name))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 
-from runtime import RUNTIMES
+from runtime import PRECISIONS, RUNTIMES
 
 BACKEND_NAMES = ("darknet", "ultralytics")
 _DEVICE_RE = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
@@ -32,7 +32,10 @@ class DetectorConfig:
     max_det:   at most this many detections per frame.
     imgsz:     network input side in pixels, a multiple of 32.
     device:    "cpu", "cuda", "cuda:N" or "auto" (CUDA when available, else CPU).
-    half:      fp16 inference; CUDA only.
+    half:      fp16 inference; CUDA only (the same as precision='fp16').
+    precision: darknet backend only: "auto" (CPU: int8 on OpenVINO, calibrated on training-corpus frames,
+               where its accuracy cost was measured, else what the runtime picks: bf16 where the CPU has it,
+               else fp32; CUDA: fp32, or fp16 with half), "fp32", "bf16", "fp16" or "int8" (runtime openvino).
     threads:   0 = leave torch's intra-op thread count as it was; N > 0 = torch.set_num_threads(N),
                re-applied after every Ultralytics call (Ultralytics lowers it to cpu_count - 1).
                Also the intra-op threads of the onnxruntime/openvino runtimes (0 = torch's count).
@@ -54,6 +57,7 @@ class DetectorConfig:
     half: bool = False
     threads: int = 0
     runtime: str = "torch"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -86,6 +90,14 @@ class DetectorConfig:
             raise ValueError(
                 f"detect.threads={self.threads} is out of range. Valid: 0 (leave torch's thread count) or N >= 1."
             )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"detect.precision={self.precision!r} is not a precision. Valid: {list(PRECISIONS)}.")
+        if self.half and self.precision not in ("auto", "fp16"):
+            raise ValueError(f"detect.half=True asks for fp16 but detect.precision={self.precision!r}. "
+                             "Fix: drop one of them (half=True is precision='fp16').")
+        if self.precision != "auto" and self.backend != "darknet":
+            raise ValueError(f"detect.precision={self.precision!r} applies to the darknet backend only. Fix: "
+                             "precision='auto' (Ultralytics takes its precision from the weights' format and 'half').")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"detect.runtime={self.runtime!r} is not a runtime. Valid: {list(RUNTIMES)}.")
         if self.runtime != "torch" and self.backend != "darknet":

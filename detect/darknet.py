@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from detect.base import PAD_GRAY
+
 logger = logging.getLogger(__name__)
 
 SUPPORTED = ("convolutional", "maxpool", "route", "shortcut", "upsample", "yolo")
@@ -180,7 +182,7 @@ class DarknetModel(nn.Module):
     def _pad_to_stride(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2:]
         ph, pw = (-h) % self.stride, (-w) % self.stride
-        return F.pad(x, (0, pw, 0, ph), value=114 / 255) if ph or pw else x
+        return F.pad(x, (0, pw, 0, ph), value=PAD_GRAY / 255) if ph or pw else x
 
     def _run(self, x: torch.Tensor, keep: set[int], last: int) -> tuple[dict[int, torch.Tensor], list[torch.Tensor]]:
         x = self._pad_to_stride(x)
@@ -228,6 +230,12 @@ class DarknetModel(nn.Module):
             raise ValueError(f"forward_features layers={layers} invalid: indices must be in [0, {len(self.layers) - 1}], at least one.")
         saved, _ = self._run(x, set(layers), max(layers))
         return {i: saved[i] for i in layers}
+
+    def head_names(self) -> tuple[str, ...]:
+        """Export-name prefixes of the convolutions that feed a [yolo] layer (``/layers.N/``): int8 keeps them in
+        float, as their outputs are the boxes and scores themselves."""
+        return tuple(f"/layers.{i - 1}/" for i, b in enumerate(self.blocks) if b["type"] == "yolo"
+                     and i > 0 and self.blocks[i - 1]["type"] == "convolutional")
 
     def fuse(self) -> DarknetModel:
         """Fold each batch norm into its convolution (inference only; outputs change by ~1e-4). Returns self."""

@@ -20,15 +20,12 @@ import cv2
 import numpy as np
 
 from deblur.baselines import unsharp  # noqa: F401 (re-exported: a non-learned condition)
-from deblur.blur_synth import apply_kernel, imagenet_c_kernel, shake_kernel, trajectory_kernel
+from deblur.blur_synth import SHAKE_SIZES, apply_kernel, imagenet_c_kernel, shake_kernel, trajectory_kernel
 from deblur.deconv import deconvolve_uint8 as wiener  # noqa: F401 (re-exported: the true-kernel oracle)
 from deblur.metrics import psnr, ssim  # noqa: F401 (re-exported: image quality against sharp)
 from evaluation.config import EvalBlurConfig
 
 logger = logging.getLogger(__name__)
-
-# trajectory kernels: canvas side per severity (the same ladder as deblur.blur_synth.shake_kernel)
-TRAJECTORY_SIZES = {1: 7, 2: 11, 3: 15, 4: 21, 5: 29}
 
 
 def stable_seed(*parts: object) -> int:
@@ -51,7 +48,8 @@ def blur_kernel(cfg: EvalBlurConfig, image_name: str, severity: int) -> np.ndarr
     if cfg.kind == "shake":
         return shake_kernel(severity, seed)
     if cfg.kind == "trajectory":
-        return trajectory_kernel(size=TRAJECTORY_SIZES[severity], rng=np.random.default_rng(seed), centered=True)
+        # one severity ladder for both random-walk kinds: the shake kernel's canvas side per severity
+        return trajectory_kernel(size=SHAKE_SIZES[severity], rng=np.random.default_rng(seed), centered=True)
     raise ValueError(f"Unknown blur kind {cfg.kind!r}. Available: ['imagenet_c', 'shake', 'trajectory']")
 
 

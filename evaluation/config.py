@@ -142,6 +142,15 @@ class EvalConfig:
     threads: int = 0  # torch intra-op threads for deblur + detection (0 = leave as is; 1 when the cores are shared)
     n_examples: int = 3  # rows in the examples grid
     min_recovery_gap: float = 0.01  # recovery is NaN when mAP_sharp - mAP_blurred is below this
+    # detector_variants experiment: detectors scored against `detector` (the reference) on the same images,
+    # {label: [key=value overrides of `detector`]}; and the pseudo ground truth's detector (overrides of
+    # `detector`; [] = the reference itself, which favours it over any variant that differs)
+    detector_variants: dict[str, list[str]] = field(default_factory=lambda: {
+        "int8": ["runtime=openvino", "precision=int8"],
+        "imgsz320": ["imgsz=320"],
+        "imgsz320_int8": ["imgsz=320", "runtime=openvino", "precision=int8"],
+    })
+    variants_gt: list[str] = field(default_factory=lambda: ["imgsz=608"])
 
     def __post_init__(self):
         for m in self.methods:

@@ -27,12 +27,12 @@ import cv2
 import numpy as np
 import yaml
 
+from configs import IMAGE_EXTENSIONS
 from evaluation.config import EvalDataConfig
 from evaluation.matching import Boxes
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 # COCO-2017 spelling -> darknet coco.names spelling (the detector's), so labels of either kind match
 NAME_ALIASES = {

@@ -38,7 +38,7 @@ def _num(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
-def _with_ci(v, ci, digits: int = 3) -> str:
+def with_ci(v, ci, digits: int = 3) -> str:
     if v is None:
         return "–"
     if not ci or ci[0] is None:
@@ -64,8 +64,8 @@ def main_table(report: dict) -> str:
         for cond, e in by_cond.items():
             person = e["per_class"].get("person", {})
             lines.append("| " + " | ".join([
-                sev, cond, _with_ci(e["map50"], e.get("map50_ci")), _with_ci(e["map50_95"], e.get("map50_95_ci")),
-                _with_ci(person.get("ap50"), person.get("ap50_ci")), _num(e["precision"]), _num(e["recall"]),
+                sev, cond, with_ci(e["map50"], e.get("map50_ci")), with_ci(e["map50_95"], e.get("map50_95_ci")),
+                with_ci(person.get("ap50"), person.get("ap50_ci")), _num(e["precision"]), _num(e["recall"]),
                 _num(e["mean_conf_tp"]), str(e["n_det"]), _num(e["psnr"], 2), _num(e["ssim"]),
                 _pct(e.get("recovery_map50"), e.get("recovery_map50_ci")) if "recovery_map50" in e else "",
                 _pct(e.get("recovery_map50_95"), e.get("recovery_map50_95_ci")) if "recovery_map50_95" in e else "",
@@ -91,9 +91,9 @@ def delta_table(report: dict) -> str:
         for cond, e in by_cond.items():
             if "delta_map50" not in e:
                 continue
-            lines.append(f"| {sev} | {cond} | {_with_ci(e['delta_map50'], e.get('delta_map50_ci'))} | "
-                         f"{_with_ci(e['delta_map50_95'], e.get('delta_map50_95_ci'))} | "
-                         f"{_with_ci(e.get('person_delta_ap50'), e.get('person_delta_ap50_ci'))} |")
+            lines.append(f"| {sev} | {cond} | {with_ci(e['delta_map50'], e.get('delta_map50_ci'))} | "
+                         f"{with_ci(e['delta_map50_95'], e.get('delta_map50_95_ci'))} | "
+                         f"{with_ci(e.get('person_delta_ap50'), e.get('person_delta_ap50_ci'))} |")
     return "\n".join(lines)
 
 
@@ -104,10 +104,10 @@ def versus_table(report: dict) -> str:
     rows = [(sev, cond, e["vs_deblurred"]) for sev, by_cond in report["results"].items()
             for cond, e in by_cond.items() if "vs_deblurred" in e]
     for sev, cond, v in rows:
-        lines.append(f"| {sev} | {cond} | {_with_ci(v['delta_map50'], v.get('delta_map50_ci'))} | "
-                     f"{_with_ci(v['delta_map50_95'], v.get('delta_map50_95_ci'))} | "
-                     f"{_with_ci(v.get('person_delta_ap50'), v.get('person_delta_ap50_ci'))} | "
-                     f"{_with_ci(v.get('delta_psnr'), v.get('delta_psnr_ci'), 2)} |")
+        lines.append(f"| {sev} | {cond} | {with_ci(v['delta_map50'], v.get('delta_map50_ci'))} | "
+                     f"{with_ci(v['delta_map50_95'], v.get('delta_map50_95_ci'))} | "
+                     f"{with_ci(v.get('person_delta_ap50'), v.get('person_delta_ap50_ci'))} | "
+                     f"{with_ci(v.get('delta_psnr'), v.get('delta_psnr_ci'), 2)} |")
     return "\n".join(lines) if rows else ""
 
 

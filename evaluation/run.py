@@ -3,6 +3,10 @@ method, detect in every condition, then score and write the report.
 
     report = run_blurred_vs_deblurred(cfg)          # cfg: evaluation.config.EvalConfig
 
+The steps: ``_load`` (out folder, detector, evaluation set, methods, sharp cache) -> ``_collect`` (per image:
+read, sharp detections and ground truth, then every severity x condition: blur, restore, detect, PSNR/SSIM)
+-> ``score_all`` (mAP, bootstrap intervals) -> ``_report`` -> ``write_reports``.
+
 The sharp image's detections (the pseudo ground truth and the ``sharp`` condition) are cached per run in
 ``<out>/cache/`` keyed by the detector's config and weights, so a re-run skips them. Images are decoded one
 at a time; an image that fails to decode is skipped with a warning and counted in the report.
@@ -15,7 +19,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -145,6 +149,92 @@ def _resize_for_grid(img: np.ndarray, width: int = 480) -> np.ndarray:
     return cv2.resize(img, (width, round(h * width / w)), interpolation=cv2.INTER_AREA)
 
 
+@dataclass
+class _Timing:
+    """Seconds spent and images processed by the deblurring models and the detector."""
+
+    deblur_s: float = 0.0
+    deblur_n: int = 0
+    detect_s: float = 0.0
+    detect_n: int = 0
+
+    def ms(self, kind: str) -> float | None:
+        n = getattr(self, f"{kind}_n")
+        return round(1000 * getattr(self, f"{kind}_s") / n, 1) if n else None
+
+
+@dataclass
+class _Setup:
+    """Everything loaded once before the per-image loop: the models, the set and what each condition is."""
+
+    cfg: EvalConfig
+    out_dir: Path
+    detector: Callable
+    eval_set: EvalSet
+    samples: list[Sample]
+    gt_kind: str  # 'labels' or 'pseudo'
+    paired: bool  # real blur: the blurred image is read, not synthesised
+    methods: list[str]  # restorations besides sharp and blurred, in report order
+    model_fns: dict[str, DeblurMethod]  # the learned methods among them ('deblurred' and deblur.compare labels)
+    deblur_info: dict | None
+    compare_info: dict
+    det_info: dict
+    cache: SharpCache
+    notes: list[str]
+    timing: _Timing = field(default_factory=_Timing)
+
+    @property
+    def conditions(self) -> list[str]:
+        return ["sharp", "blurred"] + self.methods
+
+    @property
+    def severities(self) -> list[str]:
+        return [REAL] if self.paired else [str(s) for s in self.cfg.blur.severities]
+
+    def detect(self, frames: list[np.ndarray]) -> list[Boxes]:
+        """Frames in detector batches of cfg.batch_size -> one Boxes per frame (timed)."""
+        out = []
+        t0 = time.perf_counter()
+        for k in range(0, len(frames), self.cfg.batch_size):
+            out.extend(_to_boxes(d) for d in self.detector(frames[k : k + self.cfg.batch_size]))
+        self.timing.detect_s += time.perf_counter() - t0
+        self.timing.detect_n += len(frames)
+        return out
+
+    def restore(self, blurred: np.ndarray, kernel: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The blurred image restored by every method (learned ones timed); kernel: the true one (wiener)."""
+        cfg, restored = self.cfg, {}
+        for m in self.methods:
+            if m in self.model_fns:
+                t0 = time.perf_counter()
+                restored[m] = self.model_fns[m](blurred)
+                self.timing.deblur_s += time.perf_counter() - t0
+                self.timing.deblur_n += 1
+            elif m == "unsharp":
+                restored[m] = unsharp(blurred, cfg.unsharp_amount, cfg.unsharp_sigma)
+            elif m == "wiener":
+                restored[m] = wiener(blurred, kernel, cfg.wiener_balance)
+        return restored
+
+
+@dataclass
+class _Collected:
+    """What the per-image loop gathers for scoring and the report."""
+
+    dets: dict[str, dict[str, list[Boxes]]]  # severity -> condition -> one Boxes per kept image
+    quality: dict[str, dict[str, list[tuple[float, float]]]]  # severity -> condition -> (psnr, ssim) per kept image
+    kept: list[Sample] = field(default_factory=list)
+    gts: list[Boxes] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    examples: list[dict] = field(default_factory=list)
+    cached_hits: int = 0
+
+    @classmethod
+    def empty(cls, severities: list[str], conditions: list[str]) -> "_Collected":
+        return cls(dets={sev: {c: [] for c in conditions} for sev in severities},
+                   quality={sev: {c: [] for c in conditions if c != "sharp"} for sev in severities})
+
+
 def run_blurred_vs_deblurred(
     cfg: EvalConfig,
     detector: Callable | None = None,
@@ -158,6 +248,23 @@ def run_blurred_vs_deblurred(
     Returns the report dict (also in report.json); report["table"] is the markdown table.
     """
     t_start = time.perf_counter()
+    setup = _load(cfg, detector, deblurrer)
+    got = _collect(setup, progress)
+    if not got.kept:
+        raise ValueError(f"No image of the evaluation set could be decoded ({len(got.skipped)} skipped: "
+                         f"{got.skipped[:3]}). Check data.sources.")
+    results, extras = score_all(got.gts, got.dets, got.quality, [s.sequence for s in got.kept],
+                                setup.eval_set.class_names, setup.cfg)
+    elapsed = time.perf_counter() - t_start
+    report = _report(setup, got, results, extras, elapsed)
+    _add_notes(report, setup.cfg)
+    report["table"] = write_reports(report, extras, got.examples, setup.out_dir, names=setup.eval_set.class_names)
+    logger.info("report written to %s (%.1f s)", setup.out_dir, elapsed)
+    return report
+
+
+# ---- load: out folder, detector, evaluation set, methods, sharp cache -------------------------------------------
+def _load(cfg: EvalConfig, detector: Callable | None, deblurrer: Callable | None) -> _Setup:
     out_dir = Path(cfg.out or f"runs/eval/{cfg.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = replace(cfg, out=str(out_dir))
@@ -169,19 +276,33 @@ def run_blurred_vs_deblurred(
     if detector is None:
         det_cfg = cfg.detector if cfg.detector.threads or not cfg.threads else replace(cfg.detector, threads=cfg.threads)
         detector = build_detector(det_cfg)
-    names = list(detector.names)
-    eval_set = load_eval_set(cfg.data, names)
-    samples = spread_subset(eval_set.samples, cfg.limit)
-    gt_kind = _ground_truth_kind(cfg, eval_set)
+    eval_set = load_eval_set(cfg.data, list(detector.names))
     paired = cfg.data.format == "paired"
     notes = list(eval_set.notes)
+    methods, model_fns, deblur_info, compare_info = _methods(cfg, paired, deblurrer, notes)
+    if cfg.detector.conf > 0.01:
+        msg = (f"detector.conf={cfg.detector.conf} cuts the precision-recall curve there, so mAP is lower than "
+               "COCO-style mAP (which runs the detector at conf 0.001); set detector.conf=0.001")
+        logger.warning(msg)
+        notes.append(msg)
+    det_info = _detector_info(cfg, detector, injected_detector)
+    return _Setup(
+        cfg=cfg, out_dir=out_dir, detector=detector, eval_set=eval_set,
+        samples=spread_subset(eval_set.samples, cfg.limit), gt_kind=_ground_truth_kind(cfg, eval_set), paired=paired,
+        methods=methods, model_fns=model_fns, deblur_info=deblur_info, compare_info=compare_info, det_info=det_info,
+        cache=_sharp_cache(out_dir, det_info), notes=notes,
+    )
 
+
+def _methods(cfg: EvalConfig, paired: bool, deblurrer: Callable | None, notes: list[str]):
+    """-> (methods, model_fns, deblur_info, compare_info): the restorations to run and the learned models behind
+    'deblurred' and each deblur.compare label (a condition named by its label, scored on the same resamples)."""
     methods = list(cfg.methods)
     if paired and "wiener" in methods:
         methods.remove("wiener")
         notes.append("wiener left out: real (paired) blur has no known kernel")
     deblur_info = None
-    model_fns = {}  # condition -> generator as a method: 'deblurred', then the labels of deblur.compare
+    model_fns = {}
     if "deblurred" in methods:
         if deblurrer is None:
             deblurrer, deblur_info = _build_deblurrer(cfg)
@@ -191,170 +312,167 @@ def run_blurred_vs_deblurred(
             if cfg.deblur.weights and Path(cfg.deblur.weights).is_file():
                 deblur_info["sha256"] = file_sha256(cfg.deblur.weights)
         model_fns["deblurred"] = DeblurMethod(deblurrer, cfg.deblur.max_side)
-    # deblur.compare: more generators, each a condition named by its label, scored on the same resamples
     compare_info = {}
     for label, weights in cfg.deblur.compare.items():
         other, compare_info[label] = _build_deblurrer(cfg, weights, key=f"deblur.compare.{label}")
         model_fns[label] = DeblurMethod(other, cfg.deblur.max_side)
         methods.append(label)
-    if cfg.detector.conf > 0.01:
-        msg = (f"detector.conf={cfg.detector.conf} cuts the precision-recall curve there, so mAP is lower than "
-               "COCO-style mAP (which runs the detector at conf 0.001); set detector.conf=0.001")
-        logger.warning(msg)
-        notes.append(msg)
-    conditions = ["sharp", "blurred"] + methods
-    severities = [REAL] if paired else [str(s) for s in cfg.blur.severities]
+    return methods, model_fns, deblur_info, compare_info
 
-    det_weights = _detector_weights(cfg) if not injected_detector else ""
-    det_info = {"config": to_dict(cfg.detector), "weights": det_weights or "<embedded default>",
-                "sha256": file_sha256(det_weights) if det_weights and Path(det_weights).is_file() else None,
-                "type": type(detector).__name__}
+
+def _detector_info(cfg: EvalConfig, detector: Callable, injected: bool) -> dict:
+    det_weights = _detector_weights(cfg) if not injected else ""
+    return {"config": to_dict(cfg.detector), "weights": det_weights or "<embedded default>",
+            "sha256": file_sha256(det_weights) if det_weights and Path(det_weights).is_file() else None,
+            "type": type(detector).__name__}
+
+
+def _sharp_cache(out_dir: Path, det_info: dict) -> SharpCache:
+    """The sharp images' detections of an earlier run with this very detector (config, weights, type)."""
     fingerprint = hashlib.sha256(json.dumps(det_info, sort_keys=True).encode()).hexdigest()[:16]
-    cache = SharpCache(out_dir / "cache" / f"sharp_{fingerprint}.json", fingerprint)
+    return SharpCache(out_dir / "cache" / f"sharp_{fingerprint}.json", fingerprint)
 
-    example_idx = set(np.unique(np.linspace(0, len(samples) - 1, cfg.n_examples).round().astype(int)).tolist()) \
+
+# ---- per image: read, sharp detections and ground truth, every severity x condition --------------------------------
+def _collect(setup: _Setup, progress: bool) -> _Collected:
+    cfg, severities = setup.cfg, setup.severities
+    got = _Collected.empty(severities, setup.conditions)
+    n = len(setup.samples)
+    example_idx = set(np.unique(np.linspace(0, n - 1, cfg.n_examples).round().astype(int)).tolist()) \
         if cfg.n_examples else set()
     example_sev = severities[len(severities) // 2]
-    examples: list[dict] = []
-
-    kept: list[Sample] = []
-    gts: list[Boxes] = []
-    dets = {sev: {c: [] for c in conditions} for sev in severities}
-    quality = {sev: {c: [] for c in conditions if c != "sharp"} for sev in severities}
-    skipped: list[str] = []
-    timing = {"deblur_s": 0.0, "deblur_n": 0, "detect_s": 0.0, "detect_n": 0}
-    cached_hits = 0
-
-    def detect(frames: list[np.ndarray]) -> list[Boxes]:
-        out = []
-        t0 = time.perf_counter()
-        for k in range(0, len(frames), cfg.batch_size):
-            out.extend(_to_boxes(d) for d in detector(frames[k : k + cfg.batch_size]))
-        timing["detect_s"] += time.perf_counter() - t0
-        timing["detect_n"] += len(frames)
-        return out
-
-    bar = tqdm(total=len(samples) * len(severities), desc="eval", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=n * len(severities), desc="eval", unit="img", disable=not progress, leave=False)
     with FrameReader() as reader:
-        for i, sample in enumerate(samples):
-            sharp = reader.read(sample.path, sample.frame)
-            real_blur = reader.read(sample.blurred_path) if paired else None
-            problem = None
-            if sharp is None:
-                problem = "cannot be decoded"
-            elif paired and (real_blur is None or real_blur.shape != sharp.shape):
-                problem = "its blurred partner cannot be decoded or differs in size"
-            elif min(sharp.shape[:2]) < 32:
-                problem = f"is too small ({sharp.shape[1]}x{sharp.shape[0]}; at least 32x32)"
+        for i, sample in enumerate(setup.samples):
+            sharp, real_blur, problem = _read_sample(reader, sample, setup.paired)
             if problem:
                 where = f"{sample.path}" + (f" frame {sample.frame}" if sample.frame >= 0 else "")
                 logger.warning("skipping %s: %s", where, problem)
-                skipped.append(f"{sample.name}: {problem}")
+                got.skipped.append(f"{sample.name}: {problem}")
                 bar.update(len(severities))
                 continue
-            sharp_boxes = cache.get(sample.name)
-            if sharp_boxes is None:
-                sharp_boxes = cache.put(sample.name, detect([sharp])[0])
-            else:
-                cached_hits += 1
-            if gt_kind == "labels":
-                gt = ground_truth_boxes(sample, *sharp.shape[:2])
-            else:
-                gt = sharp_boxes.select(sharp_boxes.conf >= cfg.pseudo_gt_conf)
-                gt = Boxes.make(gt.xyxy, gt.cls)
-            kept.append(sample)
-            gts.append(gt)
-
+            sharp_boxes = _sharp_boxes(setup, got, sample, sharp)
+            gt = _ground_truth(setup, sample, sharp, sharp_boxes)
+            got.kept.append(sample)
+            got.gts.append(gt)
             for sev in severities:
-                kernel = None
-                if paired:
-                    blurred = real_blur
-                else:
-                    kernel = blur_kernel(cfg.blur, sample.name, int(sev))
-                    blurred = blur_image(sharp, kernel)
-                restored = {}
-                for m in methods:
-                    if m in model_fns:
-                        t0 = time.perf_counter()
-                        restored[m] = model_fns[m](blurred)
-                        timing["deblur_s"] += time.perf_counter() - t0
-                        timing["deblur_n"] += 1
-                    elif m == "unsharp":
-                        restored[m] = unsharp(blurred, cfg.unsharp_amount, cfg.unsharp_sigma)
-                    elif m == "wiener":
-                        restored[m] = wiener(blurred, kernel, cfg.wiener_balance)
-                frames = {"blurred": blurred, **restored}
-                boxes = dict(zip(frames, detect(list(frames.values()))))
-                dets[sev]["sharp"].append(sharp_boxes)
+                frames, boxes = _conditions(setup, sample, sev, sharp, real_blur)
+                got.dets[sev]["sharp"].append(sharp_boxes)
                 for cond, img in frames.items():
-                    dets[sev][cond].append(boxes[cond])
-                    quality[sev][cond].append((psnr(img, sharp), ssim(img, sharp)))
+                    got.dets[sev][cond].append(boxes[cond])
+                    got.quality[sev][cond].append((psnr(img, sharp), ssim(img, sharp)))
                 if i in example_idx and sev == example_sev:
-                    shown = "deblurred" if "deblurred" in frames else (methods[0] if methods else None)
-                    examples.append({
-                        "name": sample.name, "severity": sev, "gt": gt, "frames": {
-                            c: (_resize_for_grid(img), img.shape[1], boxes_c)
-                            for c, img, boxes_c in [("sharp", sharp, sharp_boxes), ("blurred", blurred, boxes["blurred"])]
-                            + ([(shown, frames[shown], boxes[shown])] if shown else [])
-                        }})
+                    got.examples.append(_example(setup, sample, sev, gt, sharp, sharp_boxes, frames, boxes))
                 bar.update(1)
     bar.close()
-    cache.save()
+    setup.cache.save()
+    return got
 
-    if not kept:
-        raise ValueError(f"No image of the evaluation set could be decoded ({len(skipped)} skipped: {skipped[:3]}). "
-                         "Check data.sources.")
-    results, extras = score_all(gts, dets, quality, [s.sequence for s in kept], eval_set.class_names, cfg)
 
+def _read_sample(reader: FrameReader, sample: Sample, paired: bool) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """-> (sharp, real blurred or None, '' or why the sample is skipped)."""
+    sharp = reader.read(sample.path, sample.frame)
+    real_blur = reader.read(sample.blurred_path) if paired else None
+    if sharp is None:
+        return sharp, real_blur, "cannot be decoded"
+    if paired and (real_blur is None or real_blur.shape != sharp.shape):
+        return sharp, real_blur, "its blurred partner cannot be decoded or differs in size"
+    if min(sharp.shape[:2]) < 32:
+        return sharp, real_blur, f"is too small ({sharp.shape[1]}x{sharp.shape[0]}; at least 32x32)"
+    return sharp, real_blur, ""
+
+
+def _sharp_boxes(setup: _Setup, got: _Collected, sample: Sample, sharp: np.ndarray) -> Boxes:
+    """The detections on the sharp image, from the cache when an earlier run has them."""
+    boxes = setup.cache.get(sample.name)
+    if boxes is not None:
+        got.cached_hits += 1
+        return boxes
+    return setup.cache.put(sample.name, setup.detect([sharp])[0])
+
+
+def _ground_truth(setup: _Setup, sample: Sample, sharp: np.ndarray, sharp_boxes: Boxes) -> Boxes:
+    if setup.gt_kind == "labels":
+        return ground_truth_boxes(sample, *sharp.shape[:2])
+    gt = sharp_boxes.select(sharp_boxes.conf >= setup.cfg.pseudo_gt_conf)
+    return Boxes.make(gt.xyxy, gt.cls)
+
+
+def _conditions(setup: _Setup, sample: Sample, sev: str, sharp: np.ndarray, real_blur: np.ndarray | None):
+    """One severity of one image -> ({condition: image} for all but sharp, {condition: Boxes})."""
+    kernel = None
+    if setup.paired:
+        blurred = real_blur
+    else:
+        kernel = blur_kernel(setup.cfg.blur, sample.name, int(sev))
+        blurred = blur_image(sharp, kernel)
+    frames = {"blurred": blurred, **setup.restore(blurred, kernel)}
+    return frames, dict(zip(frames, setup.detect(list(frames.values()))))
+
+
+def _example(setup: _Setup, sample: Sample, sev: str, gt: Boxes, sharp: np.ndarray, sharp_boxes: Boxes,
+             frames: dict[str, np.ndarray], boxes: dict[str, Boxes]) -> dict:
+    """One row of the examples grid: sharp, blurred and the deblurred (else the first method) image."""
+    shown = "deblurred" if "deblurred" in frames else (setup.methods[0] if setup.methods else None)
+    cells = [("sharp", sharp, sharp_boxes), ("blurred", frames["blurred"], boxes["blurred"])]
+    if shown:
+        cells.append((shown, frames[shown], boxes[shown]))
+    return {"name": sample.name, "severity": sev, "gt": gt,
+            "frames": {c: (_resize_for_grid(img), img.shape[1], boxes_c) for c, img, boxes_c in cells}}
+
+
+# ---- report -------------------------------------------------------------------------------------------------------
+def _report(setup: _Setup, got: _Collected, results: dict, extras: dict, elapsed: float) -> dict:
+    cfg, eval_set, kept = setup.cfg, setup.eval_set, got.kept
     gt_desc = (
-        f"labels ({cfg.data.format})" if gt_kind == "labels" else
+        f"labels ({cfg.data.format})" if setup.gt_kind == "labels" else
         f"the detector's own detections with conf >= {cfg.pseudo_gt_conf} on the sharp images "
         "(DeblurGAN's YOLO protocol; sharp scores ~1 by construction)"
     )
-    elapsed = time.perf_counter() - t_start
-    report = {
+    return {
         "name": cfg.name,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "ground_truth": {"kind": gt_kind, "description": gt_desc},
+        "ground_truth": {"kind": setup.gt_kind, "description": gt_desc},
         "data": {
             "source": eval_set.source, "format": cfg.data.format, "n_images": len(kept),
-            "n_available": len(eval_set.samples), "limit": cfg.limit, "n_skipped": len(skipped), "skipped": skipped,
-            "n_sequences": len({s.sequence for s in kept}), "n_blocks": extras["n_blocks"],
-            "block_size": cfg.data.block_size, "n_gt_boxes": int(sum(len(g) for g in gts)),
+            "n_available": len(eval_set.samples), "limit": cfg.limit, "n_skipped": len(got.skipped),
+            "skipped": got.skipped, "n_sequences": len({s.sequence for s in kept}), "n_blocks": extras["n_blocks"],
+            "block_size": cfg.data.block_size, "n_gt_boxes": int(sum(len(g) for g in got.gts)),
             "gt_per_class": extras["gt_per_class"],
         },
-        "blur": {"kind": "real (paired)" if paired else cfg.blur.kind, "severities": severities,
+        "blur": {"kind": "real (paired)" if setup.paired else cfg.blur.kind, "severities": setup.severities,
                  "centered": cfg.blur.centered, "seed": cfg.blur.seed},
-        "detector": det_info,
-        "deblur": deblur_info,
-        "compare": compare_info,
-        "conditions": conditions,
+        "detector": setup.det_info,
+        "deblur": setup.deblur_info,
+        "compare": setup.compare_info,
+        "conditions": setup.conditions,
         "classes": extras["classes"],
-        "metrics": {
-            "map": "COCO-style: 101-point interpolated AP, greedy matching by confidence, max 100 dets per image "
-                   "and class, mean over classes with ground truth; map50 at IoU 0.5, map50_95 over 0.50:0.05:0.95",
-            "operating_conf": cfg.operating_conf, "detector_conf": cfg.detector.conf,
-            "precision_recall": f"at conf >= {cfg.operating_conf}, IoU 0.5",
-            "recovery": "(mAP_method - mAP_blurred) / (mAP_sharp - mAP_blurred); NaN when the gap < "
-                        f"{cfg.min_recovery_gap}",
-            "ci": f"{cfg.ci:.0%} percentile intervals, block bootstrap ({cfg.bootstrap} resamples, blocks of "
-                  f"{cfg.data.block_size} consecutive frames of one video, each photo its own block), paired "
-                  "across conditions",
-            "psnr_ssim": "against the sharp image, mean over images (SSIM: 7x7 uniform window, as skimage)",
-        },
+        "metrics": _metrics_doc(cfg),
         "results": results,
-        "notes": notes,
+        "notes": setup.notes,
         "timing": {
             "total_s": round(elapsed, 1),
-            "deblur_ms_per_image": round(1000 * timing["deblur_s"] / timing["deblur_n"], 1) if timing["deblur_n"] else None,
-            "detect_ms_per_frame": round(1000 * timing["detect_s"] / timing["detect_n"], 1) if timing["detect_n"] else None,
-            "sharp_cache_hits": cached_hits,
+            "deblur_ms_per_image": setup.timing.ms("deblur"),
+            "detect_ms_per_frame": setup.timing.ms("detect"),
+            "sharp_cache_hits": got.cached_hits,
         },
     }
-    _add_notes(report, cfg)
-    report["table"] = write_reports(report, extras, examples, out_dir, names=eval_set.class_names)
-    logger.info("report written to %s (%.1f s)", out_dir, elapsed)
-    return report
+
+
+def _metrics_doc(cfg: EvalConfig) -> dict:
+    """How every number of the report is defined (written into the report beside them)."""
+    return {
+        "map": "COCO-style: 101-point interpolated AP, greedy matching by confidence, max 100 dets per image "
+               "and class, mean over classes with ground truth; map50 at IoU 0.5, map50_95 over 0.50:0.05:0.95",
+        "operating_conf": cfg.operating_conf, "detector_conf": cfg.detector.conf,
+        "precision_recall": f"at conf >= {cfg.operating_conf}, IoU 0.5",
+        "recovery": "(mAP_method - mAP_blurred) / (mAP_sharp - mAP_blurred); NaN when the gap < "
+                    f"{cfg.min_recovery_gap}",
+        "ci": f"{cfg.ci:.0%} percentile intervals, block bootstrap ({cfg.bootstrap} resamples, blocks of "
+              f"{cfg.data.block_size} consecutive frames of one video, each photo its own block), paired "
+              "across conditions",
+        "psnr_ssim": "against the sharp image, mean over images (SSIM: 7x7 uniform window, as skimage)",
+    }
 
 
 def _add_notes(report: dict, cfg: EvalConfig) -> None:

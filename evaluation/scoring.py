@@ -9,7 +9,6 @@ the same (paired) resamples.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import warnings
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from configs import did_you_mean
 from evaluation.bootstrap import block_bootstrap_weights, make_blocks, percentile_interval
 from evaluation.data import canonical_name
 from evaluation.matching import (
@@ -106,10 +106,8 @@ def eval_classes(gts: list[Boxes], class_names: list[str], wanted: list[str] | N
     for name in wanted:
         key = canonical_name(name)
         if key not in index:
-            close = difflib.get_close_matches(key, list(index), n=3)
             raise ValueError(f"classes: {name!r} is not a class name of the detector or labels."
-                             f"{' Did you mean ' + repr(close) + '?' if close else ''} "
-                             f"Valid names include {class_names[:8]} ...")
+                             f"{did_you_mean(key, index)} Valid names include {class_names[:8]} ...")
         out.append(index[key])
     return out
 

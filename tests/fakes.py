@@ -95,6 +95,7 @@ class FakeDetector:
         self.delay = delay
         self.calls: list[tuple[int, ...]] = []
         self.inputs_range: list[tuple[float, float]] = []
+        self.threads: list[int] = []  # threading.get_ident() of each call
         self._wait = threading.Event()
 
     def __call__(self, x: torch.Tensor) -> list[list[Detection]]:
@@ -102,6 +103,7 @@ class FakeDetector:
             self._wait.wait(self.delay)
         self.calls.append(tuple(x.shape))
         self.inputs_range.append((float(x.min()), float(x.max())))
+        self.threads.append(threading.get_ident())
         h, w = x.shape[2:]
         return [[Detection(xyxy=(w / 4, h / 4, 3 * w / 4, 3 * h / 4), conf=0.9, cls=0, name="thing")] for _ in range(x.shape[0])]
 
@@ -132,3 +134,16 @@ class SlowIdentity(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         time.sleep(self.delay)
         return self.conv(x)
+
+
+class RecordingIdentity(torch.nn.Module):
+    """Toy 'deblurrer': out = x; records (threading.get_ident(), batch size, uniform input) per call. A uniform
+    input is the runner's warm-up batch (gray frames)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, int, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((threading.get_ident(), x.shape[0], float(x.max() - x.min()) < 1e-3))
+        return x

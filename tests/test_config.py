@@ -5,7 +5,7 @@ from typing import Literal
 
 import pytest
 
-from configs import CONFIG_DIR, ConfigError, load_config, parse_overrides, save_config, to_dict
+from configs import CONFIG_DIR, ConfigError, did_you_mean, load_config, parse_overrides, save_config, to_dict
 from deblur.config import BlurConfig, DataConfig, GeneratorConfig, TrainConfig
 
 
@@ -57,6 +57,15 @@ def test_unknown_key_has_did_you_mean():
         load_config(Outer, overrides=["inner.lrr=0.1"])
     with pytest.raises(ConfigError, match="'steps'"):
         load_config(Outer, data={"stepz": 1})
+
+
+def test_did_you_mean_names_the_close_choices_only():
+    assert did_you_mean("patchgan", ["patch_gan", "double_gan", "no_gan"]) == " Did you mean 'patch_gan'?"
+    assert did_you_mean("lrr", ["lr", "lrs", "steps"]) == " Did you mean 'lr' or 'lrs'?"
+    assert did_you_mean("zzz", ["lr", "steps"]) == ""
+    # a Literal's members need not be strings
+    with pytest.raises(ConfigError, match=r"not one of \['a', 'b'\]\. Did you mean 'a'\?"):
+        load_config(Outer, overrides=["inner.mode=aa"])
 
 
 @pytest.mark.parametrize(

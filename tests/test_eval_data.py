@@ -117,6 +117,19 @@ def test_images_sequences_video_and_limit(tmp_path):
     assert len(frames_kept) == 2 and frames_kept[0] is s.samples[0] and frames_kept[1] is s.samples[11]
 
 
+def test_every_image_suffix_the_pipeline_reads_is_an_eval_image(tmp_path):
+    """One list of image suffixes (configs.IMAGE_EXTENSIONS): a folder the pipeline plays as --source is
+    the same set of images here (the evaluation once skipped .ppm/.pgm files the pipeline read)."""
+    from pipeline.sources import open_source
+
+    for name in ("a.jpg", "b.ppm", "c.PNG", "d.tiff"):
+        _img(tmp_path / "set" / name)
+    (tmp_path / "set" / "notes.txt").write_text("not an image")
+    s = load_eval_set(EvalDataConfig(format="images", sources=[str(tmp_path / "set")]), NAMES)
+    assert sorted(x.path.rsplit("/", 1)[-1] for x in s.samples) == ["a.jpg", "b.ppm", "c.PNG", "d.tiff"]
+    assert [str(p) for p in open_source(str(tmp_path / "set")).files] == sorted(x.path for x in s.samples)
+
+
 def test_paired_loader(tmp_path):
     for seq in ("GOPR01", "GOPR02"):
         for i in (1, 2):

@@ -1,4 +1,14 @@
-"""Imports point one way only (docs/DESIGN.md). Parsed with ast, so nothing is imported."""
+"""Imports point one way only (docs/DESIGN.md). Parsed with ast, so nothing is imported.
+
+Every Python file of the project outside tests/ belongs to a unit with a rule:
+- the packages import only the packages below them (PACKAGES);
+- the leaves (scripts/, bench/, train_deblur.py, eval_detection.py) may import every package, but no
+  unit imports a leaf (the leaves do not import each other either);
+- nothing imports tests/ (test doubles such as tests/fakes.py stay out of the product);
+- only detect/ imports ultralytics.
+Relative imports, ``importlib.import_module("...")``/``__import__("...")`` with a literal name, and bench's
+or scripts' bare imports of a module beside them (``from machine import ...``) are edges too.
+"""
 
 import ast
 from pathlib import Path
@@ -6,8 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = {"configs", "runtime", "deblur", "detect", "pipeline", "evaluation"}
-ALLOWED = {
+PACKAGES = {
     "configs": set(),
     "runtime": set(),  # bottom layer: torch, onnx, onnxruntime, openvino only
     "deblur": {"configs", "runtime"},
@@ -15,39 +24,134 @@ ALLOWED = {
     "pipeline": {"configs", "runtime", "deblur", "detect"},
     "evaluation": {"configs", "runtime", "deblur", "detect"},
 }
+LEAVES = {"scripts", "bench", "train_deblur", "eval_detection"}  # folders of scripts and the two entry points
+ALLOWED = {**PACKAGES, **{leaf: set(PACKAGES) for leaf in LEAVES}}
+# folders with Python files that are not the product: tests, downloaded data (third-party files), run outputs
+NOT_CHECKED = {"tests", "data", "runs"}
+SCRIPT_DIRS = ("scripts", "bench", "tests")  # their files run as scripts and import each other by bare name
 
 
-def _imports(path: Path) -> set[str]:
+def _units(root: Path) -> dict[str, str]:
+    """Top-level import name -> unit: packages and entry scripts by name, and every module in a folder of
+    scripts (bench/machine.py is imported as `machine`) as that folder."""
+    names = {unit: unit for unit in [*ALLOWED, "tests"]}
+    for folder in SCRIPT_DIRS:
+        for path in (root / folder).glob("*.py"):
+            names.setdefault(path.stem, folder)
+    return names
+
+
+def _imported_names(path: Path, root: Path) -> set[str]:
+    """Top-level names of every module `path` imports (absolute, relative resolved, literal dynamic imports)."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    package = path.relative_to(root).parent.parts  # where a relative import starts
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                names.add(node.module.split(".")[0])
+                continue
+            base = package[: len(package) - (node.level - 1)] if node.level - 1 <= len(package) else ()
+            parts = [*base, *(node.module.split(".") if node.module else [])]
+            if parts:
+                names.add(parts[0])
+            else:  # `from . import x` at the top level: x is a top-level module
+                names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if func in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                names.add(node.args[0].value.split(".")[0])
     return names
 
 
-def _package_files():
-    for pkg in sorted(ALLOWED):
-        for path in sorted((ROOT / pkg).rglob("*.py")):
-            yield pkg, path
+def _unit_of(path: Path, root: Path) -> str:
+    rel = path.relative_to(root)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
 
 
-@pytest.mark.parametrize("pkg,path", list(_package_files()), ids=lambda v: str(v.relative_to(ROOT)) if isinstance(v, Path) else v)
-def test_imports_point_one_way(pkg, path):
-    imported = _imports(path)
-    wrong = (imported & OURS) - ALLOWED[pkg] - {pkg}
-    assert not wrong, f"{path.relative_to(ROOT)} imports {sorted(wrong)}; {pkg}/ may import only {sorted(ALLOWED[pkg])}"
-    if pkg != "detect":
-        assert "ultralytics" not in imported, f"{path.relative_to(ROOT)}: only detect/ may import ultralytics"
+def _label(unit: str) -> str:
+    return f"{unit}.py" if unit in ("train_deblur", "eval_detection") else f"{unit}/"
+
+
+def _violations(path: Path, root: Path = ROOT) -> list[str]:
+    """What is wrong with the imports of one file (empty: nothing)."""
+    unit = _unit_of(path, root)
+    imported = _imported_names(path, root)
+    ours = {u for u in map(_units(root).get, imported) if u is not None} - {unit}
+    rel = path.relative_to(root)
+    problems = [
+        f"{rel} imports {_label(other)}, but {_label(unit)} may import only {sorted(ALLOWED[unit])}"
+        + (" (nothing imports an entry point, a script or a benchmark)" if other in LEAVES else "")
+        + (" (test doubles stay in tests/)" if other == "tests" else "")
+        for other in sorted(ours - ALLOWED[unit])
+    ]
+    if "ultralytics" in imported and unit != "detect":
+        problems.append(f"{rel} imports ultralytics: only detect/ may")
+    return problems
+
+
+def _python_files(root: Path = ROOT):
+    """Every .py file of the project: hidden folders, virtualenvs and NOT_CHECKED folders left out."""
+    for top in sorted(root.iterdir()):
+        if top.name.startswith(".") or top.name in NOT_CHECKED or (top / "pyvenv.cfg").exists():
+            continue
+        if top.is_dir():
+            yield from sorted(top.rglob("*.py"))
+        elif top.suffix == ".py":
+            yield top
+
+
+@pytest.mark.parametrize("path", list(_python_files()), ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_point_one_way(path):
+    unit = _unit_of(path, ROOT)
+    assert unit in ALLOWED, f"{path.relative_to(ROOT)}: {unit} has no layering rule; add it to PACKAGES or LEAVES"
+    assert not _violations(path)
+
+
+def test_every_unit_is_checked():
+    """The parametrization above covers every package, both folders of scripts and both entry points."""
+    units = {_unit_of(p, ROOT) for p in _python_files()}
+    assert units == set(ALLOWED), f"without files: {sorted(set(ALLOWED) - units)}, without a rule: {sorted(units - set(ALLOWED))}"
+    assert {p.parent.name for p in ROOT.glob("*/__init__.py")} == set(PACKAGES)
 
 
 def test_checker_sees_a_wrong_edge(tmp_path):
-    bad = tmp_path / "bad.py"
-    bad.write_text("import os\nfrom detect.base import Detection\nimport pipeline.runner as r\n")
-    assert _imports(bad) & OURS == {"detect", "pipeline"}
-
-
-def test_every_package_is_checked():
-    assert all((ROOT / pkg / "__init__.py").is_file() for pkg in ("configs", "runtime", "deblur", "detect", "pipeline"))
+    """A throw-away tree with one wrong edge per file, of every kind the checker claims to see."""
+    files = {
+        "deblur/ok.py": "import numpy\nfrom configs import loader\nfrom runtime.cache import x\nfrom . import models\n"
+                        "from .models import y\nimport importlib\nimportlib.import_module('deblur.models')\n",
+        "deblur/up.py": "from pipeline.runner import Runner\n",
+        "detect/relative.py": "from ..evaluation import run\n",
+        "configs/dynamic.py": "import importlib\nimportlib.import_module('runtime.cache')\n",
+        "runtime/dunder.py": "__import__('detect')\n",
+        "runtime/entry.py": "import train_deblur\n",
+        "evaluation/bench_sibling.py": "from machine import cpu_model\n",
+        "pipeline/script.py": "from scripts.fetch_data import main\n",
+        "pipeline/double.py": "from fakes import FakeCapture\n",
+        "deblur/yolo.py": "from ultralytics import YOLO\n",
+        "bench/machine.py": "import os\n",
+        "bench/realtime.py": "from machine import cpu_model\nfrom pipeline.runner import run_pipeline\nimport eval_detection\n",
+        "eval_detection.py": "from evaluation import run\nimport ultralytics\n",
+        "train_deblur.py": "from configs import load_config\nfrom deblur.train import Trainer\nfrom detect import build_detector\n",
+        "scripts/fetch_data.py": "from deblur.dataset import IMAGE_EXTS\n",
+        "tests/fakes.py": "import pipeline\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    found = {rel: _violations(tmp_path / rel, tmp_path) for rel in files if not rel.startswith("tests/")}
+    wrong = {rel: len(v) for rel, v in found.items() if v}
+    assert wrong == {
+        "deblur/up.py": 1, "detect/relative.py": 1, "configs/dynamic.py": 1, "runtime/dunder.py": 1, "runtime/entry.py": 1,
+        "evaluation/bench_sibling.py": 1, "pipeline/script.py": 1, "pipeline/double.py": 1, "deblur/yolo.py": 1,
+        "bench/realtime.py": 1, "eval_detection.py": 1,
+    }, found
+    assert "deblur/up.py imports pipeline/" in found["deblur/up.py"][0]
+    assert "imports evaluation/" in found["detect/relative.py"][0]
+    assert "imports bench/" in found["evaluation/bench_sibling.py"][0]
+    assert "nothing imports an entry point" in found["runtime/entry.py"][0]
+    assert "test doubles" in found["pipeline/double.py"][0]
+    assert "bench/realtime.py imports eval_detection.py" in found["bench/realtime.py"][0]
+    assert found["eval_detection.py"] == ["eval_detection.py imports ultralytics: only detect/ may"]

@@ -119,6 +119,25 @@ def test_adversarial_under_bf16_autocast(discs):
         loss_g.backward()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d_name", ["patch_gan", "double_gan"])
+def test_wgan_gp_penalty_is_float32_under_autocast(discs, d_name, dtype):
+    """The penalty's critic forward and input gradient run in float32 under bf16/fp16 autocast: the same ops,
+    so the same value as without autocast. In half precision the gradient was taken on the unscaled half
+    graph (small input gradients underflow under fp16; here the value was off by 1e-5..4e-5 relative)."""
+    restored, sharp = _pair((2, 3, 64, 64))
+    adv = build_adv_loss("wgan-gp")
+    torch.manual_seed(1)  # the same interpolation weights (and double_gan crops) for both
+    want = adv.gradient_penalty(discs[d_name], restored, sharp)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=dtype):
+        got = adv.gradient_penalty(discs[d_name], restored, sharp)
+    assert got.dtype == torch.float32 and want.item() > 0
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    got.backward()  # second order through the float32 critic
+    assert all(p.grad is not None for p in discs[d_name].parameters() if p.requires_grad)
+
+
 def test_unknown_adv_loss():
     with pytest.raises(ValueError, match=r"Unknown adversarial loss 'ragan_ls'.*'ragan-ls'.*Available"):
         build_adv_loss("ragan_ls")

@@ -2,11 +2,13 @@
 backpressure vs drops, config/CLI mapping, Ctrl-C, errors. Fake detector and toy deblur models
 keep it fast; one test runs the real CLI with the real detector and a saved (untrained) generator."""
 
+import dataclasses
 import json
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -21,9 +23,9 @@ from pipeline.__main__ import build_parser, config_from_args, main
 from pipeline.config import PipelineConfig
 from pipeline.runner import run_pipeline
 from pipeline.sources import CameraSource, VideoFileSource
-from pipeline.stages import Batch, Deblur, Detect, Postprocess, Preprocess
+from pipeline.stages import Batch, Deblur, Detect, Postprocess, Preprocess, stage_threads
 from pipeline.sources import Frame
-from fakes import FakeCapture, FakeDetector, InvertModel, SlowIdentity, make_frame, write_clip
+from fakes import FakeCapture, FakeDetector, InvertModel, RecordingIdentity, SlowIdentity, make_frame, write_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -40,6 +42,13 @@ def _restore_threads():
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", n=12)
+
+
+SUMMARY_KEYS = [
+    "source", "source_kind", "live", "frames_in", "frames_out", "dropped", "source_stopped_early", "interrupted",
+    "quit_by_user", "stop_s", "wall_s", "fps", "ms_per_frame", "latency_ms", "warmup_s", "device", "amp", "runtime",
+    "detector_runtime", "threads", "peak_source_queue", "source_queue_max", "config",
+]
 
 
 def _lines(path):
@@ -71,7 +80,8 @@ def test_n_frames_in_n_results_out_batched(clip, tmp_path):
     written = json.loads((tmp_path / "s.json").read_text())
     assert written["frames_out"] == 12 and set(written["ms_per_frame"]) >= {"preprocess", "deblur", "detect", "save"}
     assert written["latency_ms"]["p50"] > 0 and written["latency_ms"]["p95"] >= written["latency_ms"]["p50"]
-    assert torch.get_num_threads() == max(1, cfg.threads // 2)  # deblur and detect overlap: half each
+    assert list(written) == SUMMARY_KEYS  # bench/realtime.py and bench/gpu_check.sh read these
+    assert torch.get_num_threads() == stage_threads(cfg)  # deblur and detect overlap: half each
 
 
 def test_saved_video_shows_input_left_and_output_right(clip, tmp_path):
@@ -372,3 +382,125 @@ def test_frame_size_changes_mid_stream_at_batch_4(tmp_path):
         x1, y1, x2, y2 = r["detections"][0]["xyxy"]
         assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h and x2 - x1 == pytest.approx(w / 2, abs=1)
     assert max(c[0] for c in det.calls) <= 4
+
+
+def test_jsonl_and_summary_latency_use_the_same_output_time(clip, tmp_path, monkeypatch):
+    """Each frame's JSON line and the summary's percentiles measure capture -> output to the same instant,
+    however long writing the line takes."""
+    from pipeline.sinks import JsonlSink
+
+    write = JsonlSink.write
+
+    def slow_write(self, *args):
+        write(self, *args)
+        time.sleep(0.005)
+
+    monkeypatch.setattr(JsonlSink, "write", slow_write)
+    cfg = PipelineConfig(runtime="torch", source=str(clip), save_json=str(tmp_path / "d.jsonl"))
+    s = run_pipeline(cfg, deblur_model=InvertModel(), detector=FakeDetector())
+    lat = np.array([r["latency_ms"] for r in _lines(tmp_path / "d.jsonl")])
+    assert len(lat) == s["frames_out"] == 12
+    assert s["latency_ms"]["max"] == pytest.approx(lat.max(), abs=2e-3)  # the lines are rounded to 1 us
+    assert s["latency_ms"]["p50"] == pytest.approx(np.percentile(lat, 50), abs=2e-3)
+
+
+def test_threads_default_comes_from_the_machine(monkeypatch):
+    """threads=0 (the default) is every CPU this process may run on (its affinity mask, not the host's count)."""
+    from pipeline import config as pipeline_config
+
+    monkeypatch.setattr(pipeline_config.os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    assert stage_threads(PipelineConfig()) == 3  # deblur and detect overlap: half each
+    assert stage_threads(PipelineConfig(overlap=False)) == 6
+    assert stage_threads(PipelineConfig(threads=4)) == 2  # a number given wins
+    monkeypatch.delattr(pipeline_config.os, "sched_getaffinity")  # macOS, Windows
+    monkeypatch.setattr(pipeline_config.os, "cpu_count", lambda: 8)
+    assert stage_threads(PipelineConfig(overlap=False)) == 8
+
+
+def test_the_sink_loop_never_syncs_the_device(clip, tmp_path, monkeypatch):
+    """Only the worker threads wait for device work, each for its own: a sync from the sink loop could land while a
+    worker captures a CUDA graph (illegal during a capture). The sink loop's stages are still timed."""
+    import pipeline.runner as runner
+
+    synced_in = []
+    monkeypatch.setattr(runner, "stream_sync", lambda device: lambda: synced_in.append(threading.current_thread().name))
+    cfg = PipelineConfig(runtime="torch", source=str(clip), batch=2, save=str(tmp_path / "o.mp4"),
+                         save_json=str(tmp_path / "d.jsonl"))
+    s = run_pipeline(cfg, deblur_model=InvertModel(), detector=FakeDetector())
+    assert s["frames_out"] == 12 and {"annotate", "save", "save_json"} <= set(s["ms_per_frame"])
+    assert set(synced_in) == {"inference", "detect"}
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_warm_up_runs_in_the_threads_that_run_the_stages_for_every_batch_size(clip, monkeypatch, overlap):
+    """CUDA-graph trees and torch.compile keep per-thread state and specialise on the batch size: every stage is warmed
+    in the thread that runs it later, for each batch size that can occur (here 4 and a partial last 2), before any
+    real frame."""
+    import pipeline.runner as runner
+
+    build = runner.build_stages
+    monkeypatch.setattr(runner, "build_stages", lambda cfg, **kw: dataclasses.replace(build(cfg, **kw), per_shape=True))
+    deblur, det = RecordingIdentity(), FakeDetector()
+    cfg = PipelineConfig(runtime="torch", source=str(clip), batch=4, max_latency=2000.0, max_frames=10, overlap=overlap)
+    assert run_pipeline(cfg, deblur_model=deblur, detector=det)["frames_out"] == 10
+    det_calls = [(t, shape[0], hi - lo < 1e-3) for t, shape, (lo, hi) in zip(det.threads, det.calls, det.inputs_range)]
+    for calls in (deblur.calls, det_calls):  # on CUDA each size runs twice (a graph is captured on its second sighting)
+        assert [(n, warm) for _, n, warm in calls[:4]] == [(1, True), (2, True), (3, True), (4, True)]
+        assert [(n, warm) for _, n, warm in calls[4:]] == [(4, False), (4, False), (2, False)]
+    (deblur_thread,) = {t for t, _, _ in deblur.calls}
+    (detect_thread,) = {t for t, _, _ in det_calls}
+    assert threading.get_ident() not in (deblur_thread, detect_thread)
+    assert (deblur_thread == detect_thread) is (not overlap)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("overlap", [False, True])
+def test_runner_on_cuda_end_to_end_matches_cpu_fp32(tmp_path, caplog, monkeypatch, overlap):
+    """The whole runner on CUDA as users run it: the real darknet detector (fp16, CUDA graphs), a deblurrer through
+    RuntimeDeblur (fp16, CUDA graphs), batch 4 over 6 frames (a partial last batch of 2), --save on. Every graph is
+    captured at warm-up by the thread that replays it, and the detections match the same run on the CPU in fp32."""
+    import logging
+    import re
+
+    import cv2
+
+    from detect.assets import ultralytics_asset
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # the CPU reference is true fp32
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    img = cv2.imread(str(ultralytics_asset("bus.jpg")))  # 810x1080: a bus and people
+    h, w = 960, 768
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), img[i * 20 : i * 20 + h, i * 6 : i * 6 + w])
+    common = dict(source=str(tmp_path / "*.png"), runtime="torch", batch=4, max_latency=2000.0, overlap=overlap)
+    cpu = PipelineConfig(**common, amp="none", detector=DetectorConfig(device="cpu"), save_json=str(tmp_path / "cpu.jsonl"))
+    run_pipeline(cpu, deblur_model=SlowIdentity(0.0))
+    caplog.set_level(logging.INFO, logger="runtime.engines")
+    gpu = PipelineConfig(**common, amp="fp16", detector=DetectorConfig(device="cuda", half=True),
+                         save=str(tmp_path / "gpu.mp4"), save_json=str(tmp_path / "gpu.jsonl"))
+    s = run_pipeline(gpu, deblur_model=SlowIdentity(0.0))
+    assert s["frames_out"] == 6 and s["device"].startswith("cuda") and s["amp"] == "fp16"
+    assert s["detector_runtime"].endswith("cudagraph")
+    assert _decode_count(tmp_path / "gpu.mp4") == (6, (2 * w, h))
+
+    captured: dict[str, set] = {"deblur": set(), "detect": set()}  # (thread, batch size) of each graph captured
+    for r in caplog.records:
+        m = re.search(r"CUDA graph captured for input \((\d+), 3, (\d+), (\d+)\)", r.getMessage())
+        if m:
+            captured["detect" if int(m[2]) == 416 else "deblur"].add((r.threadName, int(m[1])))
+    assert captured["deblur"] == {("inference", n) for n in (1, 2, 3, 4)}
+    assert captured["detect"] == {("detect" if overlap else "inference", n) for n in (1, 2, 3, 4)}
+
+    gain = 416 / max(h, w)  # frame pixels per network pixel: 1 / gain
+    ref, got = _lines(tmp_path / "cpu.jsonl"), _lines(tmp_path / "gpu.jsonl")
+    assert [r["index"] for r in got] == [r["index"] for r in ref] == list(range(6))
+    assert max(len(r["detections"]) for r in ref) >= 2
+
+    def matched(d, others):  # same class, box within 1.5 network pixels, confidence within 0.03
+        return any(o["name"] == d["name"] and abs(o["conf"] - d["conf"]) <= 0.03
+                   and np.abs(np.subtract(o["xyxy"], d["xyxy"])).max() <= 1.5 / gain for o in others)
+
+    for r, g in zip(ref, got):  # detections clear of the 0.25 threshold must be found by both
+        assert all(matched(d, g["detections"]) for d in r["detections"] if d["conf"] >= 0.3), (r, g)
+        assert all(matched(d, r["detections"]) for d in g["detections"] if d["conf"] >= 0.3), (r, g)

