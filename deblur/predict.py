@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from configs import IMAGE_EXTENSIONS
 from deblur.frames import check_bgr_frames
 from deblur.kernel_deblur import KernelDeblurConfig, KernelDeblurrer
 from deblur.models import DEFAULT_DEBLURRER, ESTIMATOR_FORMAT, file_format, load_generator
@@ -36,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Deblurrer", "IMAGE_EXTENSIONS", "load_deblurrer", "collect_images", "output_path", "read_image", "write_image", "main"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 OUTPUT_SUFFIX = "_deblurred"
 AMP_CHOICES = ("none", "auto", "bf16", "fp16")
 

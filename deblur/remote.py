@@ -38,7 +38,7 @@ from runtime.urls import mask_url
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "Remote", "ReadCache", "ShardError", "expand_braces", "is_url", "iter_shard", "mask_url", "resolve_shards",
+    "Remote", "ReadCache", "ShardError", "expand_braces", "has_magic", "is_url", "iter_shard", "mask_url", "resolve_shards",
     "strip_protocol",
 ]
 
@@ -55,6 +55,13 @@ class ShardError(ValueError):
 def is_url(path: str) -> bool:
     """True for ``scheme://...`` other than ``file://`` (those are read as local paths)."""
     return bool(_URL_RE.match(str(path))) and not str(path).startswith("file://")
+
+
+def has_magic(pattern: str) -> bool:
+    """A glob wildcard in ``pattern`` (for http(s) URLs, in the path only: '?' starts their query)."""
+    if strip_protocol(pattern)[0] in ("http://", "https://"):
+        pattern = pattern.split("?", 1)[0]
+    return any(c in pattern for c in "*?[")
 
 
 def strip_protocol(url: str) -> tuple[str, str]:
@@ -281,7 +288,8 @@ class Remote:
         """Full URLs of the files matching ``pattern`` (sorted), optionally only those ending in ``exts``."""
         proto, path = strip_protocol(pattern)
         fs = self._fs(pattern)
-        if any(c in path for c in "*?["):
+        fs.invalidate_cache()  # list afresh: a cached listing would hide a changed object (and its new ETag)
+        if has_magic(pattern):
             found = self._call("list", pattern, lambda: fs.glob(path, detail=True))
         else:
             found = {path: self._call("read", pattern, lambda: fs.info(path))}
@@ -419,7 +427,7 @@ def resolve_shards(patterns: list[str], remote: Remote) -> list[str]:
     found: list[str] = []
     for pattern in patterns:
         for name in expand_braces(pattern):
-            if not _glob.has_magic(name):
+            if not has_magic(name):
                 found.append(name)
             elif is_url(name):
                 found.extend(remote.glob(name, {".tar"}))

@@ -81,7 +81,7 @@ class DarknetDetector(Detector):
         self.engine = None
         self.runtime = resolve_runtime(cfg.runtime, self.device)
         precision = self._precision()
-        if self.runtime != "torch" or self.device.type == "cuda" or precision not in ("auto", "fp32"):
+        if self.runtime != "torch" or self.device.type == "cuda" or precision != "fp32":
             self.engine = compile_module(
                 self.model, None, self.runtime, self.device, precision,
                 threads=cfg.threads, spatial_multiple=self.stride, pad_mode="constant", pad_value=PAD_GRAY / 255,
@@ -96,14 +96,15 @@ class DarknetDetector(Detector):
         )
 
     def _precision(self) -> str:
-        """The engine precision: half -> fp16; a named one as given; auto -> fp32 on CUDA, int8 on OpenVINO on
-        the CPU (AUTO_INT8, where NNCF is installed), else what the runtime picks for the CPU (bf16 or fp32)."""
+        """The engine precision: half -> fp16; a named one as given; auto -> int8 on OpenVINO (AUTO_INT8, where
+        NNCF is installed); fp32 for eager torch on the CPU (runtime 'torch' there is the reference, no engine);
+        else runtime.resolve_precision's choice (CUDA fp16, the CPU's bf16 where native, else fp32)."""
         cfg = self.cfg
         if self.half:
             return "fp16"
         if cfg.precision != "auto":
             return cfg.precision
-        if self.device.type == "cuda":
+        if self.runtime == "torch" and self.device.type == "cpu":
             return "fp32"
         if AUTO_INT8 and self.runtime == "openvino":
             reason = quantization_available()

@@ -7,10 +7,10 @@ import io
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 from evaluation import plots
+from runtime.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +26,6 @@ CSV_FIELDS = [
 ]
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _num(v, digits: int = 3) -> str:
@@ -200,7 +196,7 @@ def write_reports(report: dict, extras: dict, examples: list[dict], out_dir: Pat
                              out_dir / "tp_confidence.png")
     plots.plot_examples(examples, names, report["metrics"]["operating_conf"], out_dir / "examples.png")
     table = main_table(report)
-    _atomic_text(out_dir / "report.json", json.dumps(report, indent=1, allow_nan=False))
-    _atomic_text(out_dir / "report.csv", _csv(report))
-    _atomic_text(out_dir / "report.md", _markdown(report, table, plot_files))
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1, allow_nan=False))
+    atomic_write_text(out_dir / "report.csv", _csv(report))
+    atomic_write_text(out_dir / "report.md", _markdown(report, table, plot_files))
     return table

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,18 +35,13 @@ from evaluation.data import EvalSet, FrameReader, Sample, ground_truth_boxes, lo
 from evaluation.matching import Boxes
 from evaluation.report import write_reports
 from evaluation.scoring import score_all
+from runtime.files import atomic_write_text, file_sha256
 
 logger = logging.getLogger(__name__)
 
 REAL = "real"  # the severity label of real (paired) blur
 
 
-def file_sha256(path: str | Path, prefix: int = 12) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:prefix]
 
 
 def _detector_weights(cfg: EvalConfig) -> str:
@@ -106,14 +100,9 @@ class SharpCache:
         return self.get(name)
 
     def save(self) -> None:
-        _atomic_write_text(self.path, json.dumps({"fingerprint": self.fingerprint, "items": self.items}))
+        atomic_write_text(self.path, json.dumps({"fingerprint": self.fingerprint, "items": self.items}))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _build_deblurrer(cfg: EvalConfig, weights: str = "", key: str = "deblur.weights"):
@@ -137,7 +126,7 @@ def _build_deblurrer(cfg: EvalConfig, weights: str = "", key: str = "deblur.weig
                                threads=cfg.threads)
     engine = getattr(deblurrer, "engine", None)
     model_cfg = to_dict(deblurrer.cfg) if deblurrer.cfg is not None else None
-    return deblurrer, {"weights": str(path), "sha256": file_sha256(path), "generator": model_cfg,
+    return deblurrer, {"weights": str(path), "sha256": file_sha256(path)[:12], "generator": model_cfg,
                        "max_side": cfg.deblur.max_side, "device": cfg.deblur.device,
                        "runtime": engine.name if engine is not None else getattr(deblurrer, "runtime", "torch")}
 
@@ -310,7 +299,7 @@ def _methods(cfg: EvalConfig, paired: bool, deblurrer: Callable | None, notes: l
             deblur_info = {"weights": cfg.deblur.weights or "<injected>", "sha256": None, "generator": None,
                            "max_side": cfg.deblur.max_side, "device": cfg.deblur.device, "runtime": "<injected>"}
             if cfg.deblur.weights and Path(cfg.deblur.weights).is_file():
-                deblur_info["sha256"] = file_sha256(cfg.deblur.weights)
+                deblur_info["sha256"] = file_sha256(cfg.deblur.weights)[:12]
         model_fns["deblurred"] = DeblurMethod(deblurrer, cfg.deblur.max_side)
     compare_info = {}
     for label, weights in cfg.deblur.compare.items():
@@ -323,7 +312,7 @@ def _methods(cfg: EvalConfig, paired: bool, deblurrer: Callable | None, notes: l
 def _detector_info(cfg: EvalConfig, detector: Callable, injected: bool) -> dict:
     det_weights = _detector_weights(cfg) if not injected else ""
     return {"config": to_dict(cfg.detector), "weights": det_weights or "<embedded default>",
-            "sha256": file_sha256(det_weights) if det_weights and Path(det_weights).is_file() else None,
+            "sha256": file_sha256(det_weights)[:12] if det_weights and Path(det_weights).is_file() else None,
             "type": type(detector).__name__}
 
 

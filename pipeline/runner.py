@@ -48,9 +48,10 @@ import numpy as np
 import torch
 
 from configs import to_dict
+from detect import PAD_GRAY
 from pipeline.config import PipelineConfig
 from pipeline.sources import EndOfStream, Frame, Source, mask_url, open_source
-from pipeline.stages import PAD_GRAY, Batch, Stages, build_stages, stage_threads
+from pipeline.stages import Batch, Stages, build_stages, stage_threads
 
 logger = logging.getLogger(__name__)
 

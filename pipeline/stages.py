@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from detect import letterbox_tensor, scale_detections
 from pipeline.config import PipelineConfig, machine_threads
 from pipeline.sources import Frame
 
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PAD_GRAY = 114  # letterbox padding (Ultralytics' gray), as in detect.base
 
 
 @dataclass
@@ -256,45 +255,16 @@ class Detect:
         self.detector = detector
         self.rect = bool(getattr(detector, "rect", False))
 
-    def letterbox(self, x01: torch.Tensor, orig_hw: tuple[int, int]) -> tuple[torch.Tensor, float, int, int]:
-        """(B,3,h,w) [0,1] -> ((B,3,H',W') padded, gain orig->net, pad_left, pad_top)."""
-        imgsz, stride = self.detector.imgsz, self.detector.stride
-        h0, w0 = orig_hw
-        gain = min(imgsz / h0, imgsz / w0)
-        nh, nw = int(round(h0 * gain)), int(round(w0 * gain))
-        if (nh, nw) != tuple(x01.shape[2:]):
-            x01 = F.interpolate(x01, size=(nh, nw), mode="bilinear", align_corners=False)
-        if self.rect:
-            ph, pw = math.ceil(nh / stride) * stride, math.ceil(nw / stride) * stride
-        else:
-            ph = pw = imgsz
-        top, left = (ph - nh) // 2, (pw - nw) // 2
-        if (ph, pw) != (nh, nw):
-            x01 = F.pad(x01, (left, pw - nw - left, top, ph - nh - top), value=PAD_GRAY / 255.0)
-        return x01.contiguous(), gain, left, top
-
     def run(self, x: torch.Tensor, frame_size: tuple[int, int]) -> list[list["Detection"]]:
         """(B,3,h,w) RGB [-1,1] -> one list of Detection per frame, in original-frame pixels."""
         x01 = (x.float() + 1.0) * 0.5  # RGB [0,1]
-        h0, w0 = frame_size
-        x, gain, left, top = self.letterbox(x01, (h0, w0))
-        dets = self.detector(x)
-        return [[_unletterbox(d, gain, left, top, w0, h0) for d in per_frame] for per_frame in dets]
+        imgsz, stride = self.detector.imgsz, self.detector.stride
+        x, info = letterbox_tensor(x01, (imgsz, imgsz), orig_hw=frame_size, auto=self.rect, stride=stride)
+        return [scale_detections(d, info) for d in self.detector(x)]
 
     def __call__(self, batch: Batch) -> Batch:
         batch.detections = self.run(batch.restored, batch.frame_size)
         return batch
-
-
-def _unletterbox(d: "Detection", gain: float, left: int, top: int, w0: int, h0: int) -> "Detection":
-    x1, y1, x2, y2 = d.xyxy
-    xyxy = (
-        min(max((x1 - left) / gain, 0.0), w0),
-        min(max((y1 - top) / gain, 0.0), h0),
-        min(max((x2 - left) / gain, 0.0), w0),
-        min(max((y2 - top) / gain, 0.0), h0),
-    )
-    return dataclasses.replace(d, xyxy=xyxy)
 
 
 class Postprocess:

@@ -237,6 +237,8 @@ class CompiledModule:
         """Build (or load from the cache) the engine for inputs of ``shape`` (B,C,H,W) and run it once."""
         x = torch.zeros(tuple(shape), device=self.device)
         self(x)
+        if self.runtime == "torch" and self.cuda_graphs and self.device.type == "cuda":
+            self(x)  # a shape is captured on its 2nd call (engines._GraphCache): capture it now, at warm-up
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
@@ -278,7 +280,8 @@ def compile_module(
     onnxruntime/openvino (0 = torch.get_num_threads()); torch's own count is the process's to set.
     key_extra: anything else the export depends on (part of the cache key).
     spatial_multiple / pad_mode / pad_value: pad inputs outside the engine (see CompiledModule).
-    cuda_graphs: runtime 'torch' on CUDA replays a CUDA graph per input shape.
+    cuda_graphs: runtime 'torch' on CUDA replays a CUDA graph per input shape seen twice (at most
+    ``engines.GRAPH_CACHE_SIZE``, least recently used evicted).
     calibration: precision 'int8' only: ``calibration((C,H,W)) -> (1,C,H,W) float32 arrays`` of the real
     inputs (already padded to ``spatial_multiple``), from the training corpus, never the evaluation set.
     int8_ignored: substrings of ONNX node names that int8 keeps in float (e.g. the output heads).

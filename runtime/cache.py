@@ -19,6 +19,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from runtime.files import atomic_write_text, file_sha256
+
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "BLURDET_CACHE"
@@ -46,12 +48,6 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def entry_key(fields: dict[str, Any]) -> str:
@@ -60,14 +56,6 @@ def entry_key(fields: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def remove_entry(path: Path) -> None:
@@ -128,7 +116,7 @@ def cached_file(
         digest = file_sha256(tmp)
         # the .json first: an entry is visible (its file exists) only once its metadata does, so another
         # process never finds a fresh file without its .json and deletes it as broken
-        _atomic_write_text(path.with_suffix(".json"), json.dumps({"fields": fields, "sha256": digest}, indent=1, sort_keys=True))
+        atomic_write_text(path.with_suffix(".json"), json.dumps({"fields": fields, "sha256": digest}, indent=1, sort_keys=True))
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -3,12 +3,19 @@ crash or a full disk leaves the previous file intact and a reader never sees hal
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write_text"]
+__all__ = ["atomic_save", "atomic_write_text", "file_sha256"]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def atomic_save(obj: object, path: str | os.PathLike) -> Path:

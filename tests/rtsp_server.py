@@ -5,8 +5,9 @@ gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good g
     python3 tests/rtsp_server.py [--port 0] [--user U --password P] [--check]
 
 Serves a live 30 fps H.264 test pattern (moving ball) at rtsp://127.0.0.1:PORT/cam and prints the bound
-port as the first line of stdout once it accepts connections; it exits when its stdin closes. With --user/--password a client must log in
-(HTTP basic). --check exits 0 if everything the server needs is installed, else 3 and names what is missing.
+port as the first line of stdout once it accepts connections; it exits when its stdin closes. With
+--user/--password a client must log in (HTTP basic). --check exits 0 if everything the server needs is
+installed, else 3 and names what is missing.
 """
 
 import argparse

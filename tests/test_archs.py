@@ -23,8 +23,14 @@ def _build(name="fpn_mobilenet_v2", seed=0, **kw):
     return build_generator(GeneratorConfig(name=name, **kw))
 
 
-def test_registry_names():
-    assert set(GENERATORS) == {"fpn_mobilenet_v2", "fpn_mobilenet_v2_dsc", "fpn_densenet121"}
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_every_registered_name_builds_its_class(name):
+    model = _build(name, zero_init_last=False).eval()
+    assert type(model) is GENERATORS[name]  # the name picks the class, and the builder does not fall back to another
+    x = _rand(1, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1 and not torch.equal(y, x)
 
 
 @pytest.mark.parametrize("name", MOBILE)

@@ -139,8 +139,10 @@ def _schema_for(path):
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_config_file_loads(path):
-    cfg = load_config(_schema_for(path), path)
-    assert cfg is not None
+    schema = _schema_for(path)
+    cfg = load_config(schema, path)
+    assert isinstance(cfg, schema)
+    assert load_config(schema, data=to_dict(cfg)) == cfg  # what the file sets survives a save and a reload
 
 
 @pytest.mark.parametrize("name", ["deblur_train", "kernel_train", "detect", "pipeline", "eval_detection"])

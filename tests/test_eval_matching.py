@@ -116,13 +116,13 @@ def test_recovery_fraction():
 
 
 def test_blocks_follow_sequences():
-    names = [f"vtest_{i * 5:06d}" for i in range(23)] + ["dog", "eagle"]
-    seqs = ["vtest"] * 23 + ["photo:dog", "photo:eagle"]
+    seqs = ["vtest"] * 23 + ["photo:dog", "photo:eagle"]  # 23 frames of one video, then two photos
     blocks = make_blocks(seqs, block_size=10)
     assert len(blocks) == 3 + 2
     assert [len(b) for b in blocks] == [10, 10, 3, 1, 1]
     assert blocks[0] == list(range(10)) and blocks[3] == [23]
-    assert names  # (names only document the layout)
+    assert sorted(i for b in blocks for i in b) == list(range(len(seqs)))  # every image in exactly one block
+    assert all(len({seqs[i] for i in b}) == 1 for b in blocks)  # no block mixes sequences
 
 
 def test_block_bootstrap_respects_blocks_and_is_deterministic():

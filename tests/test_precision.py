@@ -17,7 +17,7 @@ ERR = ValueError
 INFERENCE = {
     ("cpu", "torch"):          ("bf16",             "fp32",                "fp32",  "bf16",  ERR,     ERR),
     ("cpu", "torch_compile"):  ("bf16",             "fp32",                "fp32",  "bf16",  ERR,     ERR),
-    ("cpu", "onnxruntime"):    ("fp32",             "fp32",                "fp32",  ERR,     ERR,     "int8"),
+    ("cpu", "onnxruntime"):    ("fp32",             "fp32",                "fp32",  ERR,     ERR,     ERR),
     ("cpu", "openvino"):       ("bf16",             "fp32",                "fp32",  "bf16",  ERR,     "int8"),
     ("cuda", "torch"):         ("fp16",             "fp16",                "fp32",  "bf16",  "fp16",  ERR),
     ("cuda", "torch_compile"): ("fp16",             "fp16",                "fp32",  "bf16",  "fp16",  ERR),

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,41 +58,46 @@ pytestmark = pytest.mark.skipif(
 
 
 class RtspServer:
-    """tests/rtsp_server.py in a subprocess. start() binds a free port the first time, the same port after."""
+    """tests/rtsp_server.py in a subprocess, asking for USER/PASSWORD. start() binds a free port the first time,
+    the same port after (a restart)."""
 
-    def __init__(self, auth: bool = True) -> None:
-        self.auth = auth
+    def __init__(self) -> None:
         self.port = 0
         self.proc: subprocess.Popen | None = None
+        self._log = None
 
-    def start(self, timeout: float = 15.0) -> "RtspServer":
-        args = [_system_python(), str(SERVER), "--port", str(self.port)]
-        if self.auth:
-            args += ["--user", USER, "--password", PASSWORD]
+    def start(self, timeout: float = 15.0) -> RtspServer:
+        args = [_system_python(), str(SERVER), "--port", str(self.port), "--user", USER, "--password", PASSWORD]
+        self._log = tempfile.TemporaryFile(mode="w+")  # GStreamer's warnings: a file, never a pipe that can fill up
         # stdin stays an open pipe: the server exits when it closes (this process gone: no orphan server)
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True)
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline().strip() if ready else ""
         if not line.isdigit():
             self.kill()
-            raise RuntimeError(f"RTSP server did not start within {timeout} s: {line!r} {self.proc.stderr.read()[-500:]}")
+            raise RuntimeError(f"RTSP server did not start within {timeout} s: {line!r} {self._stderr()[-500:]}")
         self.port = int(line)
         return self
 
+    def _stderr(self) -> str:
+        self._log.seek(0)
+        return self._log.read()
+
     def url(self, password: str = PASSWORD) -> str:
-        return f"rtsp://{USER}:{password}@127.0.0.1:{self.port}/cam" if self.auth else f"rtsp://127.0.0.1:{self.port}/cam"
+        return f"rtsp://{USER}:{password}@127.0.0.1:{self.port}/cam"
 
     def masked(self) -> str:
         return f"rtsp://{USER}:***@127.0.0.1:{self.port}/cam"
 
     def kill(self) -> None:
         """SIGKILL: the server dies as a crashed camera does, without a goodbye to its clients."""
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
-        if self.proc is not None:
-            for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-                pipe.close()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
         self.proc = None
 
 
@@ -141,9 +147,9 @@ def test_stream_keeps_the_newest_frame_and_counts_what_it_dropped(server):
             consumed += 1
             assert frame.bgr.shape == (120, 160, 3)
             # the newest frame: the stream's clock moved on as far as the wall clock did (a queue would give prev + 1)
-            assert frame.pts - prev.pts == pytest.approx(t_frame - t_prev, abs=0.2)
+            assert frame.pts - prev.pts == pytest.approx(t_frame - t_prev, abs=0.3)
             assert frame.index - prev.index >= 10
-            assert time.perf_counter() - frame.t_capture < 0.25  # decoded just now, not waiting in a queue
+            assert time.perf_counter() - frame.t_capture < 0.3  # decoded just now, not waiting in a queue
         assert first.index < prev.index < frame.index
         dropped, read = src.dropped, src.read
     assert dropped > 0 and src.peak_queued <= 1

@@ -8,6 +8,7 @@ Tolerances (outputs in [-1,1] for the generator, pixels/confidences for the dete
   new; differences are summation order).  bf16: <= 0.06.  CUDA fp16: <= 0.02.
 """
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -68,11 +69,19 @@ def astronaut_blur():
 
 @pytest.mark.parametrize("runtime", ["torch", *CPU_EXPORTED])
 def test_generator_runtime_matches_torch_fp32(runtime, generator, astronaut_blur, tmp_path):
+    """Every runtime, torch included, is handed the caller's module in train mode, where the backbone's BatchNorm
+    would normalise with the batch's own statistics, and must run what eval-mode fp32 torch runs, leaving the
+    caller's module as it was."""
     _need(runtime)
     with torch.no_grad():
         ref = generator(astronaut_blur)
-    engine = compile_module(generator, tuple(astronaut_blur.shape), runtime, "cpu", "fp32", cache_dir=tmp_path,
+    callers = FPNMobileNetV2(zero_init_last=False)  # as freshly built: train mode, gradients on
+    callers.load_state_dict(generator.state_dict())
+    with torch.no_grad():  # train mode gives another image (on a copy: a train-mode pass updates BatchNorm's statistics)
+        assert (copy.deepcopy(callers)(astronaut_blur) - ref).abs().max() > 0.05
+    engine = compile_module(callers, tuple(astronaut_blur.shape), runtime, "cpu", "fp32", cache_dir=tmp_path,
                             threads=1, spatial_multiple=32)
+    assert callers.training and all(p.requires_grad for p in callers.parameters())
     out = engine(astronaut_blur)
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert (out - ref).abs().max().item() <= TOL_FP32, engine.name
@@ -120,7 +129,8 @@ def _bus_detections(runtime: str):
     from detect.assets import package_dir
 
     bus = cv2.imread(str(package_dir("ultralytics") / "assets" / "bus.jpg"))
-    det = build_detector(DetectorConfig(imgsz=320, runtime=runtime, threads=1))
+    # fp32 everywhere: this compares runtimes; int8's cost has its own tests (tests/test_int8.py)
+    det = build_detector(DetectorConfig(imgsz=320, runtime=runtime, threads=1, precision="fp32"))
     det.warmup()
     return det, det([bus])[0]
 
