@@ -107,6 +107,8 @@ class Source:
     # ---- context manager / lifecycle ---------------------------------------------------------
     def __enter__(self) -> "Source":
         self._open()
+        if self.live:  # a live input keeps arriving: read it from now on, so the first get() is the newest frame
+            self.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -575,8 +577,11 @@ class StreamSource(_ReconnectingSource):
                     if self._stop.is_set():
                         return
                     yield frame.to_ndarray(format="bgr24"), (float(frame.time) if frame.time is not None else None)
-                logger.info("Source %s: end of stream after %d frames", self.name, self.read)
-                return
+                if self._ends_at_eof():
+                    logger.info("Source %s: end of stream after %d frames", self.name, self.read)
+                    return
+                logger.warning("Source %s: the server closed the live stream after %d frames; reconnecting",
+                               self.name, self.read)
             except (av.FFmpegError, OSError) as e:
                 logger.warning("Source %s: stream error after %d frames (%s); reconnecting", self.name, self.read, mask_url(str(e)))
             if not self._reconnect(
@@ -587,6 +592,12 @@ class StreamSource(_ReconnectingSource):
 
     def _connect_again(self) -> None:
         self._container = self._connect()
+
+    def _ends_at_eof(self) -> bool:
+        """Whether an end of file is the stream's end. A live stream on a real-time protocol (rtsp/rtmp, no
+        duration) has no end: FFmpeg reports EOF there when the server went away (crashed, restarted)."""
+        scheme = self._url.split("://", 1)[0].lower()
+        return scheme not in ("rtsp", "rtsps", "rtmp", "rtmps") or bool(getattr(self._container, "duration", None))
 
     def _release(self) -> None:
         if self._container is not None:

@@ -67,6 +67,8 @@ class RtspServer:
         self._log = None
 
     def start(self, timeout: float = 15.0) -> RtspServer:
+        if self._log is not None:
+            self._log.close()
         args = [_system_python(), str(SERVER), "--port", str(self.port), "--user", USER, "--password", PASSWORD]
         self._log = tempfile.TemporaryFile(mode="w+")  # GStreamer's warnings: a file, never a pipe that can fill up
         # stdin stays an open pipe: the server exits when it closes (this process gone: no orphan server)
@@ -74,8 +76,8 @@ class RtspServer:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline().strip() if ready else ""
         if not line.isdigit():
-            self.kill()
-            raise RuntimeError(f"RTSP server did not start within {timeout} s: {line!r} {self._stderr()[-500:]}")
+            self.kill()  # keeps the log: read below
+            raise RuntimeError(f"RTSP server did not start (waited up to {timeout} s): {line!r} {self._stderr()[-500:]}")
         self.port = int(line)
         return self
 
@@ -156,13 +158,11 @@ def test_stream_keeps_the_newest_frame_and_counts_what_it_dropped(server):
     assert read - dropped - consumed in (0, 1)  # every decoded frame was consumed or counted as dropped
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/sources.py: a live source starts reading at the first get(), not at "
-                   "open, so frames that arrived meanwhile (the runner's warm-up) are served stale first")
 def test_first_frame_after_a_pause_is_the_newest(server):
-    """The runner opens the source, warms the models up, then reads: the first frame must be live, not one
-    from the start of the warm-up (its latency would be measured from its decoding, so it would not show)."""
+    """The runner opens the source, builds and warms up the models, then reads: the first frame must be live,
+    not one from before (its latency is measured from its decoding, so the staleness would not show)."""
     with open_source(server.url(), open_timeout=5) as src:
-        time.sleep(1.5)  # the warm-up
+        time.sleep(1.5)  # building and warming up the models
         first, t_first = _get(src), time.perf_counter()
         time.sleep(0.5)
         later, t_later = _get(src), time.perf_counter()
@@ -201,8 +201,6 @@ def test_pipeline_cli_masks_the_password_in_its_output_and_summary(server, tmp_p
     assert server.masked() in r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/sources.py: when an RTSP server goes away FFmpeg reports a clean end "
-                   "of file, and StreamSource ends the stream there instead of reconnecting")
 def test_server_restart_mid_stream_reconnects(own_server, caplog):
     caplog.set_level(logging.INFO)
     with open_source(own_server.url(), open_timeout=5, reconnect_attempts=6, reconnect_delay=0.2) as src:
@@ -222,8 +220,6 @@ def test_server_restart_mid_stream_reconnects(own_server, caplog):
     assert "reconnect" in caplog.text and PASSWORD not in caplog.text
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/sources.py: when an RTSP server goes away FFmpeg reports a clean end "
-                   "of file, and StreamSource ends the stream (EndOfStream) instead of retrying, then raising")
 def test_server_gone_for_good_gives_up_with_a_clear_error(own_server, caplog):
     caplog.set_level(logging.INFO)
     t0 = time.perf_counter()

@@ -140,6 +140,7 @@ class _FakeContainer:
 
     def __init__(self, n: int, fail: bool) -> None:
         self.n, self.fail = n, fail
+        self.duration = None if fail else n * 40_000  # µs: a clean end has a length (an rtsp EOF without one reconnects)
         codec = SimpleNamespace(width=64, height=48)
         self.streams = SimpleNamespace(video=[SimpleNamespace(average_rate=25, codec_context=codec)])
 
