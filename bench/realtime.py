@@ -47,6 +47,8 @@ if str(ROOT) not in sys.path:
 
 from machine import cpu_flags, cpu_model  # noqa: E402  (bench/machine.py, beside this script)
 
+from runtime.files import atomic_write_text  # noqa: E402
+
 TARGETS_CPU = {"e2e_fps": 25.0, "deblur_fps": 50.0, "speedup": 5.0, "peak_rss_mb": 2048.0}
 TARGETS_CUDA = {"e2e_fps": 300.0, "peak_rss_mb": 2048.0}
 
@@ -373,15 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"realtime_{dt.date.today().isoformat()}_{'cuda' if args.device.startswith('cuda') else 'cpu'}"
-    tmp_json = out / f".{stem}.json.tmp"
-    tmp_json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    os.replace(tmp_json, out / f"{stem}.json")
+    atomic_write_text(out / f"{stem}.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     header = (f"# Real-time benchmark, {meta['date']}\n\n{device_name} ({args.device}, {os.cpu_count()} cores, "
               f"flags {' '.join(meta['cpu_flags']) or '-'}; load average at the end {load})\n\n"
               f"Clip: {args.source} at {' and '.join(args.sizes)}, shake severity {args.simulate_blur}, {args.frames} frames; "
               f"{args.threads} threads; detector YOLOv3-tiny at {args.imgsz}; deblurrer: {weights_desc}.\n"
               f"`auto` runtime here: {auto}. Command: `{meta['command']}`\n\n")
-    (out / f"{stem}.md").write_text(header + md_table + "\n")
+    atomic_write_text(out / f"{stem}.md", header + md_table + "\n")
     print()
     print(md_table)
     print(f"\nwritten: {out / (stem + '.json')}, {out / (stem + '.md')} (total {meta['total_s']:.0f} s)")

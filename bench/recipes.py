@@ -35,6 +35,10 @@ from pathlib import Path
 from machine import cpu_model  # bench/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from runtime.files import atomic_write_text  # noqa: E402
 
 # The base recipe every candidate changes one thing of: configs/deblur_train.yaml as it was when the benchmark was
 # first run (2026-11-25), spelled out so that later changes to the YAML do not change what a candidate means.
@@ -192,9 +196,7 @@ def main(argv=None) -> int:
             on_disk = json.loads(json_path.read_text()) if json_path.is_file() else {"runs": {}}
             results["runs"] = on_disk["runs"] | results["runs"]
             for path, text in ((json_path, json.dumps(results, indent=2)), (md_path, markdown(results))):
-                tmp = path.with_suffix(path.suffix + ".tmp")
-                tmp.write_text(text)
-                os.replace(tmp, path)
+                atomic_write_text(path, text)
 
     def job(name: str) -> None:
         entry = bench_one(name, args, args.tag)

@@ -234,15 +234,7 @@ def save_generator(
             value = value.half()
         state[_strip_prefixes(key)] = value.clone()
     payload = {"format": EXPORT_FORMAT, "model": state, "cfg": dataclasses.asdict(cfg), "step": int(step), "meta": meta}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    path = atomic_save(payload, path)
     logger.info("Saved %s generator (step %d%s) to %s", cfg.name, step, ", fp16" if half else "", path)
     return path
 

@@ -30,8 +30,21 @@ from torch import nn
 from configs import IMAGE_EXTENSIONS
 from deblur.frames import check_bgr_frames
 from deblur.kernel_deblur import KernelDeblurConfig, KernelDeblurrer
-from deblur.models import DEFAULT_DEBLURRER, ESTIMATOR_FORMAT, file_format, load_generator
-from runtime import RUNTIMES, compile_module, cpu_native_bf16, resolve_device, resolve_precision, resolve_runtime
+from deblur.models import (
+    DEFAULT_DEBLURRER,
+    ESTIMATOR_FORMAT,
+    file_format,
+    load_generator,
+)
+from runtime import (
+    RUNTIMES,
+    compile_module,
+    cpu_native_bf16,
+    resolve_device,
+    resolve_precision,
+    resolve_runtime,
+)
+from runtime.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -235,10 +248,7 @@ def write_image(path: str | os.PathLike, image_bgr: np.ndarray) -> None:
     ok, buf = cv2.imencode(path.suffix, image_bgr)
     if not ok:
         raise ValueError(f"Cannot encode an image as {path.suffix!r} for {path}; use .png or .jpg")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    buf.tofile(tmp)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def output_path(image: Path, out_dir: Path | None) -> Path:

@@ -13,12 +13,15 @@ from detect.calibration import calibration_inputs
 from detect.config import DetectorConfig
 from detect.darknet import DarknetModel, load_darknet_weights
 from runtime import compile_module, resolve_runtime
+from runtime.engines import openvino_native_bf16
 from runtime.quantize import quantization_available
 
 logger = logging.getLogger(__name__)
 
-# precision='auto' on the CPU with OpenVINO runs int8 (calibrated on training-corpus frames, detect/calibration.py):
-# its mAP@0.5 cost was measured by `python eval_detection.py detector_variants` (README, "Detector precision").
+# precision='auto' with OpenVINO on a CPU without native bf16 runs int8 (calibrated on training-corpus frames,
+# detect/calibration.py): there the alternative is fp32, and int8 is ~1.8x faster. Where bf16 is native it
+# stays bf16, which agrees with fp32 more closely and is nearly as fast. Measured by
+# `python eval_detection.py detector_variants` (README, "Detector precision and input size").
 AUTO_INT8 = True
 
 
@@ -96,9 +99,9 @@ class DarknetDetector(Detector):
         )
 
     def _precision(self) -> str:
-        """The engine precision: half -> fp16; a named one as given; auto -> int8 on OpenVINO (AUTO_INT8, where
-        NNCF is installed); fp32 for eager torch on the CPU (runtime 'torch' there is the reference, no engine);
-        else runtime.resolve_precision's choice (CUDA fp16, the CPU's bf16 where native, else fp32)."""
+        """The engine precision: half -> fp16; a named one as given; auto -> int8 on OpenVINO on a CPU without
+        native bf16 (AUTO_INT8, where NNCF is installed); fp32 for eager torch on the CPU (runtime 'torch' there
+        is the reference, no engine); else runtime.resolve_precision's choice (CUDA fp16, bf16 where native)."""
         cfg = self.cfg
         if self.half:
             return "fp16"
@@ -106,7 +109,7 @@ class DarknetDetector(Detector):
             return cfg.precision
         if self.runtime == "torch" and self.device.type == "cpu":
             return "fp32"
-        if AUTO_INT8 and self.runtime == "openvino":
+        if AUTO_INT8 and self.runtime == "openvino" and not openvino_native_bf16():
             reason = quantization_available()
             if reason is None:
                 return "int8"

@@ -33,9 +33,9 @@ class DetectorConfig:
     imgsz:     network input side in pixels, a multiple of 32.
     device:    "cpu", "cuda", "cuda:N" or "auto" (CUDA when available, else CPU).
     half:      fp16 inference; CUDA only (the same as precision='fp16').
-    precision: darknet backend only: "auto" (CPU: int8 on OpenVINO, calibrated on training-corpus frames,
-               where its accuracy cost was measured, else what the runtime picks: bf16 where the CPU has it,
-               else fp32; CUDA: fp32, or fp16 with half), "fp32", "bf16", "fp16" or "int8" (runtime openvino).
+    precision: darknet backend only: "auto" (OpenVINO: bf16 where the CPU runs it natively, else int8,
+               calibrated on training-corpus frames; eager torch on the CPU: fp32; CUDA: fp16), "fp32", "bf16",
+               "fp16" or "int8" (runtime openvino).
     threads:   0 = leave torch's intra-op thread count as it was; N > 0 = torch.set_num_threads(N),
                re-applied after every Ultralytics call (Ultralytics lowers it to cpu_count - 1).
                Also the intra-op threads of the onnxruntime/openvino runtimes (0 = torch's count).

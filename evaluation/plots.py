@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 from pathlib import Path
 
 import cv2
@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 
 from detect import Detection, draw_detections  # noqa: E402
 from evaluation.matching import Boxes  # noqa: E402
+from runtime.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +24,10 @@ COLORS = {"sharp": "tab:green", "blurred": "tab:red", "deblurred": "tab:blue", "
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_map_vs_severity(report: dict, path: Path) -> None:

@@ -41,7 +41,6 @@ import queue
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -52,6 +51,7 @@ from detect import PAD_GRAY
 from pipeline.config import PipelineConfig
 from pipeline.sources import EndOfStream, Frame, Source, mask_url, open_source
 from pipeline.stages import Batch, Stages, build_stages, stage_threads
+from runtime.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -533,11 +533,7 @@ class Summary:
 
     def write(self, path: str | os.PathLike) -> None:
         """The JSON file, written to a temp file and renamed (never half-written)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def log(self) -> None:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in self.ms_per_frame.items())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write_text", "file_sha256"]
+__all__ = ["atomic_save", "atomic_write_bytes", "atomic_write_text", "file_sha256"]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -37,14 +37,14 @@ def atomic_save(obj: object, path: str | os.PathLike) -> Path:
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (UTF-8)."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -52,3 +52,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
