@@ -45,6 +45,7 @@ def _frozen_copy(module: nn.Module, device: torch.device, dtype: torch.dtype | N
 
 
 # ---- torch -----------------------------------------------------------------------------------------
+RECOMPILE_LIMIT = 64  # torch_compile: compiled shapes per function before dynamo gives up (its default is 8)
 GRAPH_CACHE_SIZE = 8  # CUDA graphs kept per engine (one per input shape, each with its own memory pool)
 
 
@@ -98,6 +99,12 @@ class TorchEngine:
         self.fn: Callable[[torch.Tensor], torch.Tensor] = self.model
         if compile_mode is not None:
             self.fn = torch.compile(self.model, mode=compile_mode, dynamic=False)
+            # dynamic=False compiles once per input shape, and the pipeline warms every batch size 1..batch:
+            # past dynamo's default of 8 recompiles a function falls back to eager for good
+            import torch._dynamo
+
+            dynamo = torch._dynamo.config
+            dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
         self.cuda_graphs = cuda_graphs and device.type == "cuda" and compile_mode is None
         self._graphs = _GraphCache(self._capture)
 
@@ -142,7 +149,9 @@ class _CudaGraph:
                     fn(self.static_in)
             torch.cuda.current_stream(self.device).wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, stream=stream):
+            # thread_local: the pipeline's other stage thread keeps running CUDA work (replays, copies) while
+            # this one captures a new shape; the default global mode would make those calls illegal
+            with torch.cuda.graph(self.graph, stream=stream, capture_error_mode="thread_local"):
                 self.static_out = fn(self.static_in)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
