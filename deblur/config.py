@@ -129,7 +129,7 @@ class DataConfig:
         check_range("retries", self.retries, 0, 20)
         check_range("cache_gb", self.cache_gb, 0.0)
 
-    def masked(self) -> "DataConfig":
+    def masked(self) -> DataConfig:
         """This config with credentials in its URLs masked (what may be logged or written to a run folder)."""
         return replace(self, files_a=mask_url(self.files_a), files_b=mask_url(self.files_b),
                        sources=[mask_url(s) for s in self.sources], shards=[mask_url(s) for s in self.shards])

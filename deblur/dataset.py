@@ -47,13 +47,29 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from configs import did_you_mean
 from deblur.blur_synth import sample_kernel, synthesize
 from deblur.config import DataConfig
-from deblur.remote import Remote, is_url, iter_shard, mask_url, resolve_shards, strip_protocol
+from deblur.remote import (
+    Remote,
+    is_url,
+    iter_shard,
+    mask_url,
+    resolve_shards,
+    strip_protocol,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "PairedFolders", "SyntheticBlur", "ShardItems", "ShardStream", "build_dataset", "batch_loader", "stream_loader",
-    "collate", "CORRUPT_NAMES", "IMAGE_EXTS", "VIDEO_EXTS",
+    "CORRUPT_NAMES",
+    "IMAGE_EXTS",
+    "VIDEO_EXTS",
+    "PairedFolders",
+    "ShardItems",
+    "ShardStream",
+    "SyntheticBlur",
+    "batch_loader",
+    "build_dataset",
+    "collate",
+    "stream_loader",
 ]
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -651,10 +667,6 @@ class KeyedBatches(Dataset):
         return collate([self.dataset[i] for i in indices])
 
 
-def _worker_init(worker_id: int) -> None:
-    cv2.setNumThreads(1)  # each worker is one core's worth; OpenCV's own pool would oversubscribe the machine
-
-
 def batch_loader(dataset: Dataset, tasks: list[tuple[int, list[int]]], num_workers: int = 0,
                  pin_memory: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
     """Batches of a map-style dataset, in the order of ``tasks`` [(key, indices)], decoded, cropped and
@@ -662,7 +674,7 @@ def batch_loader(dataset: Dataset, tasks: list[tuple[int, list[int]]], num_worke
     global torch RNG is not touched."""
     return torch.utils.data.DataLoader(
         KeyedBatches(dataset), sampler=tasks, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed(seed), worker_init_fn=_worker_init if num_workers else None,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -673,5 +685,5 @@ def stream_loader(stream: ShardStream, batch_size: int, num_workers: int = 0, sk
     stream.batch_size, stream.skip_batches = int(batch_size), int(skip_batches)
     return torch.utils.data.DataLoader(
         stream, batch_size=batch_size, collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed(seed), worker_init_fn=_worker_init if num_workers else None,
+        generator=torch.Generator().manual_seed(seed),
     )

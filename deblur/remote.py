@@ -29,8 +29,9 @@ import os
 import re
 import tarfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from runtime.cache import default_cache_dir
 from runtime.urls import mask_url
@@ -38,7 +39,15 @@ from runtime.urls import mask_url
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "Remote", "ReadCache", "ShardError", "expand_braces", "has_magic", "is_url", "iter_shard", "mask_url", "resolve_shards",
+    "ReadCache",
+    "Remote",
+    "ShardError",
+    "expand_braces",
+    "has_magic",
+    "is_url",
+    "iter_shard",
+    "mask_url",
+    "resolve_shards",
     "strip_protocol",
 ]
 
@@ -110,9 +119,13 @@ class ReadCache:
     temporary name and ``os.replace``d, and a reader that loses a race with eviction reads the network again.
     """
 
+    RESCAN_EVERY = 256  # puts between full scans of the folder (other processes' writes are seen then)
+
     def __init__(self, root: str | os.PathLike, max_bytes: int):
         self.root = Path(root)
         self.max_bytes = int(max_bytes)
+        self._total: int | None = None  # bytes in the folder as last scanned, plus what this process added since
+        self._puts = 0
 
     def path(self, url: str, version: str) -> Path:
         digest = hashlib.sha256(f"{url}\n{version}".encode()).hexdigest()
@@ -132,10 +145,20 @@ class ReadCache:
         with self.writer(url, version) as f:
             f.write(data)
 
-    def writer(self, url: str, version: str) -> "_CacheWriter":
+    def writer(self, url: str, version: str) -> _CacheWriter:
         return _CacheWriter(self, self.path(url, version))
 
+    def _added(self, size: int) -> None:
+        """Account for a new entry; scan and evict only when the running total says the bound is passed."""
+        self._puts += 1
+        if self._total is not None and self._puts % self.RESCAN_EVERY:
+            self._total += size
+            if self._total <= self.max_bytes:
+                return
+        self._evict()
+
     def _evict(self) -> None:
+        """Delete least recently used entries until the folder holds at most 90% of ``max_bytes``."""
         files = []
         for p in self.root.glob("*/*"):
             if p.name.startswith("."):
@@ -146,11 +169,13 @@ class ReadCache:
                 continue
             files.append((st.st_mtime, st.st_size, p))
         total = sum(size for _, size, _ in files)
-        for _, size, p in sorted(files, key=lambda t: t[0]):
-            if total <= self.max_bytes:
-                break
-            p.unlink(missing_ok=True)
-            total -= size
+        if total > self.max_bytes:
+            for _, size, p in sorted(files, key=lambda t: t[0]):
+                if total <= 0.9 * self.max_bytes:  # headroom: the next few puts need no scan
+                    break
+                p.unlink(missing_ok=True)
+                total -= size
+        self._total = total
 
 
 class _CacheWriter:
@@ -160,7 +185,7 @@ class _CacheWriter:
         self.cache, self.path = cache, path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(self)}.tmp")
-        self.f = open(self.tmp, "wb")
+        self.f = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit()/abort()
         self.size = 0
 
     def write(self, data: bytes) -> None:
@@ -178,7 +203,7 @@ class _CacheWriter:
         self.f.close()
         self.f = None
         os.replace(self.tmp, self.path)
-        self.cache._evict()
+        self.cache._added(self.size)
 
     def abort(self) -> None:
         if self.f is not None:
@@ -269,7 +294,7 @@ class Remote:
             except PermissionError as e:
                 raise PermissionError(f"Access denied to {mask_url(url)} ({what}): {mask_url(e)}. "
                                       f"{_credentials_hint(url).capitalize()}.") from e
-            except Exception as e:  # noqa: BLE001 - backends raise their own types (botocore, aiohttp); sorted here
+            except Exception as e:
                 if _is_credential_error(e):
                     raise PermissionError(f"No credentials to read {mask_url(url)}: {_credentials_hint(url)}.") from e
                 if not isinstance(e, (OSError, TimeoutError, ConnectionError)) and not _is_network_error(e):
@@ -289,16 +314,17 @@ class Remote:
         proto, path = strip_protocol(pattern)
         fs = self._fs(pattern)
         fs.invalidate_cache()  # list afresh: a cached listing would hide a changed object (and its new ETag)
+        target = path if _strip_ok(pattern) else pattern
         if has_magic(pattern):
-            found = self._call("list", pattern, lambda: fs.glob(path, detail=True))
+            found = self._call("list", pattern, lambda: fs.glob(target, detail=True))
         else:
-            found = {path: self._call("read", pattern, lambda: fs.info(path))}
+            found = {target: self._call("read", pattern, lambda: fs.info(target))}
         urls = []
         for name, info in sorted(found.items()):
             if info.get("type", "file") != "file":
                 continue
             url = name if is_url(name) else proto + name  # s3fs/gcsfs list names without their protocol
-            if exts is not None and PurePosixPath(strip_protocol(url)[1]).suffix.lower() not in exts:
+            if exts is not None and PurePosixPath(strip_protocol(url)[1].split("?", 1)[0]).suffix.lower() not in exts:
                 continue
             self.versions[url] = _version(info)
             urls.append(url)

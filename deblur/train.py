@@ -25,7 +25,13 @@ from torch import nn
 
 from configs import save_config, to_dict
 from deblur.config import TrainConfig
-from deblur.dataset import ShardStream, batch_loader, build_dataset, collate, stream_loader
+from deblur.dataset import (
+    ShardStream,
+    batch_loader,
+    build_dataset,
+    collate,
+    stream_loader,
+)
 from deblur.discriminators import build_discriminator
 from deblur.losses import build_adv_loss, build_content_loss
 from deblur.metrics import psnr, ssim

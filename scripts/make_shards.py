@@ -10,13 +10,12 @@ Each sample is ``<key>.blur.<ext>`` + ``<key>.sharp.<ext>`` (or ``<key>.sharp.<e
 copied as they are (no re-encoding). Shards are ``shard-000000.tar`` ... of ``--samples-per-shard``
 samples, written under a temporary name and renamed; ``manifest.json`` lists each shard's sample count,
 size and sha256. Upload the folder with your storage's tool (``aws s3 sync shards/gopro s3://bucket/gopro``)
-and train with ``train.shards=[s3://bucket/gopro/shard-{000000..000009}.tar] train.preload=false``.
+and train with ``'train.shards=["s3://bucket/gopro/shard-{000000..000009}.tar"]' train.preload=false``.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import logging
@@ -28,9 +27,10 @@ from pathlib import Path, PurePosixPath
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from deblur.config import DataConfig  # noqa: E402
-from deblur.dataset import IMAGE_EXTS, PairedFolders, _glob, _relative  # noqa: E402
-from deblur.remote import Remote  # noqa: E402
+from deblur.config import DataConfig
+from deblur.dataset import IMAGE_EXTS, PairedFolders, _glob, _relative
+from deblur.remote import Remote
+from runtime.files import atomic_write_text, file_sha256
 
 logger = logging.getLogger("make_shards")
 MANIFEST_FORMAT = "deblur-webdataset/1"
@@ -67,8 +67,7 @@ def write_shards(samples: list[tuple[str, dict[str, object]]], out: Path, per_sh
                     _add(tar, f"{key}.{role}{PurePosixPath(str(src)).suffix.lower()}", _read(src, remote))
                 _add(tar, f"{key}.name.txt", name.encode("utf-8"))
         os.replace(tmp, path)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        shards.append({"name": path.name, "samples": len(chunk), "bytes": path.stat().st_size, "sha256": digest})
+        shards.append({"name": path.name, "samples": len(chunk), "bytes": path.stat().st_size, "sha256": file_sha256(path)})
         logger.info("%s: %d samples, %.1f MB", path, len(chunk), path.stat().st_size / 1e6)
     last = len(shards) - 1
     manifest = {
@@ -78,9 +77,7 @@ def write_shards(samples: list[tuple[str, dict[str, object]]], out: Path, per_sh
         "pattern": f"shard-{{000000..{last:06d}}}.tar" if last > 0 else "shard-000000.tar",
         "shards": shards,
     }
-    tmp = out / f".manifest.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "manifest.json")
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 

@@ -20,14 +20,19 @@ import torch
 
 from configs import load_config
 from deblur.config import DataConfig, TrainConfig
-from deblur.dataset import PairedFolders, ShardItems, ShardStream, batch_loader, build_dataset
+from deblur.dataset import (
+    PairedFolders,
+    ShardItems,
+    ShardStream,
+    build_dataset,
+)
 from deblur.remote import ReadCache, Remote, ShardError, expand_braces, iter_shard
 from deblur.train import Trainer
 from runtime.urls import mask_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-import make_shards  # noqa: E402
+import make_shards
 
 BUCKET = "deblur-data"
 
@@ -122,7 +127,7 @@ def test_s3_globs_train_like_the_same_files_read_locally(paired, s3, tmp_path):
 
 def test_s3_split_bounds_and_preload_match_local(paired, s3, tmp_path):
     for bounds in ((0.0, 0.5), (0.5, 1.0)):
-        kw = dict(bounds=bounds, size=32, preload=True, cache_dir=str(tmp_path))
+        kw = {"bounds": bounds, "size": 32, "preload": True, "cache_dir": str(tmp_path)}
         local = PairedFolders(DataConfig(files_a=f"{paired}/train/*/blur/*.png", files_b=f"{paired}/train/*/sharp/*.png", **kw))
         remote = PairedFolders(DataConfig(files_a=f"s3://{BUCKET}/gopro/train/*/blur/*.png",
                                           files_b=f"s3://{BUCKET}/gopro/train/*/sharp/*.png", **kw))
@@ -146,7 +151,7 @@ def test_cache_serves_epoch_two_and_misses_a_changed_object(paired, s3, tmp_path
         assert all(torch.equal(ds[i]["blur"], first[i]) for i in range(len(ds)))  # epoch 2: from the cache
 
     # the object changes in place: new ETag -> a miss, the new bytes are read
-    key = f"gopro/train/clipA/blur/0000.png"
+    key = "gopro/train/clipA/blur/0000.png"
     flat = cv2.imencode(".png", np.full((40, 48, 3), 200, np.uint8))[1].tobytes()
     original = (paired / "train/clipA/blur/0000.png").read_bytes()
     s3.put_object(Bucket=BUCKET, Key=key, Body=flat)
@@ -204,8 +209,7 @@ def shards(paired, tmp_path_factory) -> Path:
     whole = (out / "gopro" / "shard-000001.tar").read_bytes()
     (out / "truncated.tar").write_bytes(whole[: len(whole) // 2 + 100])
     buf = io.BytesIO()  # one good pair, one whose sharp half is not an image, one with no sharp half
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        good = tarfile.open(out / "gopro" / "shard-000000.tar")
+    with tarfile.open(fileobj=buf, mode="w") as tar, tarfile.open(out / "gopro" / "shard-000000.tar") as good:
         for m in good.getmembers()[:3]:
             tar.addfile(m, good.extractfile(m))
         for name, data in (("bad.blur.png", whole[:10]), ("bad.sharp.png", b"not a png"), ("lonely.blur.png", b"x")):
@@ -353,3 +357,34 @@ def test_ddp_two_ranks_read_every_sample_exactly_once_per_epoch(paired, tmp_path
     for workers in ("0", "2"):
         per_rank = [g[workers] for g in gathered]
         assert all(per_rank) and sorted(n for names in per_rank for n in names) == expected
+
+
+def test_trainer_streams_shards_and_resumes_exactly(shards, tmp_path):
+    """train.shards with preload=false streams; 2 steps + resume + 2 steps = 4 steps, with 2 DataLoader workers
+    (train_batches_per_epoch=3 with 8 samples of batch 2: the stream crosses trainer epochs and data epochs)."""
+    glob = f"train.shards=[{shards / 'gopro' / 'shard-*.tar'}]"
+
+    def cfg(run: str, steps: int) -> TrainConfig:
+        return _train_cfg(tmp_path / run, glob, "num_workers=2", f"max_steps={steps}", "num_epochs=3",
+                          "train.shuffle_buffer=3")
+
+    straight = Trainer(cfg("a", 5))
+    assert straight.streaming
+    straight.fit()
+    Trainer(cfg("b", 2)).fit()
+    resumed = Trainer(cfg("b", 5), resume=True)
+    assert resumed.step == 2
+    resumed.fit()
+    assert straight.step == resumed.step == 5
+    fresh = Trainer(cfg("c", 5))
+    assert any(not torch.equal(fresh.G.state_dict()[k], v) for k, v in straight.G.state_dict().items())
+    for (k, a), b in zip(straight.G.state_dict().items(), resumed.G.state_dict().values()):
+        assert torch.equal(a, b), f"{k} differs after resume"
+
+
+def test_http_urls_of_single_files_and_globs(http_root):
+    remote = Remote(cache_gb=0)
+    assert remote.glob(f"{http_root}/gopro/shard-000000.tar") == [f"{http_root}/gopro/shard-000000.tar"]
+    assert len(remote.glob(f"{http_root}/gopro/*.tar", {".tar"})) == 4
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        remote.glob(f"{http_root}/missing.png")
