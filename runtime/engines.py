@@ -101,9 +101,8 @@ class TorchEngine:
             self.fn = torch.compile(self.model, mode=compile_mode, dynamic=False)
             # dynamic=False compiles once per input shape, and the pipeline warms every batch size 1..batch:
             # past dynamo's default of 8 recompiles a function falls back to eager for good
-            import torch._dynamo
+            from torch._dynamo import config as dynamo
 
-            dynamo = torch._dynamo.config
             dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
         self.cuda_graphs = cuda_graphs and device.type == "cuda" and compile_mode is None
         self._graphs = _GraphCache(self._capture)
