@@ -20,7 +20,13 @@ import cv2
 import numpy as np
 
 from deblur.baselines import unsharp  # noqa: F401 (re-exported: a non-learned condition)
-from deblur.blur_synth import SHAKE_SIZES, apply_kernel, imagenet_c_kernel, shake_kernel, trajectory_kernel
+from deblur.blur_synth import (
+    SHAKE_SIZES,
+    apply_kernel,
+    imagenet_c_kernel,
+    shake_kernel,
+    trajectory_kernel,
+)
 from deblur.deconv import deconvolve_uint8 as wiener  # noqa: F401 (re-exported: the true-kernel oracle)
 from deblur.metrics import psnr, ssim  # noqa: F401 (re-exported: image quality against sharp)
 from evaluation.config import EvalBlurConfig

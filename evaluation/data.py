@@ -15,7 +15,6 @@ to decode is skipped by the caller and counted in the report.
 from __future__ import annotations
 
 import collections
-
 import glob
 import json
 import logging

