@@ -22,7 +22,6 @@ The script checks at the end that no eval file's content (sha256) is in the trai
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import logging
@@ -38,9 +37,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from runtime.files import atomic_write_bytes, atomic_write_text, file_sha256  # noqa: E402
+
 logger = logging.getLogger("fetch_data")
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "data"
+DEFAULT_ROOT = ROOT / "data"
 
 # Debian package -> one file that proves it is unpacked
 DEBS = {
@@ -114,20 +119,13 @@ def package_dir(name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def copy_file(src: Path, dst: Path) -> bool:
     """Copy unless ``dst`` exists; returns True when it copied."""
     if dst.exists():
         return False
     if not src.is_file():
         raise FileNotFoundError(f"Expected source file {src} is missing; is its package complete?")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    atomic_write_bytes(dst, src.read_bytes())
     return True
 
 
@@ -178,12 +176,12 @@ def _read_bgr(path: Path) -> np.ndarray:
 
 
 def _write_image(path: Path, bgr: np.ndarray) -> None:
-    """Write atomically (temp file + rename) in the format of ``path``'s suffix; JPEG at JPEG_QUALITY."""
-    tmp = path.with_name(path.name + ".tmp" + path.suffix)
+    """Write atomically in the format of ``path``'s suffix; JPEG at JPEG_QUALITY."""
     params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if path.suffix.lower() in (".jpg", ".jpeg") else []
-    if not cv2.imwrite(str(tmp), bgr, params):
-        raise OSError(f"Cannot write {tmp}")
-    os.replace(tmp, path)
+    ok, buf = cv2.imencode(path.suffix, bgr, params)
+    if not ok:
+        raise OSError(f"Cannot encode {path}")
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def video_frames(path: Path, step: int):
@@ -301,17 +299,15 @@ def gather_eval(root: Path, debian: Path) -> list[dict]:
 
 def write_manifest(folder: Path, entries: list[dict]) -> None:
     for e in entries:
-        e["sha256"] = sha256(folder / e["file"])
-    tmp = folder / "MANIFEST.json.tmp"
-    tmp.write_text(json.dumps(entries, indent=1))
-    os.replace(tmp, folder / "MANIFEST.json")
+        e["sha256"] = file_sha256(folder / e["file"])
+    atomic_write_text(folder / "MANIFEST.json", json.dumps(entries, indent=1))
 
 
 def check_disjoint(root: Path) -> None:
     """Fail when any eval file's content also appears in the train corpus."""
-    train = {sha256(f): f for f in (root / "train").rglob("*") if f.is_file() and f.name != "MANIFEST.json"}
+    train = {file_sha256(f): f for f in (root / "train").rglob("*") if f.is_file() and f.name != "MANIFEST.json"}
     clash = [(f, train[h]) for f in (root / "eval").rglob("*") if f.is_file() and f.name != "MANIFEST.json"
-             and (h := sha256(f)) in train]  # fmt: skip
+             and (h := file_sha256(f)) in train]  # fmt: skip
     if clash:
         raise RuntimeError(f"Eval files also in the train corpus (first 5): {clash[:5]}. Remove them from train.")
     logger.info("eval and train are disjoint by content (%d train files checked)", len(train))
