@@ -21,6 +21,16 @@ def _check_pair(name: str, pair: tuple, lo: float, hi: float) -> None:
         raise ValueError(f"'{name}' must be (low, high) with low <= high, got {tuple(pair)}")
 
 
+def _check_kinds(kinds: dict[str, float], known: set[str], what: str) -> None:
+    """Sampling weights of blur kinds: every kind known, every weight >= 0, at least one > 0."""
+    for k, w in kinds.items():
+        if k not in known:
+            raise ValueError(f"{what} '{k}' is unknown. Available: {sorted(known)}")
+        check_range(f"kinds.{k}", w, 0.0)
+    if not any(w > 0 for w in kinds.values()):
+        raise ValueError(f"'kinds' needs at least one positive weight, got {kinds}")
+
+
 NormName = Literal["instance", "batch", "none"]
 
 
@@ -63,13 +73,7 @@ class BlurConfig:
     jpeg_quality: tuple[int, int] = (60, 95)
 
     def __post_init__(self):
-        known = {"trajectory", "linear", "imagenet_c"}
-        for k, w in self.kinds.items():
-            if k not in known:
-                raise ValueError(f"blur kind '{k}' is unknown. Available: {sorted(known)}")
-            check_range(f"kinds.{k}", w, 0.0)
-        if not any(w > 0 for w in self.kinds.values()):
-            raise ValueError(f"'kinds' needs at least one positive weight, got {self.kinds}")
+        _check_kinds(self.kinds, {"trajectory", "linear", "imagenet_c"}, "blur kind")
         check_range("kernel_size", self.kernel_size, 3, 201)
         if self.kernel_size % 2 == 0:
             raise ValueError(f"'kernel_size' must be odd (the kernel has a centre pixel), got {self.kernel_size}")
@@ -290,13 +294,7 @@ class KernelBlurConfig:
     soften_sigma: tuple[float, float] = (0.3, 1.2)
 
     def __post_init__(self):
-        known = {"imagenet_c", "linear", "shake", "none"}
-        for k, w in self.kinds.items():
-            if k not in known:
-                raise ValueError(f"kernel blur kind '{k}' is unknown. Available: {sorted(known)}")
-            check_range(f"kinds.{k}", w, 0.0)
-        if not any(w > 0 for w in self.kinds.values()):
-            raise ValueError(f"'kinds' needs at least one positive weight, got {self.kinds}")
+        _check_kinds(self.kinds, {"imagenet_c", "linear", "shake", "none"}, "kernel blur kind")
         _check_pair("linear_length", self.linear_length, 1.0, 101.0)
         for s in [*self.imagenet_c_severities, *self.shake_severities]:
             check_range("severities", s, 1, 5)

@@ -48,14 +48,10 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-
-
 def entry_key(fields: dict[str, Any]) -> str:
     """Short stable key (24 hex chars) of a JSON-serialisable dict."""
     blob = json.dumps({"cache_format": CACHE_FORMAT, **fields}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
-
-
 
 
 def remove_entry(path: Path) -> None:

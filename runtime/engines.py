@@ -161,7 +161,7 @@ class _CudaGraph:
 
     def close(self) -> None:
         """Drop the graph and its static buffers; its private memory pool is then released by the next
-        ``torch.cuda.empty_cache()`` (every capture starts with one) or when an allocation needs it."""
+        ``torch.cuda.empty_cache()`` (``torch.cuda.graph`` runs one as each capture starts) or when an allocation needs it."""
         self.graph.reset()
         self.static_in = self.static_out = None
 
