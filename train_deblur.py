@@ -22,8 +22,8 @@ import yaml
 from configs import CONFIG_DIR, load_config
 from configs.cli import RUN_ERRORS, USAGE_ERRORS, CliError, guarded
 from deblur.config import KernelTrainConfig, TrainConfig
-from deblur.kernel_train import KernelTrainer
-from deblur.train import Trainer
+from deblur.train.kernel_trainer import KernelTrainer
+from deblur.train.gan_trainer import Trainer
 
 # The YAML's `stage` names what it trains: the generator (the default) or the kernel estimator.
 STAGES = {"generator": (TrainConfig, Trainer), "kernel": (KernelTrainConfig, KernelTrainer)}
@@ -97,7 +97,7 @@ def _extra_losses(cfg: TrainConfig) -> dict:
     """Content losses that need a network from outside deblur/ (the frozen detector), built here."""
     if cfg.model.content_loss.get("detector_perceptual", 0) <= 0:
         return {}
-    from deblur.losses import FeatureLoss
+    from deblur.train.losses import FeatureLoss
     from detect import DetectorConfig, build_darknet_model
 
     net = build_darknet_model(DetectorConfig(backend="darknet", device="cpu"))

@@ -60,7 +60,7 @@ def make_clip(source: str, out: Path, frames: int, size: str, severity: int, see
     import av
     import cv2
 
-    from deblur.blur_synth import apply_kernel, shake_kernel
+    from deblur.data.blur_synth import apply_kernel, shake_kernel
     from pipeline.sources import demo_clip
 
     path = demo_clip() if source == "demo" else Path(source)

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from deblur.arch_kernel import angle_error, kernel_moments, moment_angle  # noqa: E402
-from deblur.blur_synth import add_noise, apply_kernel, linear_kernel  # noqa: E402
+from deblur.archs.kernel_arch import angle_error, kernel_moments, moment_angle  # noqa: E402
+from deblur.data.blur_synth import add_noise, apply_kernel, linear_kernel  # noqa: E402
 from deblur.kernel_deblur import KernelDeblurrer  # noqa: E402
 from deblur.metrics import psnr  # noqa: E402
 

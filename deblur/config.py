@@ -258,7 +258,7 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- kernel estimator
 @dataclass(frozen=True)
 class EstimatorConfig:
-    """Kernel estimator architecture (deblur.arch_kernel.KernelEstimator); keys are its constructor args."""
+    """Kernel estimator architecture (deblur.archs.kernel_arch.KernelEstimator); keys are its constructor args."""
 
     name: Literal["kernel_mobilenet_v2"] = "kernel_mobilenet_v2"
     kernel_size: int = 41  # holds centred ImageNet-C severity 4 whole, most of severity 5, shake severity 5
@@ -311,7 +311,7 @@ class KernelLossConfig:
     """Weights of the estimator's loss terms (0 switches one off)."""
 
     kernel: float = 1.0  # cross-entropy of the predicted kernel against the true one (a distribution over taps)
-    moments: float = 1.0  # L1 on the predicted kernel's orientation and extent (deblur.arch_kernel.moment_features)
+    moments: float = 1.0  # L1 on the predicted kernel's orientation and extent (deblur.archs.kernel_arch.moment_features)
     motion: float = 1.0  # L1 of the motion head (orientation and extent as 3 numbers) against the true kernel's
     recon: float = 1.0  # L1 of the Wiener restoration with the predicted kernel against the sharp crop
 

@@ -3,7 +3,7 @@
 Layout and range: images are tensors ``(B,C,H,W)``, float in [0,1], any channel count and order (RGB,
 BGR or grey). Kernels are ``(k,k)`` (shared by the batch) or ``(B,k,k)`` float tensors, ``k`` odd,
 non-negative and summing to 1. They are *convolution* kernels anchored on their centre pixel
-``(k//2, k//2)``: ``blur(p) = sum_d K[c + d] * sharp(p - d)``, as ``deblur.blur_synth.apply_kernel`` blurs
+``(k//2, k//2)``: ``blur(p) = sum_d K[c + d] * sharp(p - d)``, as ``deblur.data.blur_synth.apply_kernel`` blurs
 and ``deblur.baselines.wiener`` deconvolves (this is its batched torch version, plus edge tapering).
 
 Everything runs on the inputs' device, in float32 (float64 if given float64) with autocast off;

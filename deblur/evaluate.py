@@ -32,9 +32,9 @@ import numpy as np
 
 from configs import CONFIG_DIR, load_config
 from deblur.baselines import unsharp
-from deblur.blur_synth import add_noise, apply_kernel, imagenet_c_kernel, jpeg, shake_kernel
+from deblur.data.blur_synth import add_noise, apply_kernel, imagenet_c_kernel, jpeg, shake_kernel
 from deblur.config import TrainConfig
-from deblur.dataset import SyntheticBlur
+from deblur.data.dataset import SyntheticBlur
 from deblur.deconv import deconvolve_uint8
 from deblur.kernel_deblur import KernelDeblurConfig
 from deblur.metrics import psnr, ssim
@@ -182,8 +182,8 @@ def _kernel_report(args) -> int:
     import torch
 
     from deblur.config import KernelTrainConfig
-    from deblur.kernel_data import KernelCrops
-    from deblur.kernel_train import evaluate_kernels
+    from deblur.data.kernel_dataset import KernelCrops
+    from deblur.train.kernel_trainer import evaluate_kernels
     from deblur.models import DEFAULT_ESTIMATOR, load_estimator
 
     config = args.config if "kernel" in Path(args.config).name else str(CONFIG_DIR / "kernel_train.yaml")

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from configs.loader import check_range
-from deblur.arch_kernel import kernel_extent, kernel_moments
+from deblur.archs.kernel_arch import kernel_extent, kernel_moments
 from deblur.deconv import estimate_noise, wiener_deconvolve
 from deblur.frames import check_bgr_frames
 from deblur.models import DEFAULT_ESTIMATOR, load_estimator, load_generator, load_refiner

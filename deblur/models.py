@@ -28,9 +28,9 @@ from torch import nn
 
 from configs import did_you_mean
 from configs.loader import ConfigError, from_dict
-from deblur.arch_fpn_densenet import FPNDenseNet121
-from deblur.arch_fpn_mobilenet import FPNGenerator, FPNMobileNetV2, FPNMobileNetV2DSC
-from deblur.arch_kernel import KernelEstimator
+from deblur.archs.fpn_densenet_arch import FPNDenseNet121
+from deblur.archs.fpn_mobilenet_arch import FPNGenerator, FPNMobileNetV2, FPNMobileNetV2DSC
+from deblur.archs.kernel_arch import KernelEstimator
 from deblur.config import EstimatorConfig, GeneratorConfig, ModelConfig
 from runtime import resolve_device
 from runtime.files import atomic_save
@@ -67,8 +67,8 @@ ESTIMATORS: dict[str, type[KernelEstimator]] = {"kernel_mobilenet_v2": KernelEst
 
 EXPORT_FORMAT = "deblur-generator-v1"
 ESTIMATOR_FORMAT = "deblur-kernel-estimator-v1"
-KERNEL_TRAIN_FORMAT = "kernel-train-v1"  # deblur/kernel_train.py checkpoints hold "model", "ema" and "cfg" too
-TRAIN_FORMAT = "deblur-train-v1"  # deblur/train.py checkpoints hold "model" and "cfg" too
+KERNEL_TRAIN_FORMAT = "kernel-train-v1"  # deblur/train/kernel_trainer.py checkpoints hold "model", "ema" and "cfg" too
+TRAIN_FORMAT = "deblur-train-v1"  # deblur/train/gan_trainer.py checkpoints hold "model" and "cfg" too
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "fpn_mobilenet_v2.pt"
 DEFAULT_ESTIMATOR = Path(__file__).resolve().parent / "weights" / "kernel_estimator.pt"
 # what the pipeline, predict and the evaluations run when no weights are given: the kernel-aware deblurrer

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from deblur.baselines import unsharp  # noqa: F401 (re-exported: a non-learned condition)
-from deblur.blur_synth import (
+from deblur.data.blur_synth import (
     SHAKE_SIZES,
     apply_kernel,
     imagenet_c_kernel,

@@ -66,7 +66,7 @@ class EvalDataConfig:
 class EvalBlurConfig:
     """Synthetic blur (ignored for 'paired' data, whose blur is real).
 
-    kind: imagenet_c (deblur.blur_synth.imagenet_c_kernel at each severity), shake (shake_kernel) or
+    kind: imagenet_c (deblur.data.blur_synth.imagenet_c_kernel at each severity), shake (shake_kernel) or
     trajectory (trajectory_kernel, random camera paths). Every image gets its own kernel from a seed
     derived from a stable hash of (seed, image name, severity): every method sees the same blurred image.
     """

@@ -83,10 +83,10 @@ def scaled_size(h: int, w: int, long_side: int | None) -> tuple[int, int]:
 
 
 class SimulateBlur:
-    """Synthetic camera shake on every input frame (deblur.blur_synth), one fixed kernel per run."""
+    """Synthetic camera shake on every input frame (deblur.data.blur_synth), one fixed kernel per run."""
 
     def __init__(self, severity: int, seed: int = 0) -> None:
-        from deblur.blur_synth import apply_kernel, shake_kernel
+        from deblur.data.blur_synth import apply_kernel, shake_kernel
 
         self.kernel = shake_kernel(severity, seed)
         self._apply = apply_kernel

@@ -28,8 +28,8 @@ from pathlib import Path, PurePosixPath
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from deblur.config import DataConfig
-from deblur.dataset import IMAGE_EXTS, PairedFolders, _glob, _relative
-from deblur.remote import Remote
+from deblur.data.dataset import IMAGE_EXTS, PairedFolders, _glob, _relative
+from runtime.remote import Remote
 from runtime.files import atomic_write_text, file_sha256
 
 logger = logging.getLogger("make_shards")

@@ -1,9 +1,9 @@
-"""Synthetic blur kernels and their application (deblur/blur_synth.py)."""
+"""Synthetic blur kernels and their application (deblur/data/blur_synth.py)."""
 
 import numpy as np
 import pytest
 
-from deblur.blur_synth import (
+from deblur.data.blur_synth import (
     IMAGENET_C_MOTION,
     SHAKE_SIZES,
     add_noise,

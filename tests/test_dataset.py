@@ -1,4 +1,4 @@
-"""Datasets: paired folders and on-the-fly synthetic blur (deblur/dataset.py)."""
+"""Datasets: paired folders and on-the-fly synthetic blur (deblur/data/dataset.py)."""
 
 import random
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deblur.config import BlurConfig, DataConfig
-from deblur.dataset import PairedFolders, SyntheticBlur, _split_key, build_dataset
+from deblur.data.dataset import PairedFolders, SyntheticBlur, _split_key, build_dataset
 
 # a delta kernel and no noise: the "blurred" image must equal the sharp one exactly
 IDENTITY_BLUR = BlurConfig(kinds={"linear": 1.0, "trajectory": 0.0, "imagenet_c": 0.0}, linear_length=(1, 1),

@@ -7,7 +7,7 @@ import torch
 from skimage import data
 
 from deblur.baselines import wiener
-from deblur.blur_synth import apply_kernel, imagenet_c_kernel, linear_kernel, trajectory_kernel
+from deblur.data.blur_synth import apply_kernel, imagenet_c_kernel, linear_kernel, trajectory_kernel
 from deblur.deconv import estimate_noise, wiener_deconvolve
 from deblur.metrics import psnr
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from deblur.discriminators import DISCRIMINATORS, build_discriminator, random_crops
+from deblur.archs.discriminator_arch import DISCRIMINATORS, build_discriminator, random_crops
 
 X = (2, 3, 64, 64)  # (B,3,H,W) RGB [-1,1]
 SMALL = {"ndf": 8}  # narrow nets keep the tests fast; shapes do not depend on ndf

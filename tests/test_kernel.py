@@ -10,12 +10,12 @@ import torch
 from skimage import data as skdata
 
 from configs import load_config
-from deblur.arch_kernel import angle_error, kernel_extent, kernel_moments, moment_angle
-from deblur.blur_synth import apply_kernel, imagenet_c_kernel, linear_kernel, shake_kernel
+from deblur.archs.kernel_arch import angle_error, kernel_extent, kernel_moments, moment_angle
+from deblur.data.blur_synth import apply_kernel, imagenet_c_kernel, linear_kernel, shake_kernel
 from deblur.config import EstimatorConfig, KernelTrainConfig
-from deblur.kernel_data import KernelCrops, fit_kernel
+from deblur.data.kernel_dataset import KernelCrops, fit_kernel
 from deblur.kernel_deblur import KernelDeblurrer
-from deblur.kernel_train import KernelTrainer
+from deblur.train.kernel_trainer import KernelTrainer
 from deblur.metrics import psnr
 from deblur.models import build_estimator, load_estimator, load_generator, save_estimator, save_generator
 

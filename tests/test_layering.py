@@ -28,6 +28,15 @@ LEAVES = {"scripts", "bench", "train_deblur", "eval_detection"}  # folders of sc
 ALLOWED = {**PACKAGES, **{leaf: set(PACKAGES) for leaf in LEAVES}}
 # folders with Python files that are not the product: tests, downloaded data (third-party files), run outputs
 NOT_CHECKED = {"tests", "data", "runs"}
+# Inside a package, its subpackages point one way too: the pure models and the data sit low, training above
+# them, and the command-line tools (deblur.predict, deblur.evaluate) on top. Each subpackage
+# may import itself and the listed modules or subpackages of its own package (names relative to the package).
+SUBPACKAGES = {
+    "deblur.archs": {"config"},
+    "deblur.data": {"config"},
+    "deblur.train": {"archs", "data", "config", "models", "deconv", "metrics", "kernel_deblur", "frames"},
+}
+MAX_MODULES = 12  # modules directly in one package folder; past that, split it into subpackages by job
 SCRIPT_DIRS = ("scripts", "bench", "tests")  # their files run as scripts and import each other by bare name
 
 
@@ -157,3 +166,86 @@ def test_checker_sees_a_wrong_edge(tmp_path):
     assert "test doubles" in found["pipeline/double.py"][0]
     assert "bench/realtime.py imports eval_detection.py" in found["bench/realtime.py"][0]
     assert found["eval_detection.py"] == ["eval_detection.py imports ultralytics: only detect/ may"]
+
+
+def _own_modules(path: Path, root: Path) -> set[str]:
+    """Dotted names of the project modules `path` imports (absolute and relative; literal dynamic ones)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = path.relative_to(root).parent.parts
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                base = node.module.split(".")
+            else:
+                base = [*package[: len(package) - (node.level - 1)], *(node.module.split(".") if node.module else [])]
+            names.add(".".join(base))
+            names.update(".".join([*base, alias.name]) for alias in node.names)  # `from deblur import data`
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if func in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                names.add(node.args[0].value)
+    return names
+
+
+def _sub_unit(dotted: str, root: Path) -> str | None:
+    """`deblur.archs.kernel_arch` -> `deblur.archs`; `deblur.models` -> `deblur.models`; other packages: None."""
+    parts = dotted.split(".")
+    if len(parts) < 2 or not (root / parts[0] / "__init__.py").exists():
+        return None
+    if (root / parts[0] / parts[1] / "__init__.py").exists():
+        return f"{parts[0]}.{parts[1]}"
+    if (root / parts[0] / f"{parts[1]}.py").exists():
+        return f"{parts[0]}.{parts[1]}"
+    return None  # a name imported from the package's __init__ (`from deblur import build_generator`)
+
+
+def _sub_violations(path: Path, root: Path = ROOT) -> list[str]:
+    rel = path.relative_to(root)
+    if len(rel.parts) < 3:
+        return []
+    unit = f"{rel.parts[0]}.{rel.parts[1]}"
+    allowed = {f"{rel.parts[0]}.{name}" for name in SUBPACKAGES.get(unit, set())} | {unit}
+    used = {u for u in (_sub_unit(n, root) for n in _own_modules(path, root)) if u and u.startswith(rel.parts[0] + ".")}
+    return [f"{rel} imports {u}, but {unit} may import only {sorted(allowed)}" for u in sorted(used - allowed)]
+
+
+def _subpackages(root: Path = ROOT) -> set[str]:
+    return {f"{p.parent.parent.name}.{p.parent.name}" for p in root.glob("*/*/__init__.py")
+            if p.parent.parent.name in PACKAGES}
+
+
+@pytest.mark.parametrize("path", [p for p in _python_files() if len(p.relative_to(ROOT).parts) > 2],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_subpackages_point_one_way(path):
+    assert not _sub_violations(path)
+
+
+def test_every_subpackage_has_a_rule():
+    assert _subpackages() == set(SUBPACKAGES), "add the new subpackage to SUBPACKAGES, or remove the stale rule"
+
+
+def test_no_package_folder_is_crowded():
+    crowded = {str(d.relative_to(ROOT)): n for d in {p.parent for p in ROOT.glob("*/**/__init__.py")}
+               if d.parts[len(ROOT.parts)] in PACKAGES and (n := len(list(d.glob("*.py")))) > MAX_MODULES}
+    assert not crowded, f"more than {MAX_MODULES} modules in one folder: {crowded}; split by job into subpackages"
+
+
+def test_sub_checker_sees_a_wrong_edge(tmp_path):
+    files = {
+        "deblur/__init__.py": "", "deblur/config.py": "", "deblur/models.py": "", "deblur/predict.py": "",
+        "deblur/archs/__init__.py": "", "deblur/data/__init__.py": "", "deblur/train/__init__.py": "",
+        "deblur/archs/ok.py": "from deblur.config import X\nfrom deblur.archs.other import Y\n",
+        "deblur/archs/up.py": "from deblur.models import build\n",
+        "deblur/data/relative.py": "from ..archs import kernel_arch\n",
+        "deblur/train/top.py": "from deblur.models import build\nfrom deblur import predict\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    found = {rel: _sub_violations(tmp_path / rel, tmp_path) for rel in files}
+    assert {rel: len(v) for rel, v in found.items() if v} == {
+        "deblur/archs/up.py": 1, "deblur/data/relative.py": 1, "deblur/train/top.py": 1}, found
+    assert "deblur.train may import only" in found["deblur/train/top.py"][0] and "deblur.predict" in found["deblur/train/top.py"][0]

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from deblur.discriminators import build_discriminator
-from deblur.losses import (
+from deblur.archs.discriminator_arch import build_discriminator
+from deblur.train.losses import (
     ADV_LOSSES,
     CONTENT_LOSSES,
     ContentLoss,

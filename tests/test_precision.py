@@ -69,8 +69,8 @@ def test_unknown_precision_lists_the_valid_ones():
 @pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("amp", ["auto", "none", "bf16", "fp16"])
 def test_training_and_pipeline_ask_the_policy(device, native, amp, native_bf16):
-    """deblur.train.resolve_amp and pipeline.stages.resolve_amp ('none' = fp32) give resolve_precision's answer."""
-    from deblur.train import resolve_amp as train_amp
+    """deblur.train.gan_trainer.resolve_amp and pipeline.stages.resolve_amp ('none' = fp32) give resolve_precision's answer."""
+    from deblur.train.gan_trainer import resolve_amp as train_amp
     from pipeline.stages import resolve_amp as pipeline_amp
 
     native_bf16(native)

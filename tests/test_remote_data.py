@@ -20,14 +20,14 @@ import torch
 
 from configs import load_config
 from deblur.config import DataConfig, TrainConfig
-from deblur.dataset import (
+from deblur.data.dataset import (
     PairedFolders,
     ShardItems,
     ShardStream,
     build_dataset,
 )
-from deblur.remote import ReadCache, Remote, ShardError, expand_braces, iter_shard
-from deblur.train import Trainer
+from runtime.remote import ReadCache, Remote, ShardError, expand_braces, iter_shard
+from deblur.train.gan_trainer import Trainer
 from runtime.urls import mask_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,7 +277,7 @@ def test_missing_shard_url_is_named(http_root):
 
 def test_bad_samples_are_skipped_counted_and_logged(http_root, caplog):
     stream = ShardStream(DataConfig(shards=[f"{http_root}/bad.tar"], bounds=(0.0, 1.0), size=32, cache_gb=0))
-    with caplog.at_level(logging.WARNING, logger="deblur.dataset"):
+    with caplog.at_level(logging.WARNING, logger="deblur.data.dataset"):
         items = list(stream)
     assert len(items) == 1 and stream.skipped == 2
     assert "'bad' skipped" in caplog.text and "'lonely' skipped" in caplog.text and "2 bad samples" in caplog.text
@@ -312,7 +312,7 @@ def test_workers_give_the_main_process_batches(paired, tmp_path):
 
 
 def test_stream_resume_skips_to_the_same_batches(shards, tmp_path):
-    from deblur.dataset import stream_loader
+    from deblur.data.dataset import stream_loader
 
     cfg = DataConfig(shards=[str(shards / "gopro" / "shard-*.tar")], bounds=(0.0, 1.0), size=32, shuffle_buffer=3)
     for workers in (0, 2):

@@ -20,7 +20,7 @@ import torch
 from skimage import data as skdata
 from torch import nn
 
-from deblur.arch_fpn_mobilenet import FPNMobileNetV2
+from deblur.archs.fpn_mobilenet_arch import FPNMobileNetV2
 from deblur.config import GeneratorConfig
 from deblur.models import load_generator, save_generator
 from deblur.predict import Deblurrer

@@ -19,7 +19,7 @@ from torch import nn
 from configs import ConfigError, load_config
 from deblur import load_generator
 from deblur.config import TrainConfig
-from deblur.train import Trainer, atomic_save, lr_factor
+from deblur.train.gan_trainer import Trainer, atomic_save, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -217,7 +217,7 @@ def test_validation_scores_every_held_out_image_once(photos, tmp_path):
 def test_ranks_agree_to_stop_on_the_time_budget(photos, tmp_path, monkeypatch):
     """Under DDP each rank checks its own clock; the decision is all-reduced (MAX), so when any rank's budget
     is spent they all stop at the same step (one rank stopping alone would leave the others hanging)."""
-    import deblur.train as train_mod
+    import deblur.train.gan_trainer as train_mod
 
     trainer = Trainer(tiny_cfg(photos, tmp_path, "max_minutes=60"))
     trainer._t_start, trainer._cpu_start = time.monotonic(), time.process_time()
@@ -237,7 +237,7 @@ def test_cuda_rng_state_is_the_training_devices_only(monkeypatch, caplog):
     """Checkpoints hold the CUDA RNG state of the training device only (was: every GPU's, as a list, which
     cannot be restored on a machine with another GPU count). Older list-form states still load. CUDA faked:
     a state is a one-byte tensor holding its GPU's index."""
-    import deblur.train as train_mod
+    import deblur.train.gan_trainer as train_mod
 
     restored = []
     monkeypatch.setattr(torch.cuda, "get_rng_state",
@@ -257,7 +257,7 @@ def test_cuda_rng_state_is_the_training_devices_only(monkeypatch, caplog):
     restored.clear()
     train_mod._set_rng_state(old, cpu)  # a CPU run has no CUDA generator to restore
     train_mod._set_rng_state({**state, "cuda": []}, gpu0)  # older CPU checkpoints: an empty list
-    with caplog.at_level("WARNING", logger="deblur.train"):
+    with caplog.at_level("WARNING", logger="deblur.train.gan_trainer"):
         train_mod._set_rng_state({**state, "cuda": old["cuda"][:1]}, gpu1)  # saved with 1 GPU, resumed on cuda:1
     assert restored == [] and "CUDA RNG starts afresh" in caplog.text
 
@@ -278,7 +278,7 @@ def test_resume_from_a_checkpoint_with_old_per_gpu_rng_states(photos, tmp_path):
 def test_sync_batchnorm_only_under_ddp_on_cuda():
     """BatchNorm becomes SyncBatchNorm only for DDP on CUDA (gloo/CPU cannot run it), keeping the very
     Parameter objects (the optimizer holds them) and the state_dict keys (checkpoints stay compatible)."""
-    from deblur.train import sync_batchnorm
+    from deblur.train.gan_trainer import sync_batchnorm
 
     def model():
         return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)))

@@ -16,10 +16,10 @@ neighbouring frames never straddle the split.
 Unreadable images raise ``ValueError`` naming the file (at construction when ``preload``, else when the
 item is read): a broken file in the corpus is a bug to fix, not to skip silently. In a WebDataset shard,
 one bad sample (undecodable, or a pair missing its other half) is logged, skipped and counted instead; a
-truncated shard raises ``deblur.remote.ShardError``.
+truncated shard raises ``runtime.remote.ShardError``.
 
 Remote data: every glob may be an fsspec URL (``s3://bucket/gopro/train/*/blur/*.png``); pairing, the hash
-split and ``bounds`` work on the part after the bucket exactly as on a local path. See ``deblur.remote``.
+split and ``bounds`` work on the part after the bucket exactly as on a local path. See ``runtime.remote``.
 
 Shards: ``cfg.shards`` lists WebDataset tar shards. With ``preload`` they are read once into memory
 (``ShardItems``, a map-style dataset like the others); otherwise ``ShardStream`` streams them: each data
@@ -45,9 +45,9 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from configs import did_you_mean
-from deblur.blur_synth import sample_kernel, synthesize
+from deblur.data.blur_synth import sample_kernel, synthesize
 from deblur.config import DataConfig
-from deblur.remote import (
+from runtime.remote import (
     Remote,
     is_url,
     iter_shard,

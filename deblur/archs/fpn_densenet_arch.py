@@ -1,7 +1,7 @@
 """FPN generator on a DenseNet-121 backbone (DeblurGANv2's heavier FPN-DenseNet family).
 
 Input and output: ``(B, 3, H, W)`` RGB float in ``[-1, 1]``, any ``H, W >= 32``. Same FPN, heads and
-residual as ``deblur.arch_fpn_mobilenet.FPNGenerator``; the backbone is
+residual as ``deblur.archs.fpn_mobilenet_arch.FPNGenerator``; the backbone is
 ``torchvision.models.densenet121(weights=None).features`` (module names as in torchvision), tapped at
 
 * stride 2: ``relu0`` (64 ch)          * stride 4: ``denseblock1`` (256 ch)
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torchvision.models import densenet121
 
-from deblur.arch_fpn_mobilenet import FPNGenerator
+from deblur.archs.fpn_mobilenet_arch import FPNGenerator
 
 __all__ = ["FPNDenseNet121"]
 

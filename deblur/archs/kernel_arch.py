@@ -3,7 +3,7 @@
 A width-reduced MobileNetV2 trunk (DeblurGANv2's backbone family, random init, one grey input channel)
 looks at full-resolution crops, so the blur is not shrunk away. Global pooling and a small head give
 ``kernel_size**2`` logits; a softmax makes them a kernel (non-negative, sums to 1). The kernel is a
-true convolution kernel centred on its middle pixel (``deblur.blur_synth`` convention).
+true convolution kernel centred on its middle pixel (``deblur.data.blur_synth`` convention).
 
 ``kernel_moments`` gives the kernel's second moments (orientation and extent): the same numbers for a
 predicted and a true kernel, used as a training loss and to report angle errors.

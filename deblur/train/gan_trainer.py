@@ -25,15 +25,15 @@ from torch import nn
 
 from configs import save_config, to_dict
 from deblur.config import TrainConfig
-from deblur.dataset import (
+from deblur.data.dataset import (
     ShardStream,
     batch_loader,
     build_dataset,
     collate,
     stream_loader,
 )
-from deblur.discriminators import build_discriminator
-from deblur.losses import build_adv_loss, build_content_loss
+from deblur.archs.discriminator_arch import build_discriminator
+from deblur.train.losses import build_adv_loss, build_content_loss
 from deblur.metrics import psnr, ssim
 from deblur.models import TRAIN_FORMAT, build_generator, load_generator, save_generator
 from runtime import resolve_device, resolve_precision
@@ -296,7 +296,7 @@ class Trainer:
         return self._to_device(collate([dataset[i] for i in indices]))
 
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """A collated batch (deblur.dataset.collate) on the training device, refiner input and layout applied."""
+        """A collated batch (deblur.data.dataset.collate) on the training device, refiner input and layout applied."""
         blur = batch["blur"].to(self.device, non_blocking=True)
         sharp = batch["sharp"].to(self.device, non_blocking=True)
         if self.kernel_deblurrer is not None:  # refiner: [blurred, deconvolved] (B,6,H,W), both RGB [-1,1]

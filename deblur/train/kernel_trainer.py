@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from configs import save_config, to_dict
-from deblur.arch_kernel import angle_error, kernel_extent, kernel_moments, moment_angle, moment_features
+from deblur.archs.kernel_arch import angle_error, kernel_extent, kernel_moments, moment_angle, moment_features
 from deblur.config import KernelTrainConfig
 from deblur.deconv import wiener_deconvolve
-from deblur.kernel_data import KernelCrops
+from deblur.data.kernel_dataset import KernelCrops
 from deblur.metrics import psnr
 from deblur.models import KERNEL_TRAIN_FORMAT, build_estimator, load_estimator, save_estimator
-from deblur.train import build_optimizer
+from deblur.train.gan_trainer import build_optimizer
 from runtime import resolve_device
 from runtime.files import atomic_save
 

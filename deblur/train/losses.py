@@ -8,7 +8,7 @@ off. Networks inside a loss (the discriminator, VGG) still run under the caller'
 critic inside the WGAN-GP gradient penalty (float32: a gradient of a half graph underflows).
 
 Adversarial (``build_adv_loss(name)``): one interface for every discriminator kind of
-``deblur.discriminators`` (a tensor, a ``{"full", "patch"}`` dict or a list of scales; the loss
+``deblur.archs.discriminator_arch`` (a tensor, a ``{"full", "patch"}`` dict or a list of scales; the loss
 is the mean over components, i.e. (full + patch) / 2 for ``double_gan`` as in DeblurGANv2)::
 
     adv = build_adv_loss("ragan-ls")

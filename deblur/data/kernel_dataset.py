@@ -1,6 +1,6 @@
 """Training data of the kernel estimator: full-resolution grey crops, blurred by kernels we know exactly.
 
-``KernelCrops(cfg, bounds).batch(rng, n)`` draws ``n`` samples: a photo of the split (deblur.dataset's
+``KernelCrops(cfg, bounds).batch(rng, n)`` draws ``n`` samples: a photo of the split (deblur.data.dataset's
 hash split of ``cfg.sources``), a random rescale, the most textured of a few random crops, a kernel from
 ``cfg.blur`` (ImageNet-C, linear, camera shake or none, every angle), blur, sensor noise and JPEG. It
 returns the blurred and sharp crops ((n,1,S,S) float in [0,1]) and the kernels ((n,k,k), summing to 1,
@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import torch
 
-from deblur.blur_synth import imagenet_c_kernel, jpeg, linear_kernel, shake_kernel
+from deblur.data.blur_synth import imagenet_c_kernel, jpeg, linear_kernel, shake_kernel
 from deblur.config import DataConfig, KernelBlurConfig, KernelTrainConfig
-from deblur.dataset import SyntheticBlur
+from deblur.data.dataset import SyntheticBlur
 
 __all__ = ["KernelCrops", "fit_kernel", "sample_kernel"]
 

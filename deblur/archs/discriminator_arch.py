@@ -1,7 +1,7 @@
 """Discriminators for adversarial deblurring (DeblurGANv2's ``d_name`` choices).
 
 Every discriminator takes ``x: Tensor (B,3,H,W) RGB float in [-1, 1]`` and returns raw scores
-(logits, no sigmoid). What it returns depends on the kind, and ``deblur.losses.AdversarialLoss``
+(logits, no sigmoid). What it returns depends on the kind, and ``deblur.train.losses.AdversarialLoss``
 understands all of them:
 
 - ``patch_gan``    -> ``Tensor (B,1,h,w)``: one score per overlapping 70x70 patch.
