@@ -156,7 +156,9 @@ def test_detector_precision_config_errors(kw, match):
 
 # ---- the detector_variants experiment -------------------------------------------------------------
 class BoxDetector:
-    """Finds one 'person' box at a fixed place of every frame, shifted right by ``shift`` of its width."""
+    """Finds the bright rectangle of each frame (the bounding box of pixels above mid-grey) as a 'person',
+    shifted right by ``shift`` of its width. It reads the pixels, so a variant fed other frames than the
+    reference (another image, the sharp frame instead of the blurred one, an empty frame) finds other boxes."""
 
     names = ["person", "car"]
 
@@ -168,10 +170,25 @@ class BoxDetector:
         self.calls += len(frames)
         out = []
         for f in frames:
-            h, w = f.shape[:2]
-            x0 = w * (0.2 + 0.4 * self.shift)
-            out.append([Detection((x0, h * 0.2, x0 + w * 0.4, h * 0.8), 0.9, 0, "person")])
+            ys, xs = np.nonzero(f.max(axis=2) > 127)
+            if not len(xs):
+                out.append([])
+                continue
+            x0, x1, y0, y1 = xs.min(), xs.max() + 1.0, ys.min(), ys.max() + 1.0
+            dx = (x1 - x0) * self.shift
+            out.append([Detection((x0 + dx, y0, x1 + dx, y1), 0.9, 0, "person")])
         return out
+
+
+def _rectangles(folder, n=6, shape=(64, 80)):
+    """n black frames, each with one white rectangle at its own place and size."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = np.zeros((*shape, 3), np.uint8)
+        h, w = rng.integers(16, 28), rng.integers(16, 28)
+        y, x = rng.integers(4, shape[0] - h - 4), rng.integers(4, shape[1] - w - 4)
+        img[y:y + h, x:x + w] = 255
+        cv2.imwrite(str(folder / f"im{i}.png"), img)
 
 
 def test_detector_variants_scores_each_variant_against_the_reference(tmp_path):
@@ -181,9 +198,7 @@ def test_detector_variants_scores_each_variant_against_the_reference(tmp_path):
 
     folder = tmp_path / "imgs"
     folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        cv2.imwrite(str(folder / f"im{i}.png"), rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))
+    _rectangles(folder)
     cfg = load_config(EvalConfig, None, [f"data.sources=[{folder}/*.png]", f"out={tmp_path / 'run'}",
                                          "blur.severities=[0,3]", "bootstrap=40", "variants_gt=[]",
                                          "detector_variants={same: [imgsz=320], moved: [imgsz=320]}"])
