@@ -35,5 +35,9 @@ eval: data/.fetched
 train: data/.fetched
 	$(PY) train_deblur.py
 
+# Speed of the defaults against the reference-style baseline (writes bench/results/realtime_<date>_cpu.md).
+bench: $(STAMP)
+	$(PY) bench/realtime.py --sizes 640x360 1280x720 --batches
+
 clean-venv:
 	rm -rf $(VENV)
