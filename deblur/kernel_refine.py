@@ -1,0 +1,301 @@
+"""Closed-form blur-kernel refinement (Cho & Lee 2009, Xu & Jia 2010), batched in torch.
+
+The estimator's network paints a kernel from a learned family of shapes, and curved camera shake comes out
+as a blob. This refinement is not bound to any family: starting from the network's kernel, it alternates
+
+1. a latent sharp image: Wiener deconvolution of the blurred tile with the current kernel;
+2. its edges restored: a shock filter (Osher & Rudin) on the slightly smoothed latent;
+3. the strongest ``keep`` fraction of the latent's gradients (the rest set to zero: flat regions and noise
+   say nothing about the kernel);
+4. the kernel that best maps those gradients to the blurred tile's gradients, in closed form with FFTs:
+   ``K = argmin sum_d || d(x) * K - d(y) ||^2 + beta ||K||^2``;
+5. kept non-negative, small weights dropped, renormalised and recentred on its centre of mass,
+
+coarse to fine over a pyramid, so that large kernels are found at the coarse level where they are small.
+
+Layout and range: ``blur`` is ``(B,1,H,W)`` grey float in [0,1] (a tile or a whole frame); kernels are
+``(B,k,k)`` convolution kernels anchored on their centre pixel (``deblur.deconv``'s convention), non-negative
+and summing to 1. A refinement that fails (a non-finite or empty kernel) returns the starting kernel for that
+sample, and ``refine_kernels`` says which samples did.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from configs.loader import check_range
+from deblur.deconv import wiener_deconvolve
+
+__all__ = ["RefineConfig", "center_kernels", "refine_kernels", "resize_kernels", "shape_error"]
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Options of ``refine_kernels`` (set as ``deblur.kernel.refine.*``)."""
+
+    iters: int = 0  # iterations per coarse pyramid level (0 = no refinement: the network's kernel as it is)
+    fine_iters: int = -1  # iterations at full resolution, the costly level (-1 = iters)
+    size: int = 0  # side of the refined kernel (odd; 0 = the estimator's own side)
+    levels: int = 3  # pyramid levels, each half the previous resolution
+    tile: int = 256  # side of the most textured tile refinement runs on (0 = the whole frame)
+    keep: float = 0.04  # fraction of the latent's gradients kept (the strongest)
+    beta: float = 3.0e-2  # Tikhonov weight on the kernel, relative to the gradients' mean spectral energy
+    balance: float = 2.0e-3  # Wiener balance of the latent image
+    threshold: float = 0.1  # kernel weights below this fraction of the largest are dropped
+    shock_steps: int = 1  # shock-filter steps per iteration
+    orient_bins: int = 4  # the strongest gradients are taken evenly from this many orientation bins (1 = any)
+    grow: int = 2  # at finer levels the kernel stays within the coarser level's support dilated by this (px)
+
+    def __post_init__(self):
+        check_range("refine.iters", self.iters, 0, 50)
+        check_range("refine.fine_iters", self.fine_iters, -1, 50)
+        check_range("refine.levels", self.levels, 1, 5)
+        check_range("refine.keep", self.keep, 1.0e-3, 1.0)
+        check_range("refine.beta", self.beta, 0.0)
+        check_range("refine.balance", self.balance, 1.0e-6)
+        check_range("refine.threshold", self.threshold, 0.0, 0.5)
+        check_range("refine.shock_steps", self.shock_steps, 0, 10)
+        check_range("refine.grow", self.grow, 0, 64)
+        check_range("refine.orient_bins", self.orient_bins, 1, 16)
+        if self.size and (self.size < 3 or self.size % 2 == 0):
+            raise ValueError(f"'refine.size' must be 0 (the estimator's side) or an odd number >= 3, got {self.size}")
+        if self.tile and self.tile < 32:
+            raise ValueError(f"'refine.tile' must be 0 (the whole frame) or >= 32, got {self.tile}")
+
+
+def _odd(n: float) -> int:
+    n = max(3, int(math.ceil(n)))
+    return n if n % 2 else n + 1
+
+
+def resize_kernels(kernels: Tensor, size: int, scale: float = 1.0) -> Tensor:
+    """(B,k,k) -> (B,size,size): the kernel image scaled by ``scale`` about its centre (bilinear), then
+    cropped or zero-padded to ``size``, non-negative, summing to 1."""
+    b, k, _ = kernels.shape
+    src = kernels[:, None].float()
+    if scale < 1.0:  # anti-alias: a box of the shrink factor before sampling
+        f = max(1, round(1.0 / scale))
+        if f > 1:
+            src = F.avg_pool2d(F.pad(src, (f // 2, f - 1 - f // 2, f // 2, f - 1 - f // 2)), f, stride=1)
+    # output offset d (from the centre) reads the input at d / scale; align_corners maps offset o to o / (k // 2)
+    d = torch.arange(size, device=kernels.device, dtype=torch.float32) - size // 2
+    pos = (d / scale) / max(k // 2, 1)
+    gy, gx = torch.meshgrid(pos, pos, indexing="ij")
+    grid = torch.stack([gx, gy], -1)[None].expand(b, -1, -1, -1)
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[:, 0].clamp_min(0)
+    s = out.sum((-1, -2), keepdim=True)
+    return torch.where(s > 0, out / s.clamp_min(1e-12), _delta(b, size, kernels.device))
+
+
+def _delta(b: int, size: int, device) -> Tensor:
+    out = torch.zeros(b, size, size, device=device)
+    out[:, size // 2, size // 2] = 1.0
+    return out
+
+
+def center_kernels(kernels: Tensor) -> Tensor:
+    """Shift each (B,k,k) kernel by whole pixels so that its centre of mass is on the centre pixel
+    (a shift of the kernel only shifts the deconvolved image; the detector's boxes must not move)."""
+    b, k, _ = kernels.shape
+    idx = torch.arange(k, device=kernels.device, dtype=kernels.dtype) - k // 2
+    mass = kernels.sum((-1, -2)).clamp_min(1e-12)
+    cy = torch.nan_to_num((kernels.sum(-1) * idx).sum(-1) / mass).round().clamp(-k, k).long()
+    cx = torch.nan_to_num((kernels.sum(-2) * idx).sum(-1) / mass).round().clamp(-k, k).long()
+    out = torch.empty_like(kernels)
+    for i in range(b):  # a roll per kernel (b is a handful of frames); the wrapped border is zeroed below
+        out[i] = torch.roll(kernels[i], shifts=(-int(cy[i]), -int(cx[i])), dims=(0, 1))
+        sy, sx = -int(cy[i]), -int(cx[i])
+        if sy > 0:
+            out[i, :sy] = 0
+        elif sy < 0:
+            out[i, sy:] = 0
+        if sx > 0:
+            out[i, :, :sx] = 0
+        elif sx < 0:
+            out[i, :, sx:] = 0
+    s = out.sum((-1, -2), keepdim=True)
+    return torch.where(s > 0, out / s.clamp_min(1e-12), kernels)
+
+
+def _gradients(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Forward differences of (B,1,H,W), same size (the last row/column is 0)."""
+    gx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1))
+    gy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+    return gx, gy
+
+
+_LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+_GAUSS = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+
+
+def _shock(x: Tensor, steps: int, dt: float = 0.5) -> Tensor:
+    """Shock filter: ``x_t = -sign(Laplacian x) |grad x|`` after a 5-tap binomial smoothing; steepens edges."""
+    g = _GAUSS.to(x)
+    x = F.conv2d(F.pad(x, (2, 2, 0, 0), mode="replicate"), g.view(1, 1, 1, 5))
+    x = F.conv2d(F.pad(x, (0, 0, 2, 2), mode="replicate"), g.view(1, 1, 5, 1))
+    lap = _LAPLACE.to(x).view(1, 1, 3, 3)
+    for _ in range(steps):
+        gx, gy = _gradients(x)
+        lx = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), lap)
+        x = x - dt * torch.sign(lx) * torch.sqrt(gx * gx + gy * gy)
+    return x
+
+
+def _window(h: int, w: int, margin: int, device) -> Tensor:
+    """(h,w) weights: 1 inside, a raised-cosine fall to 0 over ``margin`` px at each border."""
+    def ramp(n):
+        t = torch.ones(n, device=device)
+        m = min(margin, n // 2)
+        if m > 0:
+            r = 0.5 - 0.5 * torch.cos(torch.linspace(0, math.pi, m + 2, device=device)[1:-1])
+            t[:m], t[n - m:] = r, r.flip(0)
+        return t
+    return ramp(h)[:, None] * ramp(w)[None, :]
+
+
+def _strongest(lx: Tensor, ly: Tensor, mag: Tensor, keep: float, bins: int) -> Tensor:
+    """Mask of the strongest ``keep`` fraction of gradients, ``keep / bins`` in each of ``bins`` orientation
+    bins (as Cho & Lee: a photo with one dominant edge direction says nothing about the blur along it, and
+    its edges would otherwise take every slot)."""
+    flat = mag.flatten(1)
+    if bins <= 1:
+        n = max(1, min(flat.shape[1], int(keep * flat.shape[1])))
+        thr = flat.topk(n, dim=1, sorted=False).values.amin(1).view(-1, 1, 1, 1)
+        return (mag >= thr) & (mag > 0)
+    angle = torch.remainder(torch.atan2(ly, lx), math.pi)
+    which = (angle / (math.pi / bins)).long().clamp_(max=bins - 1)
+    mask = torch.zeros_like(mag, dtype=torch.bool)
+    n = max(1, min(flat.shape[1], int(keep * flat.shape[1] / bins)))
+    for b in range(bins):
+        mb = torch.where(which == b, mag, torch.zeros_like(mag))
+        thr = mb.flatten(1).topk(n, dim=1, sorted=False).values.amin(1).view(-1, 1, 1, 1)
+        mask |= (mb >= thr) & (mb > 0)
+    return mask
+
+
+def _solve(lx: Tensor, ly: Tensor, bx: Tensor, by: Tensor, size: int, beta: float) -> Tensor:
+    """Least-squares kernel (B,size,size) mapping latent gradients (lx, ly) to blurred gradients (bx, by)."""
+    fx, fy = torch.fft.rfft2(lx), torch.fft.rfft2(ly)
+    num = fx.conj() * torch.fft.rfft2(bx) + fy.conj() * torch.fft.rfft2(by)
+    den = fx.real ** 2 + fx.imag ** 2 + fy.real ** 2 + fy.imag ** 2
+    den = den + beta * den.mean((-1, -2), keepdim=True) + 1e-12
+    full = torch.fft.irfft2(num / den, s=lx.shape[-2:])[:, 0]  # (B,H,W), offset d at index d mod H
+    r = size // 2
+    full = torch.roll(full, shifts=(r, r), dims=(-2, -1))
+    return full[:, :size, :size]
+
+
+def _clean(kernels: Tensor, threshold: float, support: Tensor | None = None) -> Tensor:
+    """Non-negative; weights below ``threshold`` x the peak dropped; only what is connected to the peak kept
+    (isolated specks are noise of the solve); outside ``support`` ((B,k,k) bool) zeroed; sums to 1."""
+    k = torch.nan_to_num(kernels, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0)
+    if support is not None:
+        k = k * support
+    keep = k >= threshold * k.flatten(1).amax(1).view(-1, 1, 1)
+    peak = k.flatten(1).argmax(1)
+    grown = torch.zeros_like(keep).flatten(1)
+    grown[torch.arange(len(k)), peak] = True
+    grown = grown.view_as(keep)[:, None].float()
+    for _ in range(k.shape[-1]):  # flood fill from the peak inside `keep` (8-connected)
+        nxt = F.max_pool2d(grown, 3, stride=1, padding=1) * keep[:, None]
+        if torch.equal(nxt, grown):
+            break
+        grown = nxt
+    k = k * grown[:, 0]
+    return k / k.sum((-1, -2), keepdim=True).clamp_min(1e-12)
+
+
+def _support(kernels: Tensor, grow: int) -> Tensor:
+    """Where a kernel has weight (above 1 % of its peak), dilated by ``grow`` px: (B,k,k) bool."""
+    on = (kernels > 0.01 * kernels.flatten(1).amax(1).view(-1, 1, 1)).float()[:, None]
+    return F.max_pool2d(on, 2 * grow + 1, stride=1, padding=grow)[:, 0] > 0
+
+
+def most_textured_tile(grey: Tensor, tile: int) -> Tensor:
+    """(B,1,H,W) -> (B,1,t,t): the tile (on a grid of half-tile steps) with the most gradient energy;
+    the whole frame when it is not larger than ``tile`` or ``tile`` is 0."""
+    b, _, h, w = grey.shape
+    if not tile or (h <= tile and w <= tile):
+        return grey
+    th, tw = min(tile, h), min(tile, w)
+    gx, gy = _gradients(grey)
+    energy = (gx.abs() + gy.abs())
+    step = max(8, tile // 2)
+    score = F.avg_pool2d(energy, (th, tw), stride=step)  # (B,1,ny,nx)
+    nx = score.shape[-1]
+    best = score.flatten(1).argmax(1)
+    out = []
+    for i in range(b):
+        y0, x0 = int(best[i] // nx) * step, int(best[i] % nx) * step
+        out.append(grey[i : i + 1, :, y0 : y0 + th, x0 : x0 + tw])
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def refine_kernels(blur: Tensor, kernels: Tensor, cfg: RefineConfig | None = None) -> tuple[Tensor, Tensor]:
+    """Refine ``kernels`` ((B,k,k)) against the grey ``blur`` ((B,1,H,W) float [0,1]).
+
+    Returns ``(refined (B,s,s), ok (B,) bool)`` with ``s = cfg.size or k``; where ``ok`` is False the
+    refinement failed (non-finite, empty, or its mass on the border) and the starting kernel, resized to
+    ``s``, is returned instead.
+    """
+    cfg = cfg or RefineConfig(iters=10)
+    if blur.ndim != 4 or blur.shape[1] != 1 or kernels.ndim != 3 or kernels.shape[0] != blur.shape[0]:
+        raise ValueError(f"refine_kernels expects blur (B,1,H,W) and kernels (B,k,k), got {tuple(blur.shape)} "
+                         f"and {tuple(kernels.shape)}")
+    size = cfg.size or kernels.shape[-1]
+    start = resize_kernels(kernels.float(), size)
+    if cfg.iters == 0:
+        return start, torch.ones(len(kernels), dtype=torch.bool, device=kernels.device)
+    tile = most_textured_tile(blur.float(), cfg.tile)
+    current = None
+    for level in range(cfg.levels - 1, -1, -1):
+        scale = 0.5 ** level
+        side = _odd(size * scale)
+        if current is None:
+            current = resize_kernels(start, side, scale)
+        else:
+            current = resize_kernels(current, side, side / current.shape[-1])
+        yl = tile if level == 0 else F.interpolate(tile, scale_factor=scale, mode="area")
+        h, w = yl.shape[-2:]
+        if min(h, w) < side + 4:
+            continue  # too small at this level to say anything about a kernel this large
+        support = None if level == cfg.levels - 1 else _support(current, cfg.grow)
+        win = _window(h, w, side // 2 + 2, yl.device)
+        bx, by = _gradients(yl)
+        bx, by = bx * win, by * win
+        for _ in range(cfg.iters if level or cfg.fine_iters < 0 else cfg.fine_iters):
+            latent = wiener_deconvolve(yl, current, balance=cfg.balance).clamp(0.0, 1.0)
+            sharp = _shock(latent, cfg.shock_steps)
+            lx, ly = _gradients(sharp)
+            mag = (lx * lx + ly * ly) * win
+            mask = _strongest(lx, ly, mag, cfg.keep, cfg.orient_bins)
+            solved = _clean(_solve(lx * mask * win, ly * mask * win, bx, by, side, cfg.beta), cfg.threshold,
+                            support)
+            current = center_kernels(solved)
+    refined = resize_kernels(current, size, size / current.shape[-1]) if current.shape[-1] != size else current
+    ok = torch.isfinite(refined).flatten(1).all(1) & (refined.sum((-1, -2)) > 0.5)
+    border = refined[:, [0, -1], :].sum((-1, -2)) + refined[:, 1:-1, [0, -1]].sum((-1, -2))
+    ok &= border < 0.25  # most of the mass on the border: the solve ran away
+    return torch.where(ok[:, None, None], refined, start), ok
+
+
+def shape_error(estimate: Tensor, truth: Tensor) -> Tensor:
+    """1 - the largest normalised cross-correlation of two (B,k,k) kernels over all integer shifts, after
+    upsampling both by 2 (half-pixel shifts). 0 for the same shape anywhere; a diffuse blob against a thin
+    curved path scores high, whatever their centres."""
+    if estimate.shape[-1] != truth.shape[-1]:
+        size = max(estimate.shape[-1], truth.shape[-1])
+        estimate, truth = resize_kernels(estimate, size), resize_kernels(truth, size)
+    a = F.interpolate(estimate[:, None].float(), scale_factor=2, mode="bilinear", align_corners=False)
+    b = F.interpolate(truth[:, None].float(), scale_factor=2, mode="bilinear", align_corners=False)
+    n = a.shape[-1]
+    fa, fb = torch.fft.rfft2(a, s=(2 * n, 2 * n)), torch.fft.rfft2(b, s=(2 * n, 2 * n))
+    corr = torch.fft.irfft2(fa * fb.conj(), s=(2 * n, 2 * n)).flatten(1).amax(1)
+    norm = a.flatten(1).norm(dim=1) * b.flatten(1).norm(dim=1)
+    return 1.0 - corr / norm.clamp_min(1e-12)
