@@ -65,7 +65,8 @@ def main(argv=None) -> int:
         overrides = [o for o in args.overrides if not o.startswith("stage=")]
         cfg = guarded(lambda: load_config(schema, args.config, overrides), args.debug, 2, USAGE_ERRORS)
         extra = {} if stage == "kernel" else {"extra_losses": _extra_losses(cfg)}
-        trainer = guarded(lambda: trainer_cls(cfg, resume=args.resume, **extra), args.debug, 2, USAGE_ERRORS)
+        # OSError too: remote training data that cannot be reached or read (endpoint, network, credentials)
+        trainer = guarded(lambda: trainer_cls(cfg, resume=args.resume, **extra), args.debug, 2, (*USAGE_ERRORS, OSError))
         if args.export:
             export_kw = {"half": args.half} if stage == "generator" else {}
             out = guarded(lambda: trainer.export(args.export, which=args.export_from, **export_kw), args.debug, 1, RUN_ERRORS)

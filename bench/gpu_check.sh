@@ -19,7 +19,7 @@ RESULTS="$OUT/.results.jsonl"
 : > "$RESULTS"
 
 if [ "$DEVICE" = cpu ]; then
-    SIZES="320x180"; BATCHES="1"; FRAMES=4; STEPS=2; PIPE_FRAMES=6; AMP=none; HALF=""; T=120; RUNTIMES="--runtimes torch"
+    SIZES="320x180"; BATCHES="1"; FRAMES=4; STEPS=2; PIPE_FRAMES=6; AMP=fp32; HALF=""; T=120; RUNTIMES="--runtimes torch"
 else
     SIZES="1280x720"; BATCHES="1 8 16"; FRAMES=120; STEPS=200; PIPE_FRAMES=61; AMP=fp16; HALF="--half"; T=240; RUNTIMES=""
 fi
@@ -59,7 +59,7 @@ step train_bf16_gan "$T" "$PY" train_deblur.py device="$DEVICE" amp="$BF16_AMP" 
     val_batches_per_epoch=2 project="$OUT/train" name=gan_bf16
 step train_bf16_gan_resume "$T" "$PY" train_deblur.py --resume device="$DEVICE" amp="$BF16_AMP" model.d_name=patch_gan \
     max_steps=$((STEPS + 2)) val_batches_per_epoch=2 project="$OUT/train" name=gan_bf16
-if [ "$DEVICE" = cpu ]; then FP16_AMP=none; else FP16_AMP=fp16; fi
+if [ "$DEVICE" = cpu ]; then FP16_AMP=fp32; else FP16_AMP=fp16; fi
 step train_fp16_double_gan "$T" "$PY" train_deblur.py device="$DEVICE" amp="$FP16_AMP" model.d_name=double_gan \
     model.disc_loss=wgan-gp max_steps="$STEPS" val_batches_per_epoch=2 project="$OUT/train" name=double_gan
 # 5. one torch_compile pipeline run (the generator: the compiled network; skipped in the CPU rehearsal)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from configs.loader import check_range
+from runtime import check_precision
 from runtime.urls import mask_url
 
 
@@ -228,8 +229,10 @@ class TrainConfig:
     scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(name="cosine", min_lr=1.0e-6, warmup_steps=20))
     warmup_num: int = 0  # epochs with the backbone frozen
     init_weights: str = ""  # start the generator from an exported file (fine-tuning); ignored by --resume
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CPUs with AMX/AVX512-bf16 and on CUDA
+    device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N
+    # a name in runtime.PRECISIONS (not int8); auto: bf16 where native (CPUs with AMX/AVX512-bf16, Ampere GPUs),
+    # fp16 on older GPUs, else fp32
+    amp: str = "auto"
     channels_last: bool = True
     threads: int = 0  # torch intra-op threads (0 = leave as is)
     num_workers: int = 0  # DataLoader workers
@@ -253,6 +256,7 @@ class TrainConfig:
         check_range("image_size", self.image_size, 0)
         for name in ("log_every", "image_every", "save_every"):
             check_range(name, getattr(self, name), 1)
+        object.__setattr__(self, "amp", check_precision(self.amp, key="amp", int8=False))  # 'none' -> 'fp32', warned
 
 
 # ----------------------------------------------------------------------------- kernel estimator
@@ -350,7 +354,7 @@ class KernelTrainConfig:
     val_crops: int = 256  # fixed held-out crops, clean and with noise + JPEG
     log_every: int = 20
     save_every: int = 100
-    device: str = "cpu"
+    device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads (0 = leave as is)
     seed: int = 0
     max_minutes: float = 0.0  # stop after this wall time (0 = no limit); last.pt is saved

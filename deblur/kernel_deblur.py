@@ -4,17 +4,20 @@
 restored frames, same layout, clamped to [0,1]:
 
 1. the ``crops`` most textured ``crop x crop`` tiles of each frame's grey image (full resolution, so
-   the blur is not shrunk away; frames smaller than a tile are reflect-padded);
+   the blur is not shrunk away; frames smaller than a tile are mirror-padded, ``deblur.frames.pad_to``);
 2. the estimator's kernel for each tile, combined into one kernel per frame (``combine``);
 3. blur gating: a kernel shorter than ``gate_px`` (long axis, px) means a sharp frame, which passes
    through untouched; so does a frame whose kernel is not finite (counted in ``nonfinite``);
 4. Wiener deconvolution of the full-resolution colour frame (deblur.deconv), regularised by
-   ``balance + noise_gain * sigma^2`` with sigma the frame's estimated noise;
+   ``balance + noise_gain * sigma^2`` with sigma the frame's estimated noise. A frame smaller than the kernel
+   (a 36x64 copy with ``--deblur-size 64``, a 24x32 thumbnail) is deconvolved mirror-padded to the kernel's side
+   and cropped back; such frames are counted (``counters()["small_frames"]``) and logged once;
 5. optionally a refiner (``refiner``: a generator exported with ``in_channels=6``) that takes the blurred
    and the deconvolved frame and removes ringing and the estimate's errors.
 
 ``temporal`` > 0 smooths kernels over consecutive calls (a video's camera motion is continuous):
-``k_t = (1 - temporal) * k_new + temporal * k_{t-1}``, reset when the frame size changes.
+``k_t = (1 - temporal) * k_new + temporal * k_{t-1}``, reset when the frame size changes and by ``reset()``
+(``warmup()`` and the pipeline's warm-up call it, so a warm-up frame never becomes a real frame's k_{t-1}).
 
 ``KernelDeblurrer(...)(frames_bgr)`` is the uint8 interface of ``deblur.predict.Deblurrer``:
 list of (H,W,3) BGR uint8 in, the same out. ``last_kernels`` holds the kernels of the last batch.
@@ -30,13 +33,13 @@ from typing import Literal, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from configs.loader import check_range
+from deblur.archs.fpn_mobilenet_arch import STRIDE
 from deblur.archs.kernel_arch import kernel_extent, kernel_moments
 from deblur.deconv import estimate_noise, wiener_deconvolve
-from deblur.frames import check_bgr_frames
+from deblur.frames import SmallFrames, check_bgr_frames, pad_to
 from deblur.models import DEFAULT_ESTIMATOR, load_estimator, load_generator, load_refiner
 from runtime import compile_module, resolve_device, resolve_runtime
 
@@ -110,8 +113,9 @@ class KernelDeblurrer:
         self.runtime = resolve_runtime(runtime, self.device)
         self.engine = None  # runtime.CompiledModule of the estimator when not eager torch on the CPU
         if self.runtime != "torch" or self.device.type == "cuda":
-            # fp32: the estimate's angle must be right within a few degrees, and the network is small
-            self.engine = compile_module(self.estimator, None, self.runtime, self.device, "fp32" if self.device.type == "cpu" else "auto",
+            # fp32 on every device, never the policy's 'auto' (fp16 on CUDA): the estimate is a softmax over k x k
+            # taps, most of them tiny, and its angle must be right within a few degrees; the network is small
+            self.engine = compile_module(self.estimator, None, self.runtime, self.device, "fp32",
                                          cache_dir=cache_dir, threads=threads)
         self.refiner = None
         if self.cfg.refiner not in ("", "none"):
@@ -128,19 +132,28 @@ class KernelDeblurrer:
         self.last_kernels: Tensor | None = None  # (B,k,k) kernels of the last batch (gated frames included)
         self.last_gated: Tensor | None = None  # (B,) True where the frame passed through
         self.nonfinite = 0  # frames passed through because their kernel was not finite
+        self._small = SmallFrames(max(self.kernel_size, STRIDE if self.refiner is not None else 1),
+                                  f"the estimator's {self.kernel_size}-tap kernel" + (" and the refiner" if self.refiner is not None else ""))
         self._previous: Tensor | None = None  # temporal smoothing state: the last frame's kernel
         self._previous_shape: tuple[int, int] | None = None
+
+    def reset(self) -> None:
+        """Forget the temporal smoother's previous kernel: the next frame's kernel is its own estimate. Called after
+        a warm-up (its uniform frame's kernel must not smooth the first real frame's), and for a new input."""
+        self._previous = self._previous_shape = None
+
+    def counters(self) -> dict[str, int]:
+        """Frames handled specially, warmup() excluded: passed through for a non-finite kernel (nonfinite), and
+        deblurred padded because they are smaller than the kernel (small_frames)."""
+        return {"nonfinite": self.nonfinite, "small_frames": self._small.count}
 
     # --- kernels ----------------------------------------------------------------------------------
     def _tiles(self, grey: Tensor) -> Tensor:
         """(B,1,H,W) grey -> (B, crops, 1, S, S): the most textured S x S tiles of each frame."""
         s = self.cfg.crop
-        b, _, h, w = grey.shape
-        if h < s or w < s:  # reflect as far as the frame allows, then replicate
-            ph, pw = max(0, s - h), max(0, s - w)
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            grey = F.pad(grey, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode=mode)
-            h, w = grey.shape[-2:]
+        b = grey.shape[0]
+        grey = pad_to(grey, s, s)[0]
+        h, w = grey.shape[-2:]
         top, left = (h % s) // 2, (w % s) // 2  # centre the tile grid
         grid = grey[..., top : top + (h // s) * s, left : left + (w // s) * s]
         tiles = grid.unfold(2, s, s).unfold(3, s, s)  # (B,1,nh,nw,S,S)
@@ -198,6 +211,7 @@ class KernelDeblurrer:
             balance = torch.full((len(todo),), self.cfg.balance, device=x.device)
             if self.cfg.noise_gain > 0:
                 balance = balance + self.cfg.noise_gain * estimate_noise(blur) ** 2
+            blur, crop = self._small.pad(blur)
             if self.cfg.channels == "luma":
                 luma = (blur * _grey_weights(blur)).sum(1, keepdim=True)
                 deconv = (blur + (wiener_deconvolve(luma, safe[todo], balance=balance) - luma)).clamp_(0.0, 1.0)
@@ -205,7 +219,7 @@ class KernelDeblurrer:
                 deconv = wiener_deconvolve(blur, safe[todo], balance=balance).clamp_(0.0, 1.0)
             if self.refiner is not None:
                 deconv = (self.refiner(torch.cat([blur, deconv], dim=1) * 2.0 - 1.0) + 1.0) * 0.5
-            out[todo] = deconv
+            out[todo] = crop(deconv)
         return out
 
     # --- uint8 frames -----------------------------------------------------------------------------
@@ -221,4 +235,8 @@ class KernelDeblurrer:
         return results
 
     def warmup(self, height: int = 360, width: int = 640) -> None:
+        """One pass on a grey frame, then reset(): the warm-up leaves no kernel and no count behind."""
+        counts = self.counters()
         self([np.full((height, width, 3), 128, np.uint8)])
+        self.reset()
+        self.nonfinite, self._small.count = counts["nonfinite"], counts["small_frames"]

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from configs import IMAGE_EXTENSIONS
-from deblur.frames import check_bgr_frames
+from deblur.archs.fpn_mobilenet_arch import STRIDE
+from deblur.frames import SmallFrames, check_bgr_frames
 from deblur.kernel_deblur import KernelDeblurConfig, KernelDeblurrer
 from deblur.models import (
     DEFAULT_DEBLURRER,
@@ -37,11 +38,12 @@ from deblur.models import (
     load_generator,
 )
 from runtime import (
+    PRECISIONS,
     RUNTIMES,
+    TORCH_DTYPES,
     compile_module,
-    cpu_native_bf16,
+    resolve_amp,
     resolve_device,
-    resolve_precision,
     resolve_runtime,
 )
 from runtime.files import atomic_write_bytes
@@ -51,14 +53,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["Deblurrer", "IMAGE_EXTENSIONS", "load_deblurrer", "collect_images", "output_path", "read_image", "write_image", "main"]
 
 OUTPUT_SUFFIX = "_deblurred"
-AMP_CHOICES = ("none", "auto", "bf16", "fp16")
-
-
-def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast pays off on ``device``: CUDA with bf16, or a CPU with AMX / AVX512-bf16."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_native_bf16()
 
 
 class Deblurrer:
@@ -68,9 +62,10 @@ class Deblurrer:
         weights: exported generator file (``deblur.save_generator``); None -> ``deblur.models.DEFAULT_WEIGHTS``.
         device: 'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'.
         channels_last: run the model in channels_last memory format (faster on CPU and GPU; same result).
-        amp: 'none' (float32), 'bf16' (autocast bfloat16: ~2x faster on AMX/AVX512-bf16 CPUs and on GPUs,
+        amp: 'fp32', 'bf16' (autocast bfloat16: ~2x faster on AMX/AVX512-bf16 CPUs and on GPUs,
             but ~10x SLOWER on CPUs without them, e.g. AVX2-only: it is emulated there), 'fp16' (autocast
-            float16, CUDA only) or 'auto' (bf16 where it is fast, else float32).
+            float16, CUDA only) or 'auto' (runtime.resolve_amp: the policy's choice for the runtime and device).
+            ``self.amp`` is the resolved name. 'none' is a deprecated alias of 'fp32'.
         max_batch: frames of one size are run at most this many at a time.
         expect_name: if set, the weights must hold this generator architecture.
         runtime: 'torch' (eager, this class's own path), 'torch_compile', 'onnxruntime', 'openvino' (CPU) or
@@ -85,7 +80,7 @@ class Deblurrer:
         weights: str | os.PathLike | None = None,
         device: str | torch.device = "auto",
         channels_last: bool = True,
-        amp: str = "none",
+        amp: str = "fp32",
         max_batch: int = 8,
         expect_name: str | None = None,
         runtime: str = "torch",
@@ -99,7 +94,7 @@ class Deblurrer:
 
     @classmethod
     def from_model(
-        cls, model: nn.Module, device: str | torch.device = "cpu", channels_last: bool = True, amp: str = "none",
+        cls, model: nn.Module, device: str | torch.device = "auto", channels_last: bool = True, amp: str = "fp32",
         max_batch: int = 8, runtime: str = "torch", threads: int = 0, cache_dir: str | os.PathLike | None = None,
     ) -> "Deblurrer":
         """Wrap an already built generator (it is moved to ``device`` and put in eval mode)."""
@@ -113,19 +108,13 @@ class Deblurrer:
                runtime: str = "torch", threads: int = 0, cache_dir: str | os.PathLike | None = None) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"Unknown runtime '{runtime}'. Available: {list(RUNTIMES)}")
-        if amp not in AMP_CHOICES:
-            raise ValueError(f"Unknown amp '{amp}'. Available: {list(AMP_CHOICES)}")
-        if amp == "fp16" and device.type != "cuda":
-            raise ValueError(f"amp='fp16' needs a CUDA device, got device '{device}'; use amp='bf16' on CPU")
         if max_batch < 1:
             raise ValueError(f"'max_batch' must be >= 1, got {max_batch}")
-        if amp == "auto":  # the one precision policy (runtime.resolve_precision) for the runtime that will run
-            precision = resolve_precision("auto", resolve_runtime(runtime, device), device)
-            amp = {"fp32": "none"}.get(precision, precision)
-        elif amp == "bf16" and not fast_bf16(device):
-            logger.warning("amp='bf16' on %s without native bf16 (no AMX/AVX512-bf16): emulated, expect it to be "
-                           "several times slower than float32; use amp='none' or 'auto'", device)
+        # the one precision policy for the runtime that will run: 'auto' resolved, fp16 off CUDA an error,
+        # bf16 where it is emulated a warning
+        amp = resolve_amp(amp, device, resolve_runtime(runtime, device))
         self.device = device
+        self._small = SmallFrames(STRIDE, "the generator's smallest input")
         self.channels_last = channels_last
         self.amp = amp
         self.max_batch = max_batch
@@ -135,8 +124,7 @@ class Deblurrer:
         self.runtime = resolve_runtime(runtime, device)
         self.engine = None  # runtime.CompiledModule when not eager torch on the CPU
         if self.runtime != "torch" or device.type == "cuda":
-            precision = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}[amp]
-            self.engine = compile_module(self.model, None, self.runtime, device, precision, cache_dir=cache_dir,
+            self.engine = compile_module(self.model, None, self.runtime, device, amp, cache_dir=cache_dir,
                                          threads=threads, spatial_multiple=32, pad_mode="reflect")
             logger.info("Deblurrer runtime: %s", self.engine.name)
 
@@ -151,14 +139,20 @@ class Deblurrer:
 
     @torch.inference_mode()
     def restore(self, blur: torch.Tensor) -> torch.Tensor:
-        """blur (B,3,H,W) RGB float in [-1,1] on the device -> restored, same layout, float32 in [-1,1]."""
+        """blur (B,3,H,W) RGB float in [-1,1] on the device -> restored, same layout, float32 in [-1,1]. Frames
+        smaller than 32x32 are run mirror-padded and cropped back (counted in ``small_frames``, logged once)."""
+        blur, crop = self._small.pad(blur)
         if self.engine is not None:
-            return self.engine(blur).clamp_(-1.0, 1.0)
-        if self.amp == "none":
-            return self.model(blur).float()
-        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
-        with torch.autocast(device_type=self.device.type, dtype=dtype):
-            return self.model(blur).float()
+            return crop(self.engine(blur).clamp_(-1.0, 1.0))
+        if self.amp == "fp32":
+            return crop(self.model(blur).float())
+        with torch.autocast(device_type=self.device.type, dtype=TORCH_DTYPES[self.amp]):
+            return crop(self.model(blur).float())
+
+    @property
+    def small_frames(self) -> int:
+        """Frames smaller than the generator's 32x32 minimum, deblurred padded."""
+        return self._small.count
 
     @staticmethod
     def postprocess(restored: torch.Tensor) -> list[np.ndarray]:
@@ -168,7 +162,7 @@ class Deblurrer:
         return [np.ascontiguousarray(f[..., ::-1]) for f in img]
 
     def __call__(self, frames_bgr: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """frames_bgr: list of (H,W,3) BGR uint8 (H,W >= 32) -> deblurred frames, same order, shapes and dtype."""
+        """frames_bgr: list of (H,W,3) BGR uint8 -> deblurred frames, same order, shapes and dtype."""
         check_bgr_frames(frames_bgr)
         results: list[np.ndarray | None] = [None] * len(frames_bgr)
         by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -269,7 +263,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="kernel estimator or generator file (default: deblur/weights/kernel_estimator.pt)")
     parser.add_argument("--out", default=None, help="output directory (default: beside each input as <stem>_deblurred<ext>)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    parser.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast dtype (default: none = float32)")
+    parser.add_argument("--amp", default="fp32", choices=PRECISIONS,
+                        help="precision: auto = the policy's choice for the runtime and device (default: fp32)")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="keep the default NCHW memory format")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
@@ -295,8 +290,6 @@ def run(args: argparse.Namespace) -> list[Path]:
     logger.info("Deblurring %d image(s) on %s (amp=%s)", len(images), deblurrer.device, args.amp)
     for src, dst in zip(images, outputs):
         frame_bgr = read_image(src)
-        if min(frame_bgr.shape[:2]) < 32:
-            raise ValueError(f"Image {src} is {frame_bgr.shape[1]}x{frame_bgr.shape[0]}; the generator needs >= 32x32")
         t0 = time.perf_counter()
         (restored,) = deblurrer([frame_bgr])
         logger.info("%s (%dx%d): %.0f ms -> %s", src, frame_bgr.shape[1], frame_bgr.shape[0],

@@ -12,8 +12,8 @@ from detect.base import PAD_GRAY, Detector, read_names, xywh_to_xyxy
 from detect.calibration import CALIBRATION
 from detect.config import DetectorConfig
 from detect.darknet import DarknetModel, load_darknet_weights
+import runtime
 from runtime import compile_module, resolve_runtime
-from runtime.engines import openvino_native_bf16
 from runtime.quantize import quantization_available
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class DarknetDetector(Detector):
             return cfg.precision
         if self.runtime == "torch" and self.device.type == "cpu":
             return "fp32"
-        if AUTO_INT8 and self.runtime == "openvino" and not openvino_native_bf16():
+        if AUTO_INT8 and self.runtime == "openvino" and not runtime.native_bf16("cpu", "openvino"):
             reason = quantization_available()
             if reason is None:
                 return "int8"

@@ -1,4 +1,4 @@
-"""Detector configuration: one frozen dataclass holding every default (STYLE §3).
+"""Detector configuration: one frozen dataclass holding every default; no other module sets one.
 
 Field names match Ultralytics' predict arguments where they exist (conf, iou, classes, max_det,
 imgsz, device, half), so a YAML `detect:` section reads like an Ultralytics call.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 
-from runtime import PRECISIONS, RUNTIMES
+from runtime import DEVICE_CHOICES, RUNTIMES, check_precision
 
 BACKEND_NAMES = ("darknet", "ultralytics")
 _DEVICE_RE = re.compile(r"^(cpu|auto|cuda|cuda:\d+)$")
@@ -31,11 +31,11 @@ class DetectorConfig:
     classes:   keep only these class NAMES (None = all).
     max_det:   at most this many detections per frame.
     imgsz:     network input side in pixels, a multiple of 32.
-    device:    "cpu", "cuda", "cuda:N" or "auto" (CUDA when available, else CPU).
+    device:    "auto" (CUDA when available, else CPU; runtime.resolve_device decides), "cpu", "cuda" or "cuda:N".
     half:      fp16 inference; CUDA only (the same as precision='fp16').
     precision: darknet backend only: "auto" (OpenVINO: bf16 where the CPU runs it natively, else int8,
                calibrated on training-corpus frames; eager torch on the CPU: fp32; CUDA: fp16), "fp32", "bf16",
-               "fp16" or "int8" (runtime openvino).
+               "fp16" or "int8" (runtime openvino): the names of runtime.PRECISIONS.
     threads:   0 = leave torch's intra-op thread count as it was; N > 0 = torch.set_num_threads(N),
                re-applied after every Ultralytics call (Ultralytics lowers it to cpu_count - 1).
                Also the intra-op threads of the onnxruntime/openvino runtimes (0 = torch's count).
@@ -53,7 +53,7 @@ class DetectorConfig:
     classes: list[str] | None = None
     max_det: int = 300
     imgsz: int = 416
-    device: str = "cpu"
+    device: str = "auto"
     half: bool = False
     threads: int = 0
     runtime: str = "torch"
@@ -79,7 +79,7 @@ class DetectorConfig:
             )
         if not _DEVICE_RE.match(self.device):
             raise ValueError(
-                f"detect.device={self.device!r} is invalid. Valid: 'cpu', 'cuda', 'cuda:N' (N = GPU index) or 'auto'."
+                f"detect.device={self.device!r} is invalid. Valid: {DEVICE_CHOICES} (N = GPU index). Fix: device=auto."
             )
         if self.half and self.device == "cpu":
             raise ValueError(
@@ -90,8 +90,7 @@ class DetectorConfig:
             raise ValueError(
                 f"detect.threads={self.threads} is out of range. Valid: 0 (leave torch's thread count) or N >= 1."
             )
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"detect.precision={self.precision!r} is not a precision. Valid: {list(PRECISIONS)}.")
+        object.__setattr__(self, "precision", check_precision(self.precision, key="detect.precision"))
         if self.half and self.precision not in ("auto", "fp16"):
             raise ValueError(f"detect.half=True asks for fp16 but detect.precision={self.precision!r}. "
                              "Fix: drop one of them (half=True is precision='fp16').")

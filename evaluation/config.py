@@ -90,7 +90,7 @@ class EvalBlurConfig:
 @dataclass(frozen=True)
 class EvalDeblurConfig:
     weights: str = ""  # a kernel estimator or a generator file; "" = deblur.models.DEFAULT_DEBLURRER (kernel_estimator.pt)
-    device: str = "cpu"
+    device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N
     max_side: int = 0  # 0 = deblur at full resolution; N = shrink so the long side is <= N, then resize back
     channels_last: bool = True
     # deblur.predict.Deblurrer runtime: torch (eager, the reference) | torch_compile | onnxruntime | openvino | auto
@@ -146,9 +146,9 @@ class EvalConfig:
     # {label: [key=value overrides of `detector`]}; and the pseudo ground truth's detector (overrides of
     # `detector`; [] = the reference itself, which favours it over any variant that differs)
     detector_variants: dict[str, list[str]] = field(default_factory=lambda: {
-        "int8": ["runtime=openvino", "precision=int8"],
+        "int8": ["runtime=openvino", "precision=int8", "device=cpu"],
         "imgsz320": ["imgsz=320"],
-        "imgsz320_int8": ["imgsz=320", "runtime=openvino", "precision=int8"],
+        "imgsz320_int8": ["imgsz=320", "runtime=openvino", "precision=int8", "device=cpu"],
     })
     variants_gt: list[str] = field(default_factory=lambda: ["imgsz=608"])
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from configs import ConfigError, load_config
 from detect.config import DetectorConfig
-from pipeline.config import AMP_MODES, RUNTIMES, PipelineConfig
+from pipeline.config import PRECISIONS, RUNTIMES, PipelineConfig
 
 logger = logging.getLogger("pipeline")
 
@@ -72,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = p.add_argument_group("deblur")
     db.add_argument("--no-deblur", action="store_const", const=False, help="run the same pipeline without deblurring")
-    db.add_argument("--deblur-weights", metavar="PATH", help="generator weights ('' = the shipped default)")
+    db.add_argument("--deblur-weights", metavar="PATH", help="a kernel-estimator file (estimate + Wiener, the default kind), a bundle with a refiner, or an end-to-end generator file ('' = the shipped deblur/weights/kernel_estimator.pt)")
     db.add_argument("--deblur-size", type=_deblur_size, metavar="full|N",
                     help="deblur the full frame, or a copy whose long side is N pixels" + d % _P.deblur_size)
-    db.add_argument("--amp", choices=AMP_MODES, help="deblur precision: auto = fp16 on CUDA, bf16 on CPUs with "
+    db.add_argument("--amp", choices=PRECISIONS, help="deblur precision: auto = fp16 on CUDA, bf16 on CPUs with "
                     "native bf16, else fp32" + d % _P.amp)
     db.add_argument("--runtime", choices=RUNTIMES, help="runtime of the deblurrer and the darknet detector: torch, "
                     "torch_compile, onnxruntime or openvino (CPU; exported once, cached), auto = the fastest "

@@ -14,8 +14,7 @@ from typing import Literal
 
 from configs.loader import check_range
 from detect.config import DetectorConfig
-from runtime import CPU_ONLY, RUNTIMES, resolve_device
-AMP_MODES = ("auto", "none", "bf16", "fp16")
+from runtime import CPU_ONLY, PRECISIONS, RUNTIMES, check_precision, resolve_device
 
 
 def machine_threads() -> int:
@@ -46,7 +45,7 @@ class PipelineConfig:
     deblur: bool = True  # False: the same pipeline without the deblurring stage
     deblur_weights: str = ""  # a kernel estimator or a generator file; "" = the shipped kernel estimator
     deblur_size: int | Literal["full"] = "full"  # deblur the full frame, or a copy whose long side is N
-    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: fp16 on CUDA, bf16 on CPUs that have it
+    amp: str = "auto"  # a name in runtime.PRECISIONS; auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32
     channels_last: bool = True
     runtime: str = "auto"  # auto (the fastest correct here: openvino on CPUs) | torch | torch_compile | onnxruntime | openvino; also the darknet detector's
     # (when detector.runtime is left at "torch"); exports cached in $BLURDET_CACHE or ~/.cache/blurdet
@@ -97,11 +96,11 @@ class PipelineConfig:
                 f"'runtime'={self.runtime!r} runs the deblur model on the CPU, but detector.device={self.detector.device!r}: "
                 "the batch could not stay on one device. Fix: runtime=torch with a GPU, or --device cpu."
             )
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"'amp' {self.amp!r} is not valid. Valid: {list(AMP_MODES)}")
-        if self.amp == "fp16" and self.detector.device == "cpu":
+        object.__setattr__(self, "amp", check_precision(self.amp, key="amp", int8=False))  # 'none' -> 'fp32', warned
+        if self.amp == "fp16" and on_cpu:
             raise ValueError(
-                "'amp'='fp16' with detector.device='cpu': fp16 is CUDA only. Fix: amp=bf16 (CPU) or --device cuda."
+                f"'amp'='fp16' with detector.device={self.detector.device!r} (the CPU here): fp16 is CUDA only. "
+                "Fix: amp=auto, amp=bf16 (CPU) or --device cuda."
             )
         if self.save and not self.save.lower().endswith((".mp4", ".mkv", ".mov")):
             raise ValueError(f"'save' {self.save!r} must end in .mp4, .mkv or .mov (H.264 video). Fix: --save out.mp4")

@@ -1,4 +1,4 @@
-"""The --show window. The ONLY module that calls cv2.imshow / cv2.waitKey (STYLE §5).
+"""The --show window. The ONLY module that calls cv2.imshow / cv2.waitKey: every GUI call lives here.
 
 opencv-python's Qt backend aborts the whole process (SIGABRT) when no X display is reachable,
 so `check_display()` runs before any window is made and raises a clear error instead. The window

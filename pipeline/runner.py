@@ -1,11 +1,18 @@
 """The runner: source -> deblur -> detect -> sink, on four threads, timed stage by stage.
 
     run_pipeline(cfg)
-        source = open_source(cfg.source)          reader thread: decode/capture into the source queue
+        source = open_source(cfg.source)          held, then opened (a bad input fails before any model is built)
         stages = build_stages(cfg)                pipeline/stages.py: the models and stages, source-independent
         sinks  = open_sinks(cfg, source)          --save, --save-json, --show
-        Loop(cfg, source, stages, sinks).run()    the threads and queues below
+        Loop(cfg, source, stages, sinks).run()    the threads and queues below; after the warm-up the source starts:
+                                                  its reader thread decodes/captures into the source queue
         return Summary.of(loop, ...).to_dict()
+
+A live source (camera, stream, --realtime file) is held (Source.hold) and starts only once the models are built and
+warmed up, so the frames that arrive meanwhile are not counted as dropped (pipeline/sources.py). After each warm-up
+every stage with a ``reset()`` forgets what the warm-up frames left (the kernel deblurrer's temporal smoother), and
+the stages' ``counters()`` (frames handled specially, e.g. frames smaller than the deblur kernel) are reported in the
+summary (``deblur_counters``) without the warm-up frames.
 
     source queue --> inference thread --(mid queue)--> detect thread --(out queue)--> sink loop (calling thread)
                      SimulateBlur, Preprocess,          Detect, Postprocess            Annotate, --save,
@@ -84,7 +91,7 @@ def run_pipeline(
     )
     stop = StopRequest()
     with _signals(stop), contextlib.ExitStack() as stack:  # closes the sinks (video trailer, JSON lines), the source
-        stack.enter_context(source)
+        stack.enter_context(source.hold())  # opened now (a bad input fails before any model is built), read later
         stages = build_stages(cfg, deblur_model=deblur_model, detector=detector)
         loop = Loop(cfg, source, stages, open_sinks(cfg, source, stack), stop)
         loop.run()
@@ -202,6 +209,7 @@ class Loop:
         self.latencies: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)
         self.failure: BaseException | None = None
         self._warm: set[tuple[int, int]] = set()  # frame sizes warmed up
+        self._warm_counts: collections.Counter = collections.Counter()  # stage counters added by warm-up frames
         self._pending: Frame | None = None
         self._ended = False
         self._out_times: collections.deque = collections.deque(maxlen=30)
@@ -284,6 +292,7 @@ class Loop:
         try:
             if self.cfg.warmup and self.source.frame_size and all(self.source.frame_size):
                 self._warm_up(*self.source.frame_size)
+            self.source.start()  # a live source delivers (and counts drops) from here: the models are ready
             while not self.stop.is_set() and not self._ended:
                 frames = self._collect()
                 if not frames:
@@ -321,6 +330,7 @@ class Loop:
             sizes = [n for n in range(1, self.cfg.batch + 1) for _ in range(passes)]
         if self.cfg.overlap:
             self._wait_detect_thread(_Warmup(None))  # the detect thread has finished every real batch before
+        counts = self.stage_counters()
         for n in sizes:
             if self.stop.is_set():
                 return
@@ -330,6 +340,10 @@ class Loop:
                 self._wait_detect_thread(_Warmup(batch))
             else:
                 self._run_stages(batch, self.stages.back)
+        self._warm_counts.update({k: v - counts.get(k, 0) for k, v in self.stage_counters().items()})
+        for _, stage in self.stages.front + self.stages.back:
+            if hasattr(stage, "reset"):
+                stage.reset()  # the warm-up frames are no real frame's predecessors
         apply_threads(self.threads)  # Ultralytics lowers the thread count on its first call
         dt = time.perf_counter() - t0
         self.warmup_s = (self.warmup_s or 0.0) + dt
@@ -441,6 +455,18 @@ class Loop:
             except queue.Full:
                 continue
 
+    def stage_counters(self) -> dict[str, int]:
+        """The stages' ``counters()`` (frames handled specially, e.g. deblurred padded), summed by name."""
+        total: collections.Counter = collections.Counter()
+        for _, stage in self.stages.front + self.stages.back:
+            if hasattr(stage, "counters"):
+                total.update(stage.counters())
+        return dict(total)
+
+    def real_frame_counters(self) -> dict[str, int]:
+        """stage_counters() without what the warm-up frames added."""
+        return {k: v - self._warm_counts.get(k, 0) for k, v in self.stage_counters().items()}
+
     def ms_per_frame(self) -> dict[str, float]:
         """Mean ms per frame of each stage, over the three threads' timers (in pipeline order)."""
         out = {}
@@ -489,6 +515,7 @@ class Summary:
     ms_per_frame: dict[str, float]
     latency_ms: dict[str, float | None]  # p50, p95, max: capture -> output (the time each JSON line reports)
     warmup_s: float | None
+    deblur_counters: dict[str, int]  # frames the deblur stage handled specially (e.g. small_frames: padded to the kernel)
     device: str
     amp: str
     runtime: str | None
@@ -522,7 +549,8 @@ class Summary:
             stop_s=None if loop.request.t_asked is None else round(t_end - loop.request.t_asked, 3),
             wall_s=round(wall, 3), fps=round(fps, 3), ms_per_frame=loop.ms_per_frame(),
             latency_ms={"p50": ms(50), "p95": ms(95), "max": ms(100)},
-            warmup_s=None if loop.warmup_s is None else round(loop.warmup_s, 3), device=str(stages.device),
+            warmup_s=None if loop.warmup_s is None else round(loop.warmup_s, 3),
+            deblur_counters=loop.real_frame_counters(), device=str(stages.device),
             amp=stages.amp, runtime=stages.runtime if cfg.deblur else None, detector_runtime=stages.detector_runtime,
             threads=torch.get_num_threads(), peak_source_queue=src.peak_queued, source_queue_max=src.maxsize,
             config=config,

@@ -1,12 +1,18 @@
 """Frame sources: iterators of Frame(index, t_capture, bgr), each a context manager.
 
-Two kinds, and the difference is the point (STYLE §5):
+Two kinds, and the difference is the point:
 
 * lossless (video files, images): a reader thread puts into ``queue.Queue(maxsize=N)`` with a
   blocking put, so a slow consumer slows decoding; nothing is dropped and memory stays bounded.
 * live (cameras, network streams): the reader keeps only the newest frame (drop-oldest) and
   counts what it dropped; when the device or stream stops delivering it reconnects with
   exponential backoff, then gives up with an error.
+
+A live source starts delivering (and counting drops) when it is opened, unless it is held: the runner calls
+``hold()`` before it opens the source, builds and warms up the models, then calls ``start()``. Nothing read
+before then counts as dropped: a held ``--realtime`` file starts playing at its first frame when started; a
+held camera or stream is drained from the moment it opens (no stale frame waits in a driver or socket
+buffer), and the frames read before ``start()`` are discarded, uncounted.
 
 ``open_source(spec, ...)`` turns one ``--source`` string into the right class. Credentials in URLs
 are masked (``rtsp://user:***@host/...``) in every name, log line and error (see ``mask_url``).
@@ -80,6 +86,7 @@ class Source:
     """
 
     live: bool = False
+    drain_until_start: bool = False  # held: read from __enter__ on, discarding what arrives before start() (cameras, streams)
     kind: str = "source"
     close_timeout: float = 5.0  # seconds close() waits for the reader thread
 
@@ -96,8 +103,11 @@ class Source:
         self._release_lock = threading.Lock()  # close() and a late-exiting reader thread: exactly one releases
         self._release_on_exit = False
         self._reader_done = False
-        self.dropped = 0  # frames discarded by drop-oldest (live sources only)
-        self.read = 0  # frames the reader produced (after vid_stride)
+        self.dropped = 0  # frames discarded by drop-oldest (live sources only), from start() on
+        self.discarded_before_start = 0  # frames a held, draining source read before start() (never counted as dropped)
+        self._started = False
+        self._held = False
+        self.read = 0  # frames the reader delivered (after vid_stride; a held source: from start() on)
         self.peak_queued = 0  # the most frames ever waiting in the queue
         self.fps: float | None = None  # nominal frame rate when known
         self.frame_size: tuple[int, int] | None = None  # (h, w) when known after open
@@ -107,15 +117,32 @@ class Source:
     # ---- context manager / lifecycle ---------------------------------------------------------
     def __enter__(self) -> "Source":
         self._open()
-        if self.live:  # a live input keeps arriving: read it from now on, so the first get() is the newest frame
+        if self.live and not self._held:  # a live input keeps arriving: read it from now on, so the first get() is the newest frame
             self.start()
+        elif self.live and self.drain_until_start:  # held: drain it, so that start() begins with a fresh frame
+            self._spawn()
+        return self
+
+    def hold(self) -> "Source":
+        """Call before ``with``: a live source then delivers nothing, and counts no drop, until start() (the models
+        are built and warmed up meanwhile). Returns the source."""
+        self._held = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
     def start(self) -> None:
-        """Start the reader thread (get() starts it too)."""
+        """Deliver frames from now on (get() starts a source too). A live source counts drops from here."""
+        if not self._started:
+            with self._lock:
+                self._started = True
+            if self.discarded_before_start:
+                logger.info("Source %s: %d frame(s) read before the pipeline was ready were discarded (not counted as "
+                            "dropped)", self.name, self.discarded_before_start)
+        self._spawn()
+
+    def _spawn(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"source-{self.kind}", daemon=True)
             self._thread.start()
@@ -175,6 +202,11 @@ class Source:
                 n += 1
                 if index % self.vid_stride:
                     continue
+                if not self._started:  # a held, draining source before start(): nobody is waiting for this frame
+                    with self._lock:
+                        if not self._started:
+                            self.discarded_before_start += 1
+                            continue
                 frame = Frame(index=index, t_capture=time.perf_counter(), bgr=bgr, pts=pts)
                 if not self._put(frame):
                     break
@@ -403,9 +435,10 @@ class _ReconnectingSource(Source):
     """A live input that can drop out (a camera unplugged, a stream server restarting). When it stops
     delivering, ``_frames`` calls ``_reconnect``: exponential backoff from reconnect_delay (capped at
     MAX_BACKOFF_S), at most reconnect_attempts tries, then a ConnectionError. Subclasses implement
-    ``_connect_again()``."""
+    ``_connect_again()``. Held, it is drained from the moment it opens (``drain_until_start``)."""
 
     live = True
+    drain_until_start = True
 
     def __init__(self, name: str, *, reconnect_attempts: int = 5, reconnect_delay: float = 0.5, **kw: Any) -> None:
         super().__init__(name, **kw)

@@ -1,4 +1,4 @@
-"""Pipeline stages: plain callables ``__call__(batch) -> batch``, no threads inside (STYLE §5), and
+"""Pipeline stages: plain callables ``__call__(batch) -> batch``, no threads inside (the runner and the sources own every thread), and
 ``build_stages(cfg)``, which builds them (and the models) from a PipelineConfig, independent of the source.
 
     SimulateBlur -> Preprocess -> Deblur | Detect -> Postprocess   front: inference thread | back: detect thread
@@ -63,15 +63,6 @@ class Batch:
     def frame_size(self) -> tuple[int, int]:
         """(H, W) of the original frames."""
         return self.frames[0].bgr.shape[:2]
-
-
-def resolve_amp(amp: str, device: torch.device, runtime: str = "torch") -> str:
-    """'auto' | 'none' | 'bf16' | 'fp16' -> the precision ``runtime`` really uses on ``device`` ('none', 'bf16',
-    'fp16'), by the one policy in runtime.resolve_precision (ONNX Runtime's CPU provider: fp32 only)."""
-    from runtime import resolve_precision
-
-    precision = resolve_precision({"none": "fp32"}.get(amp, amp), runtime, device)
-    return {"fp32": "none"}.get(precision, precision)
 
 
 def scaled_size(h: int, w: int, long_side: int | None) -> tuple[int, int]:
@@ -154,13 +145,13 @@ class Preprocess:
 class Deblur:
     """batch.blur -> batch.restored with the generator ((B,3,H,W) RGB [-1,1] in and out).
 
-    amp: 'none' (fp32), 'bf16' (autocast; CPUs with AVX512-BF16/AMX, or CUDA) or 'fp16' (CUDA:
-    the model is converted to half). channels_last converts the model's weights' layout.
+    amp: 'fp32', 'bf16' (autocast; CPUs with AVX512-BF16/AMX, or CUDA) or 'fp16' (CUDA: the model is
+    converted to half), as runtime.resolve_amp resolved it. channels_last converts the model's weights' layout.
     """
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, amp: str = "none", channels_last: bool = True) -> None:
-        if amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"Deblur amp must be 'none', 'bf16' or 'fp16' (resolve 'auto' with resolve_amp), got {amp!r}")
+    def __init__(self, model: torch.nn.Module, device: torch.device, amp: str = "fp32", channels_last: bool = True) -> None:
+        if amp not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"Deblur amp must be 'fp32', 'bf16' or 'fp16' (resolve 'auto' with runtime.resolve_amp), got {amp!r}")
         self.device = device
         self.amp = amp
         model = model.eval().to(device)
@@ -191,18 +182,17 @@ class RuntimeDeblur:
     """batch.blur -> batch.restored through runtime.compile_module: onnxruntime / openvino (CPU; exported
     once per frame size and cached on disk), torch_compile, or torch on CUDA (fp16 + CUDA graphs).
 
-    amp: 'none' (fp32), 'bf16' or 'fp16' (resolved by resolve_amp). threads: intra-op threads of
+    amp: 'fp32', 'bf16' or 'fp16' (resolved by runtime.resolve_amp). threads: intra-op threads of
     onnxruntime/openvino. The generator's pad-to-32 happens outside the exported graph.
     """
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, runtime: str, amp: str = "none",
+    def __init__(self, model: torch.nn.Module, device: torch.device, runtime: str, amp: str = "fp32",
                  threads: int = 0) -> None:
         from runtime import compile_module
 
-        if amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"RuntimeDeblur amp must be 'none', 'bf16' or 'fp16' (resolve 'auto' with resolve_amp), got {amp!r}")
-        precision = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}[amp]
-        self.engine = compile_module(model, None, runtime, device, precision, threads=threads, spatial_multiple=32)
+        if amp not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"RuntimeDeblur amp must be 'fp32', 'bf16' or 'fp16' (resolve 'auto' with runtime.resolve_amp), got {amp!r}")
+        self.engine = compile_module(model, None, runtime, device, amp, threads=threads, spatial_multiple=32)
         self.runtime = self.engine.runtime
 
     def __call__(self, batch: Batch) -> Batch:
@@ -222,6 +212,14 @@ class KernelDeblur:
         batch.restored = self.deblurrer.restore(x01).mul_(2.0).sub_(1.0)
         batch.kernels = self.deblurrer.last_kernels
         return batch
+
+    def reset(self) -> None:
+        """After a warm-up: the temporal smoother forgets the warm-up frame's kernel."""
+        self.deblurrer.reset()
+
+    def counters(self) -> dict[str, int]:
+        """KernelDeblurrer.counters(): nonfinite, small_frames (reported in the run summary)."""
+        return self.deblurrer.counters()
 
 
 class DetectInput:
@@ -395,7 +393,7 @@ def build_stages(cfg: PipelineConfig, *, deblur_model: torch.nn.Module | None = 
         detector = build_detector(det_cfg)
     device = torch.device(getattr(detector, "device", "cpu"))
     runtime = resolve_runtime(cfg.runtime, device)
-    amp, deblur = "none", Identity()
+    amp, deblur = "fp32", Identity()
     if cfg.deblur:
         amp, deblur = _build_deblur(cfg, deblur_model, device, runtime)
     long_side = None if (not cfg.deblur or cfg.deblur_size == "full") else int(cfg.deblur_size)
@@ -433,13 +431,15 @@ def _build_deblur(cfg: PipelineConfig, model: torch.nn.Module | None, device: to
                 from deblur.kernel_deblur import KernelDeblurrer
 
                 logger.info("Deblur: kernel estimate + Wiener deconvolution, estimator %s", weights)
-                return "none", KernelDeblur(KernelDeblurrer(weights, device=device, runtime=runtime, threads=threads))
+                return "fp32", KernelDeblur(KernelDeblurrer(weights, device=device, runtime=runtime, threads=threads))
             model, gen_cfg = load_generator(weights, device=str(device))
         except FileNotFoundError as e:
             raise FileNotFoundError(
                 f"{e} -- For the pipeline: pass --deblur-weights PATH, or run without deblurring (--no-deblur)."
             ) from e
         logger.info("Deblur: %s from %s", gen_cfg.name, weights)
+    from runtime import resolve_amp
+
     amp = resolve_amp(cfg.amp, device, runtime)
     if runtime != "torch" or device.type == "cuda":
         return amp, RuntimeDeblur(model, device, runtime, amp=amp, threads=threads)

@@ -11,11 +11,17 @@ else torch; CUDA -> torch (fp16 + CUDA graphs). ONNX exports are cached on disk 
 ``$BLURDET_CACHE`` or ``~/.cache/blurdet``), keyed by the weights' sha256, the input (C,H,W), the opset and
 the torch/onnx versions; a stale or corrupt entry is deleted and rebuilt.
 
+The device and precision policy live here too, one function each: ``resolve_device`` ('auto' = CUDA when
+available, else the CPU; the default of every entry point) and ``resolve_precision`` (names in ``PRECISIONS``;
+``resolve_amp`` for the deblur models and training, ``TORCH_DTYPES`` for name -> dtype, ``native_bf16`` the
+one bf16 probe).
+
 This package imports torch (and onnx/onnxruntime/openvino when they are used), never our other packages.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import logging
 import os
@@ -32,39 +38,109 @@ from runtime.quantize import Calibration, quantize_onnx
 logger = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "torch_compile", "onnxruntime", "openvino")
+# The one list of precision names: every config check and every --amp/--precision choice uses it.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+PRECISION_ALIASES = {"none": "fp32"}  # deprecated names -> PRECISIONS ('none' meant no autocast: fp32)
+# The one precision name -> torch dtype mapping (autocast, weight conversion); int8 has no torch dtype here.
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEVICE_CHOICES = "'auto' (CUDA when available, else the CPU), 'cpu', 'cuda' or 'cuda:N'"
 CPU_ONLY = ("onnxruntime", "openvino")
 AUTO_ORDER = {"cpu": ("openvino", "onnxruntime", "torch"), "cuda": ("torch",)}
 _NEEDS = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
+_LOGGED_DEVICES: set[str] = set()  # the resolved devices this process has logged
+_WARNED_ALIASES: set[str] = set()  # deprecated precision names this process has warned about
 
 __all__ = [
-    "AUTO_ORDER", "CACHE_ENV", "PRECISIONS", "RUNTIMES", "CompiledModule", "available_runtimes", "compile_module",
-    "cpu_native_bf16", "cuda_native_bf16", "default_cache_dir", "resolve_device", "resolve_precision", "resolve_runtime", "weights_digest",
+    "AUTO_ORDER", "CACHE_ENV", "DEVICE_CHOICES", "PRECISIONS", "PRECISION_ALIASES", "RUNTIMES", "TORCH_DTYPES",
+    "CompiledModule", "available_runtimes", "check_precision", "compile_module", "default_cache_dir", "native_bf16",
+    "resolve_amp", "resolve_device", "resolve_precision", "resolve_runtime", "weights_digest",
 ]
 
 
 def resolve_device(device: str | torch.device = "auto", key: str = "device") -> torch.device:
-    """'auto' -> cuda if available else cpu; 'cpu', 'cuda', 'cuda:N' are checked. ``key`` names the setting in errors."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"{key}={device!r} is not a device. Use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from e
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"{key}={device!r} is not supported. Use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{key}={device!r} but CUDA is not available on this machine. Fix: {key}=cpu or auto.")
-        count = torch.cuda.device_count()
+    """The one device choice, as Ultralytics' select_device: 'auto' -> CUDA when torch sees a GPU, else the CPU;
+    'cpu', 'cuda' and 'cuda:N' are checked against this machine. ``key`` names the setting in errors (ValueError
+    naming the value, the valid choices and the fix). Each choice is logged once per process."""
+    asked = str(device)
+    if asked == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"{key}={asked!r} is not a device. Valid: {DEVICE_CHOICES}. Fix: {key}=auto.") from e
+        if dev.type not in ("cpu", "cuda"):
+            raise ValueError(f"{key}={asked!r} is not supported. Valid: {DEVICE_CHOICES}. Fix: {key}=auto.")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"{key}={asked!r} but CUDA is not available on this machine (torch sees no GPU). "
+                             f"Fix: {key}=auto (the CPU here) or {key}=cpu.")
+        count = torch.cuda.device_count() if dev.type == "cuda" else 0
         if dev.index is not None and dev.index >= count:
-            raise ValueError(f"{key}={device!r} but only {count} CUDA device(s) exist: cuda:0 .. cuda:{count - 1}.")
+            raise ValueError(f"{key}={asked!r} but only {count} CUDA device(s) exist here: cuda:0 .. cuda:{count - 1}. "
+                             f"Fix: {key}=cuda:0 (or auto).")
+    if str(dev) not in _LOGGED_DEVICES:
+        _LOGGED_DEVICES.add(str(dev))
+        if dev.type == "cuda":
+            try:
+                what = torch.cuda.get_device_name(dev)
+            except (AssertionError, RuntimeError):  # a torch built without CUDA, or no driver
+                what = "GPU"
+        else:
+            what = "CUDA not available" if asked == "auto" else "asked for"
+        logger.info("Device: %s (%s; %s=%s)", dev, what, key, asked)
     return dev
 
 
-def cpu_native_bf16() -> bool:
-    """True on CPUs that run bf16 natively (AMX or AVX512-BF16); elsewhere bf16 is emulated and slower than fp32."""
+def native_bf16(device: str | torch.device = "cpu", runtime: str = "torch") -> bool:
+    """The one bf16 probe: True where ``runtime`` runs bf16 natively on ``device``; elsewhere bf16 is emulated and
+    slower than fp32 (CPU) or fp16 (GPU).
+
+    cuda: compute capability >= 8 (Ampere on). cpu with runtime 'openvino': OpenVINO's CPU plugin reports BF16.
+    cpu otherwise: torch sees AMX or AVX512-BF16.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(dev)[0] >= 8
+    if runtime == "openvino":
+        import openvino as ov
+
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def check_precision(precision: str, key: str = "precision", int8: bool = True) -> str:
+    """A precision name -> its name in PRECISIONS. A deprecated alias ('none' = fp32) is accepted, with a warning
+    once per process; anything else is a ValueError naming ``key``, the valid names and the closest one.
+    int8=False: the setting of a deblur model or of training, where int8 (the detector's, NNCF-calibrated
+    OpenVINO) is an error too."""
+    if precision == "int8" and not int8:
+        raise ValueError(f"{key}='int8': int8 is the detector's precision (detect.precision, OpenVINO, calibrated); "
+                         f"the deblur models and training run fp32, bf16 or fp16. Fix: {key}=auto.")
+    if precision in PRECISIONS:
+        return precision
+    if precision in PRECISION_ALIASES:
+        new = PRECISION_ALIASES[precision]
+        if precision not in _WARNED_ALIASES:
+            _WARNED_ALIASES.add(precision)
+            logger.warning("%s=%r is deprecated: it means %r. Fix: write %s=%s", key, precision, new, key, new)
+        return new
+    close = difflib.get_close_matches(str(precision), PRECISIONS, n=2, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"{key}={precision!r} is not a precision. Valid: {list(PRECISIONS)}.{hint} "
+                     f"Fix: {key}=auto (the policy picks per device and runtime).")
+
+
+def resolve_amp(amp: str, device: str | torch.device, runtime: str = "torch", training: bool = False,
+                key: str = "amp") -> str:
+    """The precision a deblur model or training runs in: ``amp`` (a name in PRECISIONS, or a deprecated alias)
+    -> 'fp32', 'bf16' or 'fp16' by resolve_precision, for ``runtime`` (already resolved) on ``device``. The caller
+    maps the name to a dtype with TORCH_DTYPES. int8 is the detector's alone (NNCF-calibrated OpenVINO):
+    ValueError here. Other errors name ``key`` and the fix."""
+    amp = check_precision(amp, key, int8=False)
+    try:
+        return resolve_precision(amp, runtime, device, training=training)
+    except ValueError as e:
+        raise ValueError(f"{key}={amp!r} on {torch.device(device)}: {e}") from e
 
 
 def available_runtimes(device: str | torch.device = "cpu") -> dict[str, str | None]:
@@ -100,11 +176,6 @@ def resolve_runtime(runtime: str, device: str | torch.device = "cpu") -> str:
     return runtime
 
 
-def cuda_native_bf16(device: str | torch.device = "cuda") -> bool:
-    """True on GPUs with native bf16 (compute capability >= 8, Ampere on); older ones emulate it slowly."""
-    return torch.cuda.is_available() and torch.cuda.get_device_capability(torch.device(device))[0] >= 8
-
-
 def resolve_precision(precision: str, runtime: str, device: str | torch.device = "cpu", training: bool = False) -> str:
     """'auto' | 'fp32' | 'bf16' | 'fp16' | 'int8' -> the precision ``runtime`` (already resolved) uses on ``device``.
 
@@ -127,21 +198,16 @@ def resolve_precision(precision: str, runtime: str, device: str | torch.device =
     takes bf16 where it is native: fp32's range, so no loss scaling, and GAN losses cannot overflow it.
     """
     dev = torch.device(device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r}. Valid: {list(PRECISIONS)}")
+    precision = check_precision(precision)
     if runtime in CPU_ONLY and dev.type != "cpu":
         raise ValueError(f"runtime {runtime!r} runs on the CPU only; device is {dev}. "
                          "Fix: runtime='torch' (or 'auto') on CUDA, or device='cpu'.")
     if precision == "auto":
         if dev.type == "cuda":
-            return "bf16" if training and cuda_native_bf16(dev) else "fp16"
+            return "bf16" if training and native_bf16(dev) else "fp16"
         if runtime == "onnxruntime":
             return "fp32"
-        if runtime == "openvino":
-            from runtime.engines import openvino_native_bf16
-
-            return "bf16" if openvino_native_bf16() else "fp32"
-        return "bf16" if cpu_native_bf16() else "fp32"
+        return "bf16" if native_bf16(dev, runtime) else "fp32"
     if precision == "int8" and runtime != "openvino":
         raise ValueError(f"precision 'int8' runs on runtime 'openvino' only (an NNCF-quantized OpenVINO model); got "
                          f"runtime {runtime!r}. Fix: runtime='openvino' (or 'auto') on the CPU, or precision='auto'.")
@@ -151,10 +217,10 @@ def resolve_precision(precision: str, runtime: str, device: str | torch.device =
     if precision == "bf16" and runtime == "onnxruntime":
         raise ValueError("onnxruntime (CPU provider) runs fp32 only; got precision 'bf16'. "
                          "Fix: precision='fp32', or runtime='openvino' for bf16.")
-    if precision == "bf16" and dev.type == "cpu" and not cpu_native_bf16():
+    if precision == "bf16" and dev.type == "cpu" and not native_bf16(dev, runtime):
         logger.warning("precision bf16 on a CPU without AMX/AVX512-BF16: emulated, expect it several times "
                        "slower than fp32 (use precision='auto' or 'fp32')")
-    if precision == "bf16" and dev.type == "cuda" and not cuda_native_bf16(dev):
+    if precision == "bf16" and dev.type == "cuda" and not native_bf16(dev):
         logger.warning("precision bf16 on %s, a GPU without native bf16 (compute capability < 8): emulated, "
                        "expect it slower than fp16 (use precision='auto' or 'fp16')", dev)
     return precision
@@ -259,7 +325,7 @@ def compile_module(
     module: nn.Module,
     example_shape: Sequence[int] | None = None,
     runtime: str = "auto",
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     precision: str = "auto",
     cache_dir: str | os.PathLike | None = None,
     key_extra: str = "",
@@ -284,9 +350,7 @@ def compile_module(
     ``spatial_multiple``, from the training corpus, never the evaluation set; built only on a cache miss).
     int8_ignored: substrings of ONNX node names that int8 keeps in float (e.g. the output heads).
     """
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {dev} asked for but CUDA is not available here. Fix: device='cpu'.")
+    dev = resolve_device(device)
     name = resolve_runtime(runtime, dev)
     prec = resolve_precision(precision, name, dev)
     if prec == "int8" and calibration is None:

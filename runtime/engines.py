@@ -28,8 +28,6 @@ logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
 
-_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def _frozen_copy(module: nn.Module, device: torch.device, dtype: torch.dtype | None = None,
                  channels_last: bool = False) -> nn.Module:
@@ -232,13 +230,6 @@ class OnnxRuntimeEngine:
 
 
 # ---- openvino -----------------------------------------------------------------------------------
-def openvino_native_bf16() -> bool:
-    """True when OpenVINO's CPU plugin reports bf16 support (AMX / AVX512-BF16)."""
-    import openvino as ov
-
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
 class OpenVINOEngine:
     """OpenVINO on the CPU: the ONNX graph reshaped to each static input shape seen and compiled once for it."""
 

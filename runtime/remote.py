@@ -1,4 +1,4 @@
-"""Training data that is not on this disk: fsspec URLs, a read-through cache and WebDataset shards.
+"""Files that are not on this disk: fsspec URLs, timeouts and retries, and a read-through cache.
 
 URLs (``s3://``, ``gs://``, ``https://`` ... anything fsspec knows, with its backend installed: s3fs for
 S3, gcsfs for GCS, aiohttp for HTTP) are globbed and read with ``fsspec``. Credentials come from each
@@ -7,17 +7,16 @@ backend's usual environment and config files (``AWS_ACCESS_KEY_ID``/``AWS_PROFIL
 reaches a log line or an error, so a token in a query string or a password in the userinfo never does.
 
 Network reads have a timeout (``timeout`` seconds per connect/read) and are retried ``retries`` times
-with exponential backoff (0.5 s, 1 s, 2 s ...). A URL that does not exist, a bucket that does not exist
-and missing credentials are not retried: they raise at once with the fix.
+with exponential backoff (0.5 s, 1 s, 2 s ...); an endpoint that stays unreachable is an ``OSError`` that
+names the URL and the setting to check. A URL that does not exist, a bucket that does not exist and missing
+credentials are not retried: they raise at once with the fix. The retry loop is ours, not ``tenacity``'s or
+a backend's: most of it is sorting the backends' errors into these cases, which neither would do for us.
 
 The read-through cache (``ReadCache``) keeps whole remote files under ``<cache_dir>/<sha256 of URL +
 version>``, where the version is the object's ETag, modification time and size, so an object changed in
 place is a miss. Its total size is bounded: the least recently used files are deleted first.
 
-WebDataset shards are plain tar files whose members ``<key>.<ext>`` are grouped by ``key`` (everything
-before the first dot of the file name): ``0001.blur.png`` + ``0001.sharp.png`` is one pair, a lone
-``0001.sharp.png`` a sharp image for synthetic blur. ``iter_shard`` streams one shard (``tarfile`` in
-stream mode, nothing unpacked to disk).
+WebDataset shards of the training data (listing, checking, reading) are in ``deblur.data.shards``.
 """
 
 from __future__ import annotations
@@ -27,9 +26,8 @@ import io
 import logging
 import os
 import re
-import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
@@ -41,13 +39,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ReadCache",
     "Remote",
-    "ShardError",
     "expand_braces",
     "has_magic",
     "is_url",
-    "iter_shard",
     "mask_url",
-    "resolve_shards",
     "strip_protocol",
 ]
 
@@ -55,10 +50,6 @@ T = TypeVar("T")
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _BRACE_RE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _CREDENTIAL_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError", "DefaultCredentialsError"}
-
-
-class ShardError(ValueError):
-    """A shard that cannot be read to its end (truncated, not a tar file)."""
 
 
 def is_url(path: str) -> bool:
@@ -112,11 +103,24 @@ def _credentials_hint(url: str) -> str:
     return "check the credentials this backend reads from its environment"
 
 
+def _network_hint(url: str) -> str:
+    if strip_protocol(url)[0] in ("s3://", "s3a://"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+        where = f"AWS_ENDPOINT_URL={mask_url(endpoint)}" if endpoint else "AWS_ENDPOINT_URL is unset: AWS itself"
+        return (f"Check the network and the S3 endpoint ({where}); set AWS_ENDPOINT_URL to a server that answers, "
+                f"or unset it for AWS")
+    return "Check the network and the server"
+
+
 class ReadCache:
     """Whole remote files on local disk, keyed by URL and version, at most ``max_bytes`` in total (LRU).
 
     Safe for several processes (DataLoader workers, DDP ranks) sharing ``root``: files are written under a
     temporary name and ``os.replace``d, and a reader that loses a race with eviction reads the network again.
+
+    Ours, not fsspec's ``filecache``/``simplecache``: neither bounds the cache's size (``filecache`` only
+    expires by age), ``simplecache`` never checks the version, and ``filecache``'s ``check_files`` costs a
+    request per open and keeps its index in one JSON file that concurrent workers and ranks rewrite.
     """
 
     RESCAN_EVERY = 256  # puts between full scans of the folder (other processes' writes are seen then)
@@ -301,7 +305,7 @@ class Remote:
                     raise
                 if attempt == self.retries:
                     raise OSError(f"Could not {what} {mask_url(url)} after {attempt + 1} tries "
-                                  f"(timeout {self.timeout:g} s): {mask_url(e)}. Check the network and the endpoint.") from e
+                                  f"(timeout {self.timeout:g} s): {mask_url(e)}. {_network_hint(url)}.") from e
                 delay = self.backoff * 2**attempt
                 logger.warning("%s %s failed (%s); retry %d/%d in %.1f s", what, mask_url(url), mask_url(e),
                                attempt + 1, self.retries, delay)
@@ -348,15 +352,19 @@ class Remote:
                     pass
         fs = self._fs(url)
         data = self._call("read", url, lambda: fs.cat_file(strip_protocol(url)[1] if _strip_ok(url) else url))
-        if self.cache is not None and version is not None:
+        if self.cache is not None and version is not None and _size_of(version) in (None, len(data)):  # never short
             self.cache.put(url, version, data)
         return data
 
-    def open_stream(self, url: str):
+    def open_stream(self, url: str, wrap: Callable | None = None):
         """A sequential binary file object over ``url`` (a cached copy when there is one; else the network,
-        copied into the cache as it is read)."""
+        copied into the cache as it is read to its end).
+
+        ``wrap(file) -> file``, when given, is laid over the source (network, cached copy or local file) to
+        check the bytes as they pass; it raises to reject them, and the cache keeps only what it passed."""
+        wrap = wrap or (lambda f: f)
         if not is_url(url):
-            return open(url, "rb")
+            return wrap(open(url, "rb"))  # noqa: SIM115
         fs = self._fs(url)
         path = strip_protocol(url)[1] if _strip_ok(url) else url
         version = self.versions.get(url)
@@ -367,10 +375,10 @@ class Remote:
             hit = self.cache.get(url, version)
             if hit is not None:
                 try:
-                    return open(hit, "rb")
+                    return wrap(open(hit, "rb"))  # noqa: SIM115
                 except FileNotFoundError:
                     pass
-        src = self._call("open", url, lambda: fs.open(path, "rb", block_size=2**22))
+        src = wrap(self._call("open", url, lambda: fs.open(path, "rb", block_size=2**22)))
         if self.cache is None:
             return src
         size = _size_of(version)
@@ -382,6 +390,10 @@ def _strip_ok(url: str) -> bool:
 
 
 def _is_network_error(e: BaseException) -> bool:
+    """aiohttp's client errors (https://) and botocore's connection errors (s3://, not OSErrors)."""
+    if any(c.__module__.startswith("botocore") and c.__name__ in ("ConnectionError", "HTTPClientError")
+           for c in type(e).__mro__):
+        return True
     try:
         import aiohttp
     except ImportError:
@@ -408,58 +420,3 @@ def _root_of(path: str) -> str:
             break
         parts.append(part)
     return str(PurePosixPath(*parts)) if parts else ""
-
-
-# ----------------------------------------------------------------------------- WebDataset shards
-def iter_shard(fileobj, shard_name: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {ext: bytes})`` per sample of a WebDataset tar read as a stream.
-
-    Members of one sample must be adjacent (as WebDataset writes them). ``ShardError`` names the shard when
-    it is truncated or not a tar file.
-    """
-    key, sample = None, {}
-    try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                parent, _, base = member.name.rpartition("/")
-                stem, dot, ext = base.partition(".")
-                if not dot or base.startswith("."):
-                    continue  # not a sample member (no extension, or a hidden file)
-                k = f"{parent}/{stem}" if parent else stem
-                if k != key:
-                    if key is not None:
-                        yield key, sample
-                    key, sample = k, {}
-                f = tar.extractfile(member)
-                sample[ext.lower()] = f.read() if f is not None else b""
-    except (tarfile.TarError, EOFError) as e:
-        raise ShardError(f"Shard {mask_url(shard_name)} is truncated or not a tar file ({e}); re-upload it "
-                         f"(scripts/make_shards.py writes shards and their manifest).") from e
-    if key is not None:
-        yield key, sample
-    while fileobj.read(2**20):  # the zero blocks after the end-of-archive marker: read to EOF, so a cache copy completes
-        pass
-
-
-def resolve_shards(patterns: list[str], remote: Remote) -> list[str]:
-    """Shard paths/URLs of ``patterns`` (``{000..009}`` ranges expanded, globs listed), sorted, no duplicates.
-
-    A name without a wildcard is taken as given (a missing one fails when it is opened, naming it).
-    """
-    import glob as _glob
-
-    found: list[str] = []
-    for pattern in patterns:
-        for name in expand_braces(pattern):
-            if not has_magic(name):
-                found.append(name)
-            elif is_url(name):
-                found.extend(remote.glob(name, {".tar"}))
-            else:
-                local = sorted(p for p in _glob.glob(os.path.expanduser(name), recursive=True) if p.endswith(".tar"))
-                if not local:
-                    raise FileNotFoundError(f"No shards match {name!r} (cwd {os.getcwd()}). Check the path.")
-                found.extend(local)
-    return sorted(dict.fromkeys(found))

@@ -5,6 +5,9 @@
     # sharp images only (synthetic blur at training time)
     python scripts/make_shards.py --sharp 'data/train/**/*.jpg' --out shards/photos
 
+``--sharp`` and ``--blur`` take several comma-separated globs; with ``--blur`` the i-th blur glob pairs with
+the i-th sharp glob.
+
 Each sample is ``<key>.blur.<ext>`` + ``<key>.sharp.<ext>`` (or ``<key>.sharp.<ext>`` alone) + ``<key>.name.txt``
 (the file's relative name, so names and the train/val hash split equal the folder's). Image bytes are
 copied as they are (no re-encoding). Shards are ``shard-000000.tar`` ... of ``--samples-per-shard``
@@ -28,8 +31,8 @@ from pathlib import Path, PurePosixPath
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from deblur.config import DataConfig
-from deblur.data.dataset import IMAGE_EXTS, PairedFolders, _glob, _relative
-from runtime.remote import Remote
+from deblur.data.dataset import IMAGE_EXTS, PairedFolders, glob_files, relative_name
+from runtime.remote import Remote, mask_url
 from runtime.files import atomic_write_text, file_sha256
 
 logger = logging.getLogger("make_shards")
@@ -81,33 +84,55 @@ def write_shards(samples: list[tuple[str, dict[str, object]]], out: Path, per_sh
     return manifest
 
 
+def _globs(arg: str) -> list[str]:
+    return [g.strip() for g in arg.split(",") if g.strip()]
+
+
 def collect(blur: str, sharp: str) -> list[tuple[str, dict[str, object]]]:
-    """[(relative name, {"blur": path, "sharp": path})] for pairs, or [(name, {"sharp": path})]."""
-    if blur:
-        pairs = PairedFolders(DataConfig(files_a=blur, files_b=sharp, bounds=(0.0, 1.0)))
-        return [(n, {"blur": a, "sharp": b}) for n, a, b in zip(pairs.names, pairs.files_a, pairs.files_b)]
+    """[(relative name, {"blur": path, "sharp": path})] for pairs, or [(name, {"sharp": path})], from
+    comma-separated globs. A file matched twice is taken once; a name that another root already gave is
+    replaced by the file's whole path (as SyntheticBlur names it), so no file is lost."""
+    sharps, blurs = _globs(sharp), _globs(blur)
+    if blurs and len(blurs) != len(sharps):
+        raise ValueError(f"--blur has {len(blurs)} globs and --sharp {len(sharps)}: the i-th blur glob pairs with "
+                         f"the i-th sharp glob, so give as many of each.")
+    found: list[tuple[str, object, dict[str, object]]] = []  # (relative name, identity, files)
     remote = Remote()
-    out, seen = [], set()
-    for pattern in sharp.split(","):
-        for f in _glob(pattern, IMAGE_EXTS, remote):
-            name = _relative(f, pattern).as_posix()
-            if name not in seen:
-                seen.add(name)
-                out.append((name, {"sharp": f}))
+    for i, pattern in enumerate(sharps):
+        if blurs:
+            pairs = PairedFolders(DataConfig(files_a=blurs[i], files_b=pattern, bounds=(0.0, 1.0)))
+            found += [(n, b, {"blur": a, "sharp": b}) for n, a, b in zip(pairs.names, pairs.files_a, pairs.files_b)]
+        else:
+            found += [(relative_name(f, pattern).as_posix(), f, {"sharp": f})
+                      for f in glob_files(pattern, IMAGE_EXTS, remote)]
+    out, seen_files, seen_names = [], set(), set()
+    for name, ident, files in found:
+        ident = ident if isinstance(ident, str) else Path(ident).resolve()
+        if ident in seen_files:
+            continue
+        seen_files.add(ident)
+        if name in seen_names:
+            name = mask_url(ident) if isinstance(ident, str) else ident.as_posix()
+        seen_names.add(name)
+        out.append((name, files))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sharp", required=True, help="glob (or URL glob) of sharp images; several: comma-separated")
-    ap.add_argument("--blur", default="", help="glob of the blurred images paired with --sharp (omit: sharp only)")
+    ap.add_argument("--blur", default="", help="glob of the blurred images paired with --sharp (omit: sharp only); "
+                    "several: comma-separated, the i-th pairs with the i-th --sharp glob")
     ap.add_argument("--out", required=True, type=Path, help="folder for shard-*.tar and manifest.json")
     ap.add_argument("--samples-per-shard", type=int, default=1000)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.samples_per_shard < 1:
         ap.error(f"--samples-per-shard must be >= 1, got {args.samples_per_shard}")
-    samples = collect(args.blur, args.sharp)
+    try:
+        samples = collect(args.blur, args.sharp)
+    except (ValueError, FileNotFoundError) as e:
+        ap.error(str(e))
     manifest = write_shards(samples, args.out, args.samples_per_shard, Remote())
     print(f"{manifest['samples']} {manifest['kind']} samples in {len(manifest['shards'])} shards: "
           f"{args.out / manifest['pattern']}")

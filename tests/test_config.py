@@ -151,3 +151,32 @@ def test_default_yaml_files_equal_the_dataclass_defaults(name):
     path = CONFIG_DIR / f"{name}.yaml"
     schema = _schema_for(path)
     assert load_config(schema, path) == schema()
+
+
+def test_device_auto_is_the_default_everywhere():
+    """'auto' (CUDA when available, else the CPU; runtime.resolve_device decides) is every entry point's default:
+    the config dataclasses (and so the YAML files, which must equal them), the classes and the CLIs."""
+    import inspect
+
+    from deblur.config import KernelTrainConfig
+    from deblur.kernel_deblur import KernelDeblurrer
+    from deblur.predict import Deblurrer, _parse_args, load_deblurrer
+    from detect.config import DetectorConfig
+    from evaluation.config import EvalConfig
+    from pipeline.__main__ import build_parser
+    from pipeline.config import PipelineConfig
+    from runtime import compile_module
+
+    defaults = {
+        "detect.device": DetectorConfig().device,
+        "pipeline detector.device": PipelineConfig().detector.device,
+        "training device": TrainConfig().device,
+        "kernel training device": KernelTrainConfig().device,
+        "eval deblur.device": EvalConfig().deblur.device,
+        "eval detector.device": EvalConfig().detector.device,
+        "deblur.predict --device": _parse_args(["x.jpg"]).device,
+        "python -m pipeline --device": build_parser().parse_args([]).device or PipelineConfig().detector.device,
+    }
+    for fn in (Deblurrer.__init__, Deblurrer.from_model, load_deblurrer, KernelDeblurrer.__init__, compile_module):
+        defaults[fn.__qualname__] = inspect.signature(fn).parameters["device"].default
+    assert {k: v for k, v in defaults.items() if v != "auto"} == {}

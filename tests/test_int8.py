@@ -229,11 +229,10 @@ def test_detector_variants_bad_override_names_the_variant(tmp_path):
 @pytest.mark.parametrize("native_bf16,expected", [(False, "openvino-int8"), (True, "openvino-bf16")])
 def test_auto_precision_is_int8_only_where_the_cpu_lacks_bf16(monkeypatch, native_bf16, expected):
     """auto on OpenVINO: bf16 where native (closer to fp32, nearly as fast), else int8 (fp32 is the alternative)."""
-    import runtime.engines
-    from detect import backend_darknet
+    import runtime
 
-    monkeypatch.setattr(backend_darknet, "openvino_native_bf16", lambda: native_bf16)
-    monkeypatch.setattr(runtime.engines, "openvino_native_bf16", lambda: native_bf16)  # the runtime's own auto
+    # the one bf16 probe: the detector's auto and the runtime's own both ask it
+    monkeypatch.setattr(runtime, "native_bf16", lambda device="cpu", runtime="torch": native_bf16)
     det = build_detector(DetectorConfig(runtime="openvino"))  # engines are built on the first call: cheap here
     assert det.engine.name == expected
     assert build_detector(DetectorConfig(runtime="torch")).engine is None  # eager fp32: the reference

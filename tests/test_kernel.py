@@ -1,6 +1,7 @@
 """Kernel-aware deblurring: the estimator, its moments, its training stage and the KernelDeblurrer (CPU, tiny)."""
 
 import json
+import logging
 import math
 
 import cv2
@@ -193,21 +194,67 @@ def test_nonfinite_kernel_passes_through_and_is_counted(photo_bgr, caplog):
     assert deblurrer.nonfinite == 2 and "not finite" in caplog.text
 
 
-def test_frames_smaller_than_a_tile(photo_bgr):
-    deblurrer = KernelDeblurrer(build_estimator(TINY).eval(), device="cpu")
-    small = photo_bgr[:40, :70]
-    (out,) = deblurrer([small])
-    assert out.shape == small.shape and out.dtype == np.uint8
+def test_frames_smaller_than_the_shipped_kernel_are_deblurred_padded(photo_bgr, caplog):
+    """The shipped estimator's kernels are 41 taps: a 36x64 frame (--deblur-size 64 on a 640x360 clip), a 24x32 image
+    and an 8x10 frame are valid input. They are deblurred padded and cropped back, counted, and logged once."""
+    caplog.set_level(logging.INFO, logger="deblur")
+    deblurrer = KernelDeblurrer(device="cpu")  # deblur/weights/kernel_estimator.pt
+    assert deblurrer.kernel_size == 41
+    blurred = _blurred(photo_bgr, linear_kernel(9, 30.0))
+    for h, w in ((36, 64), (24, 32), (8, 10)):
+        small = np.ascontiguousarray(blurred[:h, :w])
+        (out,) = deblurrer([small])
+        assert out.shape == small.shape and out.dtype == np.uint8
+    assert deblurrer.counters()["small_frames"] == 3
+    assert len([r for r in caplog.records if "smaller than" in r.getMessage()]) == 1  # logged once
 
 
-def test_temporal_smoothing_blends_consecutive_kernels(photo_bgr):
-    line = fit_kernel(linear_kernel(11, 0.0), 31)
-    deblurrer = KernelDeblurrer(OracleEstimator(line), device="cpu", temporal=0.5)
-    deblurrer([photo_bgr])
-    deblurrer.estimator.kernel.copy_(torch.from_numpy(fit_kernel(linear_kernel(11, 90.0), 31)))
-    deblurrer([photo_bgr])
-    k = deblurrer.last_kernels[0]
-    assert float(k[15, 10]) > 0 and float(k[10, 15]) > 0  # half of each: horizontal and vertical
+def test_a_small_frame_is_restored_like_its_padded_copy(photo_bgr):
+    """A frame smaller than the kernel is deconvolved as its padded copy is: the true 31-tap kernel sharpens a 24x40
+    crop of a blurred photo (compared inside the crop's borders)."""
+    kernel = fit_kernel(linear_kernel(7, 0.0), 31)
+    blurred = _blurred(photo_bgr, kernel)
+    crop = (slice(100, 124), slice(100, 140))
+    small, sharp = np.ascontiguousarray(blurred[crop]), photo_bgr[crop]
+    (restored,) = KernelDeblurrer(OracleEstimator(kernel), device="cpu")([small])
+    inner = (slice(4, -4), slice(6, -6))
+    assert psnr(restored[inner], sharp[inner]) > psnr(small[inner], sharp[inner]) + 1.0
+
+
+def _kernel_of(deblurrer, frame):
+    deblurrer([frame])
+    return deblurrer.last_kernels[0].clone()
+
+
+def test_temporal_smoothing_is_the_configured_ema_and_resets(photo_bgr):
+    """k_t = (1 - a) k_new + a k_{t-1}: between the previous and the new kernel, the exact mix, carried on frame by
+    frame; a new frame size (a new input) and reset() start over from the unsmoothed estimate."""
+    h_line, v_line = (torch.from_numpy(fit_kernel(linear_kernel(11, a), 31)) for a in (0.0, 90.0))
+    a = 0.3
+    deblurrer = KernelDeblurrer(OracleEstimator(h_line.numpy()), device="cpu", temporal=a)
+    assert torch.allclose(_kernel_of(deblurrer, photo_bgr), h_line, atol=1e-6)  # nothing to smooth with yet
+    deblurrer.estimator.kernel.copy_(v_line)
+    k2 = _kernel_of(deblurrer, photo_bgr)
+    assert torch.allclose(k2, (1 - a) * v_line + a * h_line, atol=1e-6)
+    assert float(k2[15, 10]) == pytest.approx(a * float(h_line[15, 10]), rel=1e-4)  # the horizontal line fades
+    assert float(k2[10, 15]) == pytest.approx((1 - a) * float(v_line[10, 15]), rel=1e-4)  # the vertical one comes in
+    assert bool(((k2 >= torch.minimum(h_line, v_line) - 1e-7) & (k2 <= torch.maximum(h_line, v_line) + 1e-7)).all())
+    k3 = _kernel_of(deblurrer, photo_bgr)
+    assert torch.allclose(k3, (1 - a) * v_line + a * k2, atol=1e-6)  # an EMA, not a mean of the last two
+    deblurrer.estimator.kernel.copy_(h_line)
+    assert torch.allclose(_kernel_of(deblurrer, photo_bgr[:200]), h_line, atol=1e-6)  # new size: no carry-over
+    deblurrer.estimator.kernel.copy_(v_line)
+    deblurrer.reset()
+    assert torch.allclose(_kernel_of(deblurrer, photo_bgr[:200]), v_line, atol=1e-6)
+
+
+def test_warm_up_leaves_no_kernel_for_the_smoother(photo_bgr):
+    """The warm-up frame's kernel does not become the first real frame's previous kernel."""
+    h_line, v_line = (fit_kernel(linear_kernel(11, a), 31) for a in (0.0, 90.0))
+    deblurrer = KernelDeblurrer(OracleEstimator(h_line), device="cpu", temporal=0.5)
+    deblurrer.warmup(*photo_bgr.shape[:2])
+    deblurrer.estimator.kernel.copy_(torch.from_numpy(v_line))
+    assert torch.allclose(_kernel_of(deblurrer, photo_bgr), torch.from_numpy(v_line), atol=1e-6)
 
 
 def test_luma_mode_restores_too(photo_bgr):
@@ -247,18 +294,32 @@ def test_a_bundled_refiner_runs_after_the_deconvolution(photo_bgr, tmp_path):
     assert np.array_equal(a, c) and np.abs(a.astype(int) - b).mean() > 1.0
 
 
-def test_the_shipped_estimator_finds_a_real_blur(photo_bgr):
-    """The committed weights, loaded as users load them: a 15 px linear blur at 30° on a photo it never saw is found
-    (angle within 10°, length within 40 %), and a sharp photo is left exactly as it is."""
+def _square(path, side=384):
+    img = cv2.imread(str(path))
+    h, w = img.shape[:2]
+    s = min(h, w)
+    return cv2.resize(img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s], (side, side),
+                      interpolation=cv2.INTER_AREA)
+
+
+@pytest.mark.parametrize("name, angle", [("zidane.jpg", 30.0), ("bus.jpg", 120.0)])
+def test_the_shipped_estimator_finds_a_real_blur(name, angle):
+    """The committed weights, loaded as users load them, on photos they never saw: Ultralytics' zidane.jpg and
+    bus.jpg are evaluation photos (scripts/fetch_data.py puts them in data/eval and checks that no eval file is in the
+    training corpus). A 15 px linear blur is found (angle within 10°, measured <= 5°; length within 30 %, measured
+    within 15 %), the frame comes out at least 0.4 dB sharper (measured 1.0 and 1.2 dB), and the sharp photo is
+    left exactly as it is."""
+    from detect.assets import ultralytics_asset
+
     deblurrer = KernelDeblurrer(device="cpu")  # deblur/weights/kernel_estimator.pt
-    big = cv2.resize(skdata.astronaut()[..., ::-1], (384, 384), interpolation=cv2.INTER_AREA)
-    blurred = apply_kernel(big, linear_kernel(15, 30.0))
+    big = _square(ultralytics_asset(name))
+    blurred = apply_kernel(big, linear_kernel(15, angle))
     (restored,) = deblurrer([blurred])
     m = kernel_moments(deblurrer.last_kernels)
-    assert float(angle_error(moment_angle(m), torch.tensor([30.0]))) < 10.0
-    assert 0.6 * 15 < float(kernel_extent(m)) < 1.4 * 15
+    assert float(angle_error(moment_angle(m), torch.tensor([angle]))) < 10.0
+    assert 0.7 * 15 < float(kernel_extent(m)) < 1.3 * 15
     inner = (slice(24, -24), slice(24, -24))
-    assert psnr(restored[inner], big[inner]) > psnr(blurred[inner], big[inner])  # sharper than its input
+    assert psnr(restored[inner], big[inner]) > psnr(blurred[inner], big[inner]) + 0.4
     (same,) = deblurrer([big])
     assert np.array_equal(same, big) and bool(deblurrer.last_gated.all())
 

@@ -51,7 +51,7 @@ def test_identity_model_preserves_colours(identity_weights):
 def test_bf16_autocast_runs_in_bf16_and_stays_close_to_fp32(random_weights):
     """A non-identity model: with identity weights the residual is exactly 0, so a wrong bf16 path could not show."""
     frame = np.ascontiguousarray(_chelsea_bgr()[:32, :48])  # bf16 is emulated (slow) on CPUs without AVX512-bf16/AMX
-    (ref,) = Deblurrer(random_weights, device="cpu", amp="none")([frame])
+    (ref,) = Deblurrer(random_weights, device="cpu", amp="fp32")([frame])
     bf16 = Deblurrer(random_weights, device="cpu", amp="bf16")
     dtypes = set()
     for conv in (m for m in bf16.model.modules() if isinstance(m, torch.nn.Conv2d)):
@@ -139,3 +139,21 @@ def test_cli_subprocess_end_to_end(tmp_path, identity_weights):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("cat.jpg")
     assert read_image(tmp_path / "out" / "cat.jpg").shape == (150, 201, 3)
+
+
+def test_small_images_are_deblurred_padded(tmp_path, identity_weights, caplog):
+    """A 32x24 image is valid input. The default (the shipped 41-tap kernel estimator) deconvolves it padded; a
+    generator, which needs 32x32, runs it padded too: the identity generator gives it back unchanged. Small frames are
+    counted and logged once."""
+    caplog.set_level(logging.INFO)
+    photo = np.ascontiguousarray(_chelsea_bgr()[40:64, 60:92])  # 24 rows, 32 columns
+    cv2.imwrite(str(tmp_path / "small.png"), photo)
+    assert main([str(tmp_path / "small.png"), "--out", str(tmp_path / "out"), "--device", "cpu", "--runtime", "torch"]) == 0
+    assert read_image(tmp_path / "out" / "small.png").shape == (24, 32, 3)
+
+    deblurrer = Deblurrer(identity_weights, device="cpu")
+    frames = [photo, np.ascontiguousarray(photo[:9, :13]), photo]
+    out = deblurrer(frames)
+    assert all(np.array_equal(o, f) for o, f in zip(out, frames))
+    assert deblurrer.small_frames == 3
+    assert len([r for r in caplog.records if "smaller than the generator" in r.getMessage()]) == 1

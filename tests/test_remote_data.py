@@ -26,7 +26,8 @@ from deblur.data.dataset import (
     ShardStream,
     build_dataset,
 )
-from runtime.remote import ReadCache, Remote, ShardError, expand_braces, iter_shard
+from deblur.data.shards import ShardError, iter_shard
+from runtime.remote import ReadCache, Remote, expand_braces
 from deblur.train.gan_trainer import Trainer
 from runtime.urls import mask_url
 
@@ -90,7 +91,7 @@ def s3(paired):
 def _train_cfg(tmp_path: Path, *extra: str) -> TrainConfig:
     overrides = [
         f"project={tmp_path / 'runs'}", "name=tiny", "image_size=32", "batch_size=2", "train_batches_per_epoch=3",
-        "val_batches_per_epoch=0", "num_epochs=1", "device=cpu", "amp=none", "threads=1", "save_every=100",
+        "val_batches_per_epoch=0", "num_epochs=1", "device=cpu", "amp=fp32", "threads=1", "save_every=100",
         "log_every=100", "image_every=100", "ema=0", "model.zero_init_last=false", "train.preload=false",
         "train.bounds=[0.0, 1.0]", "train.sources=[]", f"train.cache_dir={tmp_path / 'cache'}", *extra,
     ]
@@ -317,25 +318,23 @@ def test_stream_resume_skips_to_the_same_batches(shards, tmp_path):
     cfg = DataConfig(shards=[str(shards / "gopro" / "shard-*.tar")], bounds=(0.0, 1.0), size=32, shuffle_buffer=3)
     for workers in (0, 2):
         full = iter(stream_loader(ShardStream(cfg, seed=3, loop=True), 2, workers))
-        ref = [next(full) for _ in range(7)]  # crosses a data epoch (8 samples = 4 batches)
+        ref = [next(full) for _ in range(7)]  # more than the 8 samples: shards are drawn again
         resumed = iter(stream_loader(ShardStream(cfg, seed=3, loop=True), 2, workers, skip_batches=4))
         _same_batches([next(resumed) for _ in range(3)], ref[4:])
-        if workers == 0:
-            first_epoch = [n for b in ref[:4] for n in b["name"]]
-            assert len(set(first_epoch)) == 8  # each sample once in a data epoch
 
 
 def _ddp_worker(rank: int, world: int, port: int, shard_glob: str, out: str) -> None:
     import torch.distributed as dist
 
+    from deblur.data.dataset import stream_loader
+
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         cfg = DataConfig(shards=[shard_glob], bounds=(0.0, 1.0), size=32, shuffle_buffer=4)
         names = {}
-        for workers in (0, 2):
-            stream = ShardStream(cfg, seed=5)  # rank and world from the process group
-            loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
-            names[workers] = [it["name"] for it in loader]
+        for workers in (0, 2):  # as the trainer reads: an endless stream, batches of 2, 6 steps
+            loader = iter(stream_loader(ShardStream(cfg, seed=5, loop=True), 2, workers))  # rank from the group
+            names[workers] = [next(loader)["name"] for _ in range(6)]
         gathered = [None] * world
         dist.all_gather_object(gathered, names)
         if rank == 0:
@@ -344,19 +343,23 @@ def _ddp_worker(rank: int, world: int, port: int, shard_glob: str, out: str) -> 
         dist.destroy_process_group()
 
 
-def test_ddp_two_ranks_read_every_sample_exactly_once_per_epoch(paired, tmp_path):
+def test_ddp_ranks_stream_equal_batches_from_a_shard_count_that_does_not_divide(paired, tmp_path):
+    """3 shards (3, 3 and 2 pairs) for 2 ranks x 2 workers: each rank takes 6 full batches in step, and each
+    draws from several shards (dealt, rank 1 would get one shard and cycle it while rank 0 reads two)."""
     import torch.multiprocessing as mp
 
-    out = tmp_path / "names.json"  # 8 shards of one pair: 2 ranks x 2 workers read 2 shards each
+    out = tmp_path / "names.json"
     make_shards.main(["--blur", f"{paired}/train/*/blur/*.png", "--sharp", f"{paired}/train/*/sharp/*.png",
-                      "--out", str(tmp_path / "s"), "--samples-per-shard", "1"])
+                      "--out", str(tmp_path / "s"), "--samples-per-shard", "3"])
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "s" / "shard-*.tar"), str(out)), nprocs=2, join=True)
     gathered = json.loads(out.read_text())
-    expected = sorted(PairedFolders(DataConfig(files_a=f"{paired}/train/*/blur/*.png",
-                                               files_b=f"{paired}/train/*/sharp/*.png", bounds=(0.0, 1.0), size=32)).names)
+    shard_of = {n: i // 3 for i, n in enumerate(sorted(PairedFolders(DataConfig(
+        files_a=f"{paired}/train/*/blur/*.png", files_b=f"{paired}/train/*/sharp/*.png", bounds=(0.0, 1.0), size=32)).names))}
     for workers in ("0", "2"):
-        per_rank = [g[workers] for g in gathered]
-        assert all(per_rank) and sorted(n for names in per_rank for n in names) == expected
+        for rank, g in enumerate(gathered):
+            batches = g[workers]
+            assert [len(b) for b in batches] == [2] * 6, (workers, rank, batches)
+            assert len({shard_of[n] for b in batches for n in b}) >= 2, (workers, rank, batches)
 
 
 def test_trainer_streams_shards_and_resumes_exactly(shards, tmp_path):
@@ -388,3 +391,148 @@ def test_http_urls_of_single_files_and_globs(http_root):
     assert len(remote.glob(f"{http_root}/gopro/*.tar", {".tar"})) == 4
     with pytest.raises(FileNotFoundError, match="missing.png"):
         remote.glob(f"{http_root}/missing.png")
+
+
+# ----------------------------------------------------------------------------- issue 22: 2a, 2d, 2e, 2h, 2i
+def _pair_sample(tar: tarfile.TarFile, key: str, members: dict[str, bytes]) -> None:
+    for ext, data in members.items():
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+def _ten_shards(root: Path, paired: Path) -> Path:
+    """10 shards of one pair each (the 8 pairs, two of them twice under other keys)."""
+    files = sorted((paired / "train").glob("*/blur/*.png"))
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(10):
+        blur = files[i % len(files)]
+        with tarfile.open(root / f"shard-{i:06d}.tar", "w") as tar:
+            _pair_sample(tar, f"s{i:02d}", {"blur.png": blur.read_bytes(),
+                                             "sharp.png": (blur.parent.parent / "sharp" / blur.name).read_bytes()})
+    return root
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 4 workers on a small machine
+def test_ten_shards_over_four_ranks_of_four_workers_all_get_equal_batches(paired, tmp_path):
+    """2a: 10 shards do not divide over 4 ranks x 4 workers; every rank still streams endlessly at the same rate."""
+    from deblur.data.dataset import stream_loader
+
+    folder = _ten_shards(tmp_path / "ten", paired)
+    cfg = DataConfig(shards=[str(folder / "shard-*.tar")], bounds=(0.0, 1.0), size=32, shuffle_buffer=2)
+    per_rank = []
+    for rank in range(4):
+        loader = iter(stream_loader(ShardStream(cfg, seed=7, rank=rank, world=4, loop=True), 2, num_workers=4))
+        batches = []
+        for _ in range(5):
+            try:
+                batches.append(next(loader))
+            except (StopIteration, RuntimeError) as e:
+                raise AssertionError(f"rank {rank} ran dry after {len(batches)} batches: {e!r}") from e
+        per_rank.append([n for b in batches for n in b["name"]])
+    assert [len(names) for names in per_rank] == [10] * 4
+    # every rank draws from several shards (none cycles a private subset); together they cover all 10
+    assert all(len(set(names)) >= 3 for names in per_rank), per_rank
+    assert len({n for names in per_rank for n in names}) == 10, per_rank
+
+
+@pytest.fixture(scope="module")
+def shards_with_bad_samples(shards, tmp_path_factory) -> Path:
+    """The 4 gopro shards, each with an undecodable sample in front of its 2 good pairs."""
+    out = tmp_path_factory.mktemp("bad_every_shard")
+    for src in sorted((shards / "gopro").glob("shard-*.tar")):
+        with tarfile.open(out / src.name, "w") as tar, tarfile.open(src) as good:
+            _pair_sample(tar, f"bad{src.stem[-1]}", {"blur.png": b"not a png", "sharp.png": b"not a png"})
+            for m in good.getmembers():
+                tar.addfile(m, good.extractfile(m))
+    return out
+
+
+def test_resume_after_a_skipped_bad_sample_gives_the_same_batches(shards_with_bad_samples):
+    """2d: a skipped bad sample fills no batch slot, so resuming at batch N must not count it."""
+    from deblur.data.dataset import stream_loader
+
+    cfg = DataConfig(shards=[str(shards_with_bad_samples / "shard-*.tar")], bounds=(0.0, 1.0), size=32, shuffle_buffer=3)
+    for workers in (0, 2):
+        full = iter(stream_loader(ShardStream(cfg, seed=3, loop=True), 2, workers))
+        ref = [next(full) for _ in range(8)]
+        for start in (3, 5):
+            resumed = iter(stream_loader(ShardStream(cfg, seed=3, loop=True), 2, workers, skip_batches=start))
+            _same_batches([next(resumed) for _ in range(8 - start)], ref[start:])
+
+
+def _cut_in_a_header(data: bytes) -> bytes:
+    """``data`` (a tar) cut 100 bytes into the header of its third member."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        third = tar.getmembers()[2]
+    return data[: third.offset + 100]
+
+
+@pytest.mark.parametrize("with_manifest", [True, False])
+def test_shard_cut_in_a_header_is_an_error_and_never_cached(shards, http_root, tmp_path, with_manifest):
+    """2e: tarfile ends quietly at a header cut short; the manifest's sha256 (or the missing end-of-archive
+    blocks) must catch it, name the shard, and keep the file out of the read cache."""
+    folder = shards / ("cut_manifest" if with_manifest else "cut_bare")
+    if not folder.exists():
+        folder.mkdir()
+        for f in (shards / "gopro").iterdir():
+            (folder / f.name).write_bytes(f.read_bytes())
+        (folder / "shard-000002.tar").write_bytes(_cut_in_a_header((folder / "shard-000002.tar").read_bytes()))
+        if not with_manifest:
+            (folder / "manifest.json").unlink()
+    cache = tmp_path / "cache"
+    for where in (str(folder), f"{http_root}/{folder.name}"):
+        cfg = DataConfig(shards=[f"{where}/shard-000002.tar"], bounds=(0.0, 1.0), size=32, shuffle_buffer=0,
+                         cache_dir=str(cache), cache_gb=0.01)
+        with pytest.raises(ShardError, match="shard-000002.tar"):
+            list(ShardStream(cfg, seed=0))
+    assert not [p for p in cache.rglob("*") if p.is_file()], "a cut shard entered the read cache"
+
+
+def test_make_shards_takes_comma_separated_globs_in_both_modes(paired, tmp_path):
+    """2h: --blur and --sharp both take several comma-separated globs, paired or sharp-only."""
+    blur = f"{paired}/train/clipA/blur/*.png,{paired}/train/clipB/blur/*.png"
+    sharp = f"{paired}/train/clipA/sharp/*.png,{paired}/train/clipB/sharp/*.png"
+    assert make_shards.main(["--blur", blur, "--sharp", sharp, "--out", str(tmp_path / "p")]) == 0
+    assert json.loads((tmp_path / "p" / "manifest.json").read_text())["samples"] == 8
+    assert make_shards.main(["--sharp", sharp, "--out", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["samples"] == 8
+
+
+def test_make_shards_uses_only_public_names_of_the_dataset_module():
+    """2h: scripts import public helpers only."""
+    import ast
+
+    tree = ast.parse((ROOT / "scripts" / "make_shards.py").read_text())
+    private = [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("deblur")
+               for a in n.names if a.name.startswith("_")]
+    assert not private, private
+
+
+def test_unreachable_s3_endpoint_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    """2i: no endpoint answers: one `error:` line that names the masked URL and the fix, no traceback."""
+    import signal
+
+    import s3fs
+
+    import train_deblur
+
+    for k, v in {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "testing",
+                 "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    url = f"s3://{BUCKET}/gopro/shard-*.tar"
+    sigterm = signal.getsignal(signal.SIGTERM)
+    s3fs.S3FileSystem.clear_instance_cache()  # not the moto server's file system
+    try:
+        code = train_deblur.main([f"train.shards=[{url}]", "train.timeout=0.5", "train.retries=0", "device=cpu",
+                                  f"project={tmp_path}", f"train.cache_dir={tmp_path / 'c'}"])
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+        s3fs.S3FileSystem.clear_instance_cache()
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and url in errors[0] and "AWS_ENDPOINT_URL=http://127.0.0.1:9" in errors[0], err
+    assert len(err.splitlines()) == 2, err  # the error and the --debug hint

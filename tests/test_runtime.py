@@ -28,7 +28,7 @@ from runtime import (
     AUTO_ORDER,
     available_runtimes,
     compile_module,
-    cpu_native_bf16,
+    native_bf16,
     resolve_precision,
     resolve_runtime,
     weights_digest,
@@ -93,7 +93,7 @@ def test_generator_runtime_matches_torch_fp32(runtime, generator, astronaut_blur
     assert (engine(batch) - ref2).abs().max().item() <= TOL_FP32
 
 
-@pytest.mark.skipif(not cpu_native_bf16(), reason="no AMX/AVX512-BF16 on this CPU: bf16 is emulated here")
+@pytest.mark.skipif(not native_bf16("cpu"), reason="no AMX/AVX512-BF16 on this CPU: bf16 is emulated here")
 @pytest.mark.parametrize("runtime", ["torch", "openvino"])
 def test_generator_bf16_within_tolerance(runtime, generator, astronaut_blur, tmp_path):
     _need(runtime)
@@ -116,8 +116,8 @@ def test_deblurrer_runtime_matches_torch_on_a_photo(runtime, generator, tmp_path
     _need(runtime)
     weights = save_generator(generator, GeneratorConfig(name="fpn_mobilenet_v2", zero_init_last=False), tmp_path / "g.pt")
     photo_bgr = cv2.resize(cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR), (150, 90))
-    ref = Deblurrer(weights, device="cpu", amp="none")([photo_bgr])[0]
-    fast = Deblurrer(weights, device="cpu", amp="none", runtime=runtime, threads=1, cache_dir=tmp_path / "c")
+    ref = Deblurrer(weights, device="cpu", amp="fp32")([photo_bgr])[0]
+    fast = Deblurrer(weights, device="cpu", amp="fp32", runtime=runtime, threads=1, cache_dir=tmp_path / "c")
     assert fast.engine is not None and fast.engine.runtime == runtime
     out = fast([photo_bgr])[0]
     assert out.shape == photo_bgr.shape and out.dtype == np.uint8
@@ -221,7 +221,7 @@ def test_resolve_runtime_and_precision_errors():
     with pytest.raises(ValueError, match="onnxruntime.*fp32 only"):
         resolve_precision("bf16", "onnxruntime", "cpu")
     assert resolve_precision("auto", "onnxruntime", "cpu") == "fp32"
-    assert resolve_precision("auto", "torch", "cpu") == ("bf16" if cpu_native_bf16() else "fp32")
+    assert resolve_precision("auto", "torch", "cpu") == ("bf16" if native_bf16("cpu") else "fp32")
 
 
 def test_detector_config_runtime_is_checked():
@@ -503,7 +503,7 @@ def test_cuda_deblurrer_and_detector_use_cuda_graphs(generator, tmp_path):
 
     weights = save_generator(generator, GeneratorConfig(name="fpn_mobilenet_v2", zero_init_last=False), tmp_path / "g.pt")
     photo_bgr = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)
-    ref = Deblurrer(weights, device="cpu", amp="none")([photo_bgr])[0]
+    ref = Deblurrer(weights, device="cpu", amp="fp32")([photo_bgr])[0]
     fast = Deblurrer(weights, device="cuda", amp="fp16", cache_dir=tmp_path)
     assert fast.engine is not None and fast.engine.name == "torch-fp16-cudagraph"
     out = fast([photo_bgr, photo_bgr])
@@ -513,21 +513,51 @@ def test_cuda_deblurrer_and_detector_use_cuda_graphs(generator, tmp_path):
     assert det.engine.name == "torch-fp16-cudagraph"
 
 
-def test_resolve_device_names_the_setting_and_the_fix():
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """set(count): torch sees ``count`` CUDA devices (0: none); runtime's once-per-choice device log starts afresh."""
+    import runtime as rt
+
+    monkeypatch.setattr(rt, "_LOGGED_DEVICES", set(), raising=False)
+
+    def set_count(count: int) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+
+    return set_count
+
+
+@pytest.mark.parametrize("count,want", [(0, "cpu"), (1, "cuda"), (2, "cuda")])
+def test_device_auto_is_cuda_when_available_else_cpu_logged_once(count, want, fake_cuda, caplog):
+    """The one device choice (runtime.resolve_device): 'auto' -> CUDA when torch sees a GPU, else the CPU; the
+    choice is logged once per process, however many models ask."""
     from runtime import resolve_device
 
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(ValueError, match=r"detect.device='gpu0' is not a device.*'cuda:N'"):
+    fake_cuda(count)
+    with caplog.at_level(logging.INFO, logger="runtime"):
+        for _ in range(3):
+            assert resolve_device("auto").type == want
+        assert resolve_device("cpu") == torch.device("cpu")
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Device:")]
+    assert len(said) == (1 if want == "cpu" else 2), said  # one line per resolved device, however it was asked
+    assert want in said[0] and "auto" in said[0], said
+
+
+def test_a_device_that_is_not_there_names_the_value_and_the_fix(fake_cuda):
+    from runtime import resolve_device
+
+    fake_cuda(0)
+    with pytest.raises(ValueError, match=r"device='cuda:1' but CUDA is not available.*Fix: device=auto"):
+        resolve_device("cuda:1")
+    fake_cuda(1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ValueError, match=r"detect\.device='cuda:1' but only 1 CUDA device.*cuda:0.*Fix: detect\.device="):
+        resolve_device("cuda:1", key="detect.device")
+    with pytest.raises(ValueError, match=r"detect\.device='gpu0' is not a device.*'auto'.*'cpu'.*'cuda:N'"):
         resolve_device("gpu0", key="detect.device")
-    with pytest.raises(ValueError, match="device='meta' is not supported"):
+    with pytest.raises(ValueError, match="device='meta' is not supported.*Fix:"):
         resolve_device("meta")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available.*Fix: device=cpu"):
-            resolve_device("cuda:0")
-    else:
-        with pytest.raises(ValueError, match="CUDA device"):
-            resolve_device(f"cuda:{torch.cuda.device_count()}")
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -535,16 +565,16 @@ def test_auto_precision_follows_the_runtime_on_native_bf16_cpus(native, generato
     """amp='auto' asks the one policy (runtime.resolve_precision): ONNX Runtime's CPU provider is fp32 only, so
     a CPU with native bf16 must not hand it bf16 (it raised before)."""
     import runtime as rt
-    from pipeline.stages import resolve_amp
+    from runtime import resolve_amp
 
-    monkeypatch.setattr(rt, "cpu_native_bf16", lambda: native)
+    monkeypatch.setattr(rt, "native_bf16", lambda device="cpu", runtime="torch": native)
     cpu = torch.device("cpu")
-    assert resolve_amp("auto", cpu, "onnxruntime") == "none"
-    assert resolve_amp("auto", cpu, "torch") == ("bf16" if native else "none")
-    assert resolve_amp("none", cpu, "torch") == "none"
+    assert resolve_amp("auto", cpu, "onnxruntime") == "fp32"
+    assert resolve_amp("auto", cpu, "torch") == ("bf16" if native else "fp32")
+    assert resolve_amp("fp32", cpu, "torch") == "fp32"
     weights = save_generator(generator, GeneratorConfig(), tmp_path / "g.pt")
     d = Deblurrer(weights, device="cpu", amp="auto", runtime="onnxruntime", threads=1, cache_dir=tmp_path / "c")
-    assert d.amp == "none" and d([np.full((64, 64, 3), 100, np.uint8)])[0].shape == (64, 64, 3)
+    assert d.amp == "fp32" and d([np.full((64, 64, 3), 100, np.uint8)])[0].shape == (64, 64, 3)
 
 
 def test_cache_publishes_the_metadata_before_the_file(tmp_path, monkeypatch):

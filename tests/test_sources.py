@@ -348,3 +348,25 @@ def test_close_never_releases_a_capture_the_reader_still_uses():
     while not cap.released and time.monotonic() < deadline:
         time.sleep(0.05)
     assert cap.released
+
+
+def test_a_live_source_counts_no_drops_before_it_is_started(clip):
+    """A held live source (the runner holds it while the models are built and warmed up) delivers nothing and counts
+    no drop until start(): a --realtime file starts playing at its first frame when started; a camera is drained
+    meanwhile (no stale frame waits for the first get()), uncounted; drops count from start() on."""
+    with VideoFileSource(clip, realtime=True).hold() as src:
+        time.sleep(0.3)  # ~8 frame periods at 25 fps
+        assert src.dropped == 0 and src.read == 0
+        frames = list(src)
+    assert [f.index for f in frames] == list(range(20)) and src.dropped == 0
+
+    cap = FakeCapture(period=0.005)
+    with CameraSource(0, capture_factory=lambda i: cap).hold() as src:
+        time.sleep(0.3)
+        assert src.dropped == 0 and src.discarded_before_start > 10  # drained: the driver's buffer holds no stale frame
+        t_start = time.perf_counter()
+        src.start()
+        first = src.get(timeout=1.0)
+        assert first.t_capture >= t_start and src.dropped == 0
+        time.sleep(0.1)  # not consuming: from now on frames are dropped, and counted
+        assert src.dropped > 0 and src.read > src.dropped  # read: delivered from start() on

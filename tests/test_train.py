@@ -42,7 +42,7 @@ def tiny_cfg(photos: Path, run_root: Path, *extra: str) -> TrainConfig:
         f"project={run_root}", "name=tiny", f"train.sources=[{src}]", f"val.sources=[{src}]",
         "train.bounds=[0.0, 1.0]", "val.bounds=[0.0, 1.0]", "train.preload=false", "val.preload=false",
         "image_size=64", "batch_size=2", "train_batches_per_epoch=3", "val_batches_per_epoch=1", "num_epochs=2",
-        "device=cpu", "amp=none", "threads=1", "save_every=1", "log_every=1", "image_every=2",
+        "device=cpu", "amp=fp32", "threads=1", "save_every=1", "log_every=1", "image_every=2",
         "optimizer.lr=1.0e-3", "model.zero_init_last=false", *extra,
     ]
     return load_config(TrainConfig, ROOT / "configs" / "deblur_train.yaml", overrides)
@@ -148,7 +148,7 @@ def _train_cmd(photos: Path, run_root: Path, *extra: str) -> list[str]:
     return [
         f"project={run_root}", "name=tiny", f"train.sources=[{src}]", f"val.sources=[{src}]",
         "train.bounds=[0.0, 1.0]", "val.bounds=[0.0, 1.0]", "train.preload=false", "val.preload=false",
-        "image_size=64", "batch_size=1", "val_batches_per_epoch=1", "device=cpu", "amp=none", "threads=1", *extra,
+        "image_size=64", "batch_size=1", "val_batches_per_epoch=1", "device=cpu", "amp=fp32", "threads=1", *extra,
     ]
 
 

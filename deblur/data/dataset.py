@@ -16,16 +16,15 @@ neighbouring frames never straddle the split.
 Unreadable images raise ``ValueError`` naming the file (at construction when ``preload``, else when the
 item is read): a broken file in the corpus is a bug to fix, not to skip silently. In a WebDataset shard,
 one bad sample (undecodable, or a pair missing its other half) is logged, skipped and counted instead; a
-truncated shard raises ``runtime.remote.ShardError``.
+truncated shard raises ``deblur.data.shards.ShardError``.
 
 Remote data: every glob may be an fsspec URL (``s3://bucket/gopro/train/*/blur/*.png``); pairing, the hash
 split and ``bounds`` work on the part after the bucket exactly as on a local path. See ``runtime.remote``.
 
-Shards: ``cfg.shards`` lists WebDataset tar shards. With ``preload`` they are read once into memory
-(``ShardItems``, a map-style dataset like the others); otherwise ``ShardStream`` streams them: each data
-epoch shuffles the shard order (seed, epoch), deals shards to DDP ranks and DataLoader workers
-(``shards[g::G]`` for global worker g of G), and shuffles samples in a ``shuffle_buffer``; so every sample
-is read exactly once per data epoch across all ranks and workers.
+Shards: ``cfg.shards`` lists WebDataset tar shards (``deblur.data.shards``). With ``preload`` they are read
+once into memory (``ShardItems``, a map-style dataset like the others); otherwise ``ShardStream`` streams
+them: in training each reader (DDP rank x DataLoader worker) draws shards with replacement, endlessly and at
+the same rate whatever the shard count, and shuffles samples in a ``shuffle_buffer``.
 """
 
 from __future__ import annotations
@@ -36,7 +35,9 @@ import io
 import logging
 import math
 import os
+import random
 import re
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 import cv2
@@ -47,14 +48,8 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from configs import did_you_mean
 from deblur.data.blur_synth import sample_kernel, synthesize
 from deblur.config import DataConfig
-from runtime.remote import (
-    Remote,
-    is_url,
-    iter_shard,
-    mask_url,
-    resolve_shards,
-    strip_protocol,
-)
+from deblur.data.shards import checked, iter_shard, load_manifests, reader_shards, resolve_shards
+from runtime.remote import Remote, is_url, mask_url, strip_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +64,8 @@ __all__ = [
     "batch_loader",
     "build_dataset",
     "collate",
+    "glob_files",
+    "relative_name",
     "stream_loader",
 ]
 
@@ -159,7 +156,7 @@ def _glob_root(pattern: str) -> Path:
     return Path(*root) if root else Path(".")
 
 
-def _relative(f: Path | str, pattern: str) -> PurePosixPath:
+def relative_name(f: Path | str, pattern: str) -> PurePosixPath:
     """``f`` (a match of ``pattern``) relative to the pattern's wildcard-free root."""
     if isinstance(f, str):  # a URL
         return PurePosixPath(*PurePosixPath(strip_protocol(f)[1]).parts[len(_root_parts(pattern)):])
@@ -167,7 +164,7 @@ def _relative(f: Path | str, pattern: str) -> PurePosixPath:
     return PurePosixPath((f.relative_to(root) if root != Path(".") else f).as_posix())
 
 
-def _glob(pattern: str, exts: set[str] | None = None, remote: Remote | None = None) -> list[Path | str]:
+def glob_files(pattern: str, exts: set[str] | None = None, remote: Remote | None = None) -> list[Path | str]:
     """Sorted matches of a local glob (Paths) or of an fsspec URL glob (URL strings)."""
     if is_url(pattern):
         return (remote or Remote()).glob(pattern, exts)
@@ -346,14 +343,14 @@ class PairedFolders(_Base):
         logger.info("PairedFolders: %d pairs in bounds %s (of %d)", len(names), cfg.bounds, len(keys_a))
 
     def _keys(self, pattern: str, other: str) -> dict[str, Path | str]:
-        files = _glob(pattern, IMAGE_EXTS, self.remote)
+        files = glob_files(pattern, IMAGE_EXTS, self.remote)
         pat_parts = _parts(pattern)[len(_root_parts(pattern)) :]
         other_parts = _parts(other)[len(_root_parts(other)) :]
         only_here = {p for p in pat_parts[:-1] if not glob.has_magic(p)} - set(other_parts[:-1])
         strip_ext = bool(pat_parts and other_parts and pat_parts[-1] != other_parts[-1])
         keys: dict[str, Path | str] = {}
         for f in files:
-            rel = _relative(f, pattern)
+            rel = relative_name(f, pattern)
             parts = [p for p in rel.parts[:-1] if p not in only_here]
             last = rel.stem if strip_ext else rel.name
             key = PurePosixPath(*parts, last).as_posix()
@@ -396,13 +393,13 @@ class SyntheticBlur(_Base):
         seen_files: set[Path | str] = set()
         seen_names: set[str] = set()
         for pattern in cfg.sources:
-            files = _glob(pattern, IMAGE_EXTS | VIDEO_EXTS, self.remote)
+            files = glob_files(pattern, IMAGE_EXTS | VIDEO_EXTS, self.remote)
             for f in files:
                 ident = f if isinstance(f, str) else f.resolve()
                 if ident in seen_files:  # the same file matched by two globs
                     continue
                 seen_files.add(ident)
-                rel = _relative(f, pattern).as_posix()
+                rel = relative_name(f, pattern).as_posix()
                 if rel in seen_names:  # another file of the same relative name under another root: keep both
                     rel = mask_url(f) if isinstance(f, str) else f.as_posix()
                 seen_names.add(rel)
@@ -472,22 +469,30 @@ class _ShardBase(_Base):
     def __init__(self, cfg: DataConfig, seed: int = 0):
         super().__init__(cfg, seed)
         self.shards = resolve_shards(cfg.shards, self.remote)
+        self.expected = load_manifests(self.shards, self.remote)  # shard -> (bytes, sha256) of its manifest
         self.skipped = 0  # bad samples skipped (in this process)
 
-    def _samples(self, shards: list[str]):
+    def _samples(self, shards: Iterable[str]):
         """(name, sample, shard) of every in-bounds sample of ``shards``, in order, streamed. The name is the
         sample's ``name.txt`` member when it has one (scripts/make_shards.py writes the source file's relative
-        name there, so names and the hash split equal the folder's), else its key."""
+        name there, so names and the hash split equal the folder's), else its key. Every shard is checked at
+        its end (``deblur.data.shards``); ``shards`` may be endless."""
+        dry = 0  # shards in a row without a sample in bounds
         for shard in shards:
             try:
-                f = self.remote.open_stream(shard)
+                f = self.remote.open_stream(shard, checked(self.expected.get(shard), shard))
             except FileNotFoundError as e:
                 raise FileNotFoundError(f"Shard {mask_url(shard)} does not exist: {e}") from e
+            dry += 1
             with f:
                 for key, sample in iter_shard(f, shard):
                     name = sample["name.txt"].decode("utf-8", "replace") if "name.txt" in sample else key
                     if _in_bounds(_split_key(name), self.cfg.bounds):
+                        dry = 0
                         yield name, sample, shard
+            if dry > 20 * len(self.shards):
+                raise ValueError(f"{dry} shards in a row of {[mask_url(s) for s in self.shards[:5]]}... hold no "
+                                 f"sample in bounds {self.cfg.bounds}; widen 'bounds'.")
 
     def _decode(self, key: str, sample: dict[str, bytes], shard: str) -> tuple[np.ndarray | None, np.ndarray] | None:
         """(blur or None, sharp) as (H,W,3) uint8 RGB; None (logged and counted) for a bad sample."""
@@ -547,90 +552,63 @@ class ShardItems(_ShardBase):
 class ShardStream(_ShardBase, IterableDataset):
     """WebDataset shards streamed: an IterableDataset of items, split across DDP ranks and DataLoader workers.
 
-    Data epoch ``e``: the shard order is shuffled with ``(seed, e)`` (kept when ``crop="center"``), global
-    worker ``g = rank * workers + worker_id`` of ``G`` reads ``shards[g::G]``, and its samples pass a
-    ``shuffle_buffer`` seeded by ``(seed, e, g)``. Each sample's crop and blur draw from
-    ``(seed, e, hash(key))``. So a data epoch yields every in-bounds sample exactly once across all ranks
-    and workers, and the stream is the same for the same seed, world size and worker count.
+    Reader ``(rank, worker)`` reads the shards ``deblur.data.shards.reader_shards`` deals it: with ``loop``
+    (training) an endless draw with replacement (webdataset's ``ResampledShards``), so every rank streams at
+    the same rate for any shard count; without it one pass, every shard once across all readers. Samples
+    pass webdataset's ``shuffle`` buffer of ``shuffle_buffer`` seeded by (seed, epoch, rank, worker), and
+    item ``n`` of a reader draws its crop and blur from (seed, epoch, key, n; n = 0 in one pass). So the
+    stream is the same for the same seed, world size and worker count. ``rank``/``world`` default to
+    webdataset's reading of ``RANK``/``WORLD_SIZE`` or the process group.
 
-    ``loop=True`` runs data epochs forever (training); else one epoch, ``epoch``. ``skip_batches`` and
-    ``batch_size`` resume a DataLoader over this stream at a global batch: worker w (of W) drops the samples
-    of its batches that come before it (read but not decoded), since the DataLoader takes batches from its
-    workers in turn.
+    ``skip_batches`` and ``batch_size`` resume a DataLoader over this stream at a global batch b: the
+    DataLoader takes batches from its workers in turn, starting with worker 0, so worker w plays the part
+    of worker ``(w + b) % W`` of the uninterrupted run and drops the items of that worker's batches before
+    b. Dropped items are decoded (a bad sample fills no batch slot, so only decoding tells which samples
+    count) but not cropped or blurred.
     """
 
     def __init__(self, cfg: DataConfig, seed: int = 0, rank: int | None = None, world: int | None = None,
                  loop: bool = False):
         super().__init__(cfg, seed)
         if rank is None:
-            import torch.distributed as dist
+            import webdataset as wds
 
-            ready = dist.is_available() and dist.is_initialized()
-            rank, world = (dist.get_rank(), dist.get_world_size()) if ready else (0, 1)
+            rank, world = wds.utils.pytorch_worker_info()[:2]
         self.rank, self.world, self.loop = int(rank), int(world or 1), loop
-        if len(self.shards) < self.world:
+        if len(self.shards) < self.world and not loop:
             raise ValueError(
-                f"{len(self.shards)} shards for {self.world} DDP ranks: every rank needs at least one shard. Write "
-                f"more, smaller shards (scripts/make_shards.py --samples-per-shard) or set preload=true."
+                f"{len(self.shards)} shards for {self.world} DDP ranks: in one pass every rank needs at least one "
+                f"shard. Write more, smaller shards (scripts/make_shards.py --samples-per-shard) or set preload=true."
             )
         self.skip_batches, self.batch_size = 0, 1
-        logger.info("ShardStream: %d shards, rank %d of %d, shuffle buffer %d",
-                    len(self.shards), self.rank, self.world, cfg.shuffle_buffer)
-
-    def _shuffled(self, samples, rng: np.random.Generator):
-        size = self.cfg.shuffle_buffer if self.cfg.crop == "random" else 0
-        if size <= 1:
-            yield from samples
-            return
-        buf = []
-        for s in samples:
-            buf.append(s)
-            if len(buf) >= size:
-                i = int(rng.integers(len(buf)))
-                buf[i], buf[-1] = buf[-1], buf[i]
-                yield buf.pop()
-        while buf:
-            i = int(rng.integers(len(buf)))
-            buf[i], buf[-1] = buf[-1], buf[i]
-            yield buf.pop()
-
-    def _epoch_samples(self, epoch: int, g: int, G: int):
-        order = list(self.shards)
-        if self.cfg.crop == "random":
-            order = [order[i] for i in np.random.default_rng([self.seed, epoch]).permutation(len(order))]
-        mine = order[g::G]
-        rng = np.random.default_rng([self.seed, epoch, g, 1])
-        for key, sample, shard in self._shuffled(self._samples(mine), rng):
-            yield epoch, key, sample, shard
+        logger.info("ShardStream: %d shards, rank %d of %d, shuffle buffer %d, %s", len(self.shards), self.rank,
+                    self.world, cfg.shuffle_buffer, "resampled" if loop else "one pass")
 
     def __iter__(self):
+        import webdataset as wds
+
         info = get_worker_info()
-        wid, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        G, g = self.world * workers, self.rank * workers + wid
-        if g >= len(self.shards):
-            logger.warning("ShardStream: worker %d of rank %d has no shard (%d shards for %d readers); it idles",
-                           wid, self.rank, len(self.shards), G)
-            return
-        skip = max(0, (self.skip_batches - wid + workers - 1) // workers) * self.batch_size
-        epoch = self.epoch
-        while True:
-            n = 0
-            for e, key, sample, shard in self._epoch_samples(epoch, g, G):
-                n += 1
-                if skip:
-                    skip -= 1
-                    continue
-                pair = self._decode(key, sample, shard)
-                if pair is None:
-                    continue
-                rng = np.random.default_rng([self.seed, 0 if self.cfg.crop == "center" else e, _key_seed(key)])
-                yield self._item(*pair, key, rng)
-            if not self.loop:
-                return
-            if n == 0:
-                raise ValueError(f"Shards {[mask_url(s) for s in self.shards[g::G]]} hold no sample in bounds "
-                                 f"{self.cfg.bounds}; widen 'bounds'.")
-            epoch += 1
+        workers = info.num_workers if info is not None else 1
+        role = ((info.id if info is not None else 0) + self.skip_batches) % workers  # the worker it continues
+        epoch = 0 if self.cfg.crop == "center" else self.epoch
+        samples = self._samples(reader_shards(self.shards, self.seed + 1_000_003 * epoch, self.rank, self.world,
+                                              role, workers, self.loop))
+        size = self.cfg.shuffle_buffer if self.cfg.crop == "random" else 0
+        if size > 1:
+            rng = random.Random(wds.utils.make_seed(self.seed, epoch, self.rank, role))
+            samples = wds.shuffle(size, initial=size, rng=rng)(samples)
+        skip = max(0, (self.skip_batches - role + workers - 1) // workers) * self.batch_size
+        n = 0
+        for key, sample, shard in samples:
+            pair = self._decode(key, sample, shard)
+            if pair is None:
+                continue
+            n += 1
+            if skip:
+                skip -= 1
+                continue
+            rng = np.random.default_rng([self.seed, epoch, _key_seed(key), n if self.loop else 0])
+            yield self._item(*pair, key, rng)
 
 
 def build_dataset(cfg: DataConfig, seed: int = 0) -> PairedFolders | SyntheticBlur | ShardItems | ShardStream:

@@ -36,7 +36,7 @@ from deblur.archs.discriminator_arch import build_discriminator
 from deblur.train.losses import build_adv_loss, build_content_loss
 from deblur.metrics import psnr, ssim
 from deblur.models import TRAIN_FORMAT, build_generator, load_generator, save_generator
-from runtime import resolve_device, resolve_precision
+from runtime import TORCH_DTYPES, resolve_amp, resolve_device
 from runtime.files import atomic_save
 
 logger = logging.getLogger(__name__)
@@ -45,16 +45,6 @@ CHECKPOINT_FORMAT = TRAIN_FORMAT
 
 
 # ----------------------------------------------------------------------------- helpers
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` ('auto' | 'none' | 'bf16' | 'fp16') on ``device`` (None = fp32), by the
-    one precision policy (runtime.resolve_precision, training=True)."""
-    try:
-        precision = resolve_precision({"none": "fp32"}.get(amp, amp), "torch", device, training=True)
-    except ValueError as e:
-        raise ValueError(f"amp={amp!r} on {device}: {e} (for training, amp=none is fp32)") from e
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 def sync_batchnorm(model: nn.Module, distributed: bool, device: torch.device) -> nn.Module:
     """BatchNorm -> SyncBatchNorm under DDP on CUDA, so the backbone's statistics come from the global batch,
     not from each GPU's few crops. Not on the CPU: SyncBatchNorm runs on GPUs only (gloo cannot run it), so
@@ -156,7 +146,7 @@ class Trainer:
         self.cfg = cfg
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "gloo")
+            dist.init_process_group(backend="nccl" if resolve_device(cfg.device).type == "cuda" else "gloo")
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
         self.is_main = self.rank == 0
@@ -168,7 +158,8 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.set_flush_denormal(True)  # denormal arithmetic is many times slower on CPUs (GAN steps crawled)
-        self.amp_dtype = resolve_amp(cfg.amp, self.device)
+        precision = resolve_amp(cfg.amp, self.device, training=True)  # the one policy; autocast dtype, None = fp32
+        self.amp_dtype = None if precision == "fp32" else TORCH_DTYPES[precision]
         self.run_dir = Path(cfg.project) / cfg.name
 
         torch.manual_seed(cfg.seed + self.rank)
