@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deblur.frames import SmallFrames
 from detect import letterbox_tensor, scale_detections
 from pipeline.config import PipelineConfig, machine_threads
 from pipeline.sources import Frame
@@ -162,9 +163,10 @@ class Deblur:
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model
+        self.small = SmallFrames(32, "the generator")
 
     def __call__(self, batch: Batch) -> Batch:
-        x = batch.blur
+        x, crop = self.small.pad(batch.blur)
         if self.amp == "fp16":
             out = self.model(x.half())
         elif self.amp == "bf16":
@@ -174,8 +176,11 @@ class Deblur:
             out = self.model(x)
         if out.shape != x.shape:
             raise ValueError(f"The deblur model returned shape {tuple(out.shape)} for input {tuple(x.shape)}; it must keep the shape.")
-        batch.restored = out.float().clamp_(-1.0, 1.0)
+        batch.restored = crop(out.float().clamp_(-1.0, 1.0))
         return batch
+
+    def counters(self) -> dict[str, int]:
+        return {"small_frames": self.small.count}
 
 
 class RuntimeDeblur:
@@ -194,10 +199,15 @@ class RuntimeDeblur:
             raise ValueError(f"RuntimeDeblur amp must be 'fp32', 'bf16' or 'fp16' (resolve 'auto' with runtime.resolve_amp), got {amp!r}")
         self.engine = compile_module(model, None, runtime, device, amp, threads=threads, spatial_multiple=32)
         self.runtime = self.engine.runtime
+        self.small = SmallFrames(32, "the generator")
 
     def __call__(self, batch: Batch) -> Batch:
-        batch.restored = self.engine(batch.blur).float().clamp_(-1.0, 1.0)
+        x, crop = self.small.pad(batch.blur)
+        batch.restored = crop(self.engine(x).float().clamp_(-1.0, 1.0))
         return batch
+
+    def counters(self) -> dict[str, int]:
+        return {"small_frames": self.small.count}
 
 
 class KernelDeblur:

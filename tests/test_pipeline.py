@@ -568,6 +568,18 @@ def test_frames_smaller_than_the_kernel_at_deblur_size_64(tmp_path, caplog):
     assert len([r for r in caplog.records if "smaller than the estimator's 41-tap kernel" in r.getMessage()]) == 1
 
 
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+def test_frames_smaller_than_the_generator_needs(tmp_path, runtime):
+    """An end-to-end generator needs 32x32: a 112x16 clip at full size is deblurred padded and counted."""
+    from deblur import GeneratorConfig, build_generator
+
+    gen_cfg = GeneratorConfig(num_filters=16, num_filters_fpn=32)
+    clip = write_clip(tmp_path / "c.mp4", n=3, h=16, w=112)
+    s = run_pipeline(PipelineConfig(runtime=runtime, source=str(clip)),
+                     deblur_model=build_generator(gen_cfg), detector=FakeDetector())
+    assert s["frames_out"] == 3 and s["deblur_counters"] == {"small_frames": 3}
+
+
 class WarmUpAwareEstimator(torch.nn.Module):
     """Test double of the kernel estimator: a horizontal line on uniform tiles (the warm-up frame), a vertical one
     on real frames."""
