@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import numpy as np
@@ -39,6 +39,7 @@ from configs.loader import check_range
 from deblur.archs.fpn_mobilenet_arch import STRIDE
 from deblur.archs.kernel_arch import kernel_extent, kernel_moments
 from deblur.deconv import estimate_noise, wiener_deconvolve
+from deblur.kernel_refine import RefineConfig, refine_kernels, resize_kernels
 from deblur.frames import SmallFrames, check_bgr_frames, pad_to
 from deblur.models import DEFAULT_ESTIMATOR, load_estimator, load_generator, load_refiner
 from runtime import compile_module, resolve_device, resolve_runtime
@@ -76,6 +77,8 @@ class KernelDeblurConfig:
     # the refiner run after the deconvolution: "" = the one bundled in the estimator file (if any), "none" = no
     # refiner, or the path of a refiner generator (in_channels 6)
     refiner: str = ""
+    # closed-form refinement of the network's kernel (deblur.kernel_refine); iters 0 = off
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
     def __post_init__(self):
         check_range("crops", self.crops, 1)
@@ -132,8 +135,10 @@ class KernelDeblurrer:
         self.last_kernels: Tensor | None = None  # (B,k,k) kernels of the last batch (gated frames included)
         self.last_gated: Tensor | None = None  # (B,) True where the frame passed through
         self.nonfinite = 0  # frames passed through because their kernel was not finite
-        self._small = SmallFrames(max(self.kernel_size, STRIDE if self.refiner is not None else 1),
-                                  f"the estimator's {self.kernel_size}-tap kernel" + (" and the refiner" if self.refiner is not None else ""))
+        self.refine_failed = 0  # frames whose kernel refinement failed (the network's kernel was used)
+        side = max(self.kernel_size, self.cfg.refine.size)
+        self._small = SmallFrames(max(side, STRIDE if self.refiner is not None else 1),
+                                  f"the estimator's {side}-tap kernel" + (" and the refiner" if self.refiner is not None else ""))
         self._previous: Tensor | None = None  # temporal smoothing state: the last frame's kernel
         self._previous_shape: tuple[int, int] | None = None
 
@@ -143,9 +148,10 @@ class KernelDeblurrer:
         self._previous = self._previous_shape = None
 
     def counters(self) -> dict[str, int]:
-        """Frames handled specially, warmup() excluded: passed through for a non-finite kernel (nonfinite), and
-        deblurred padded because they are smaller than the kernel (small_frames)."""
-        return {"nonfinite": self.nonfinite, "small_frames": self._small.count}
+        """Frames handled specially, warmup() excluded: passed through for a non-finite kernel (nonfinite),
+        deblurred padded because they are smaller than the kernel (small_frames), deconvolved with the network's
+        kernel because its refinement failed (refine_failed)."""
+        return {"nonfinite": self.nonfinite, "small_frames": self._small.count, "refine_failed": self.refine_failed}
 
     # --- kernels ----------------------------------------------------------------------------------
     def _tiles(self, grey: Tensor) -> Tensor:
@@ -211,12 +217,22 @@ class KernelDeblurrer:
             balance = torch.full((len(todo),), self.cfg.balance, device=x.device)
             if self.cfg.noise_gain > 0:
                 balance = balance + self.cfg.noise_gain * estimate_noise(blur) ** 2
+            used = safe[todo]
+            if self.cfg.refine.iters:
+                used, ok = refine_kernels((blur * _grey_weights(blur)).sum(1, keepdim=True), used, self.cfg.refine)
+                if not ok.all():
+                    self.refine_failed += int((~ok).sum())
+                    logger.warning("Kernel refinement failed for %d frame(s) (%d so far): the network's kernel is used",
+                                   int((~ok).sum()), self.refine_failed)
+                kernels_out = resize_kernels(safe, used.shape[-1])
+                kernels_out[todo] = used
+                self.last_kernels = kernels_out
             blur, crop = self._small.pad(blur)
             if self.cfg.channels == "luma":
                 luma = (blur * _grey_weights(blur)).sum(1, keepdim=True)
-                deconv = (blur + (wiener_deconvolve(luma, safe[todo], balance=balance) - luma)).clamp_(0.0, 1.0)
+                deconv = (blur + (wiener_deconvolve(luma, used, balance=balance) - luma)).clamp_(0.0, 1.0)
             else:
-                deconv = wiener_deconvolve(blur, safe[todo], balance=balance).clamp_(0.0, 1.0)
+                deconv = wiener_deconvolve(blur, used, balance=balance).clamp_(0.0, 1.0)
             if self.refiner is not None:
                 deconv = (self.refiner(torch.cat([blur, deconv], dim=1) * 2.0 - 1.0) + 1.0) * 0.5
             out[todo] = crop(deconv)
@@ -239,4 +255,4 @@ class KernelDeblurrer:
         counts = self.counters()
         self([np.full((height, width, 3), 128, np.uint8)])
         self.reset()
-        self.nonfinite, self._small.count = counts["nonfinite"], counts["small_frames"]
+        self.nonfinite, self._small.count, self.refine_failed = counts["nonfinite"], counts["small_frames"], counts["refine_failed"]

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from configs.loader import check_range
+from configs.loader import ConfigError, check_range, load_config, to_dict
 from deblur.kernel_deblur import KernelDeblurConfig
 from detect import DetectorConfig
 
@@ -95,9 +95,10 @@ class EvalDeblurConfig:
     channels_last: bool = True
     # deblur.predict.Deblurrer runtime: torch (eager, the reference) | torch_compile | onnxruntime | openvino | auto
     runtime: Literal["torch", "torch_compile", "onnxruntime", "openvino", "auto"] = "auto"
-    # more generators scored in the same run, {label: weights}: each is a condition of its own, on the very
-    # same images, blur and bootstrap resamples as 'deblurred', so the report gives each one's difference to
-    # 'deblurred' with a paired interval (e.g. a fine-tune against the shipped model).
+    # more models scored in the same run, {label: "WEIGHTS [kernel option=value ...]"}: each is a condition of its
+    # own, on the very same images, blur and bootstrap resamples as 'deblurred', so the report gives each one's
+    # difference to 'deblurred' with a paired interval (e.g. a fine-tune against the shipped model, or the same
+    # estimator with other kernel options: "deblur/weights/kernel_estimator.pt refine.iters=10").
     compare: dict[str, str] = field(default_factory=dict)
     # options of the kernel-aware deblurrer, used for every weights file that holds a kernel estimator
     kernel: KernelDeblurConfig = field(default_factory=KernelDeblurConfig)
@@ -110,10 +111,21 @@ class EvalDeblurConfig:
                 raise ValueError(
                     f"deblur.compare: label {label!r} must be letters, digits, '_', '.' or '-' and not one of "
                     f"{list(reserved)} (e.g. deblur.compare={{finetuned: runs/deblur/NAME/export.pt}})")
-            if not path:
-                raise ValueError(f"deblur.compare.{label}: give the path of an exported generator")
+            if not path.split():
+                raise ValueError(f"deblur.compare.{label}: give the path of an exported generator or estimator")
+            self.compare_entry(label)  # its kernel options parse and validate
         if 0 < self.max_side < 32:
             raise ValueError(f"'max_side' must be 0 (full resolution) or >= 32, got {self.max_side}")
+
+    def compare_entry(self, label: str) -> tuple[str, KernelDeblurConfig]:
+        """deblur.compare.<label> -> (weights path, the kernel options: deblur.kernel with its overrides)."""
+        path, *options = self.compare[label].split()
+        try:
+            kernel = load_config(KernelDeblurConfig, data=to_dict(self.kernel), overrides=options) if options else self.kernel
+        except (ConfigError, ValueError, TypeError) as e:
+            raise ValueError(f"deblur.compare.{label}: {e} (options are deblur.kernel keys, e.g. "
+                             f"'{path} refine.iters=10')") from e
+        return path, kernel
 
 
 @dataclass(frozen=True)

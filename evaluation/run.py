@@ -114,7 +114,7 @@ class SharpCache:
 
 
 
-def _build_deblurrer(cfg: EvalConfig, weights: str = "", key: str = "deblur.weights"):
+def _build_deblurrer(cfg: EvalConfig, weights: str = "", key: str = "deblur.weights", kernel=None):
     """-> (callable list[BGR] -> list[BGR], info dict for the report). ``weights``/``key``: a model of
     deblur.compare instead of deblur.weights (the same device, runtime and threads). A weights file holding a
     kernel estimator gives the kernel-aware deblurrer (options deblur.kernel), a generator file the generator."""
@@ -130,12 +130,14 @@ def _build_deblurrer(cfg: EvalConfig, weights: str = "", key: str = "deblur.weig
             f"Fix: pass {key}=PATH to a generator or kernel estimator exported with train_deblur.py --export"
             + (", or leave 'deblurred' out: methods=[unsharp,wiener]." if key == "deblur.weights" else ".")
         )
-    deblurrer = load_deblurrer(str(path), device=cfg.deblur.device, kernel=cfg.deblur.kernel,
+    kernel = kernel if kernel is not None else cfg.deblur.kernel
+    deblurrer = load_deblurrer(str(path), device=cfg.deblur.device, kernel=kernel,
                                channels_last=cfg.deblur.channels_last, max_batch=1, runtime=cfg.deblur.runtime,
                                threads=cfg.threads)
     engine = getattr(deblurrer, "engine", None)
     model_cfg = to_dict(deblurrer.cfg) if deblurrer.cfg is not None else None
     return deblurrer, {"weights": str(path), "sha256": file_sha256(path)[:12], "generator": model_cfg,
+                       "kernel": to_dict(kernel),
                        "max_side": cfg.deblur.max_side, "device": cfg.deblur.device,
                        "runtime": engine.name if engine is not None else getattr(deblurrer, "runtime", "torch")}
 
@@ -311,8 +313,9 @@ def _methods(cfg: EvalConfig, paired: bool, deblurrer: Callable | None, notes: l
                 deblur_info["sha256"] = file_sha256(cfg.deblur.weights)[:12]
         model_fns["deblurred"] = DeblurMethod(deblurrer, cfg.deblur.max_side)
     compare_info = {}
-    for label, weights in cfg.deblur.compare.items():
-        other, compare_info[label] = _build_deblurrer(cfg, weights, key=f"deblur.compare.{label}")
+    for label in cfg.deblur.compare:
+        weights, kernel = cfg.deblur.compare_entry(label)
+        other, compare_info[label] = _build_deblurrer(cfg, weights, key=f"deblur.compare.{label}", kernel=kernel)
         model_fns[label] = DeblurMethod(other, cfg.deblur.max_side)
         methods.append(label)
     return methods, model_fns, deblur_info, compare_info
