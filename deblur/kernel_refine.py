@@ -178,10 +178,11 @@ def _strongest(lx: Tensor, ly: Tensor, mag: Tensor, keep: float, bins: int) -> T
     return mask
 
 
-def _solve(lx: Tensor, ly: Tensor, bx: Tensor, by: Tensor, size: int, beta: float) -> Tensor:
-    """Least-squares kernel (B,size,size) mapping latent gradients (lx, ly) to blurred gradients (bx, by)."""
+def _solve(lx: Tensor, ly: Tensor, fbx: Tensor, fby: Tensor, size: int, beta: float) -> Tensor:
+    """Least-squares kernel (B,size,size) mapping latent gradients (lx, ly) to blurred gradients, given as their
+    spectra (fbx, fby: rfft2 of the blurred tile's windowed gradients, the same every iteration)."""
     fx, fy = torch.fft.rfft2(lx), torch.fft.rfft2(ly)
-    num = fx.conj() * torch.fft.rfft2(bx) + fy.conj() * torch.fft.rfft2(by)
+    num = fx.conj() * fbx + fy.conj() * fby
     den = fx.real ** 2 + fx.imag ** 2 + fy.real ** 2 + fy.imag ** 2
     den = den + beta * den.mean((-1, -2), keepdim=True) + 1e-12
     full = torch.fft.irfft2(num / den, s=lx.shape[-2:])[:, 0]  # (B,H,W), offset d at index d mod H
@@ -268,14 +269,14 @@ def refine_kernels(blur: Tensor, kernels: Tensor, cfg: RefineConfig | None = Non
         support = None if level == cfg.levels - 1 else _support(current, cfg.grow)
         win = _window(h, w, side // 2 + 2, yl.device)
         bx, by = _gradients(yl)
-        bx, by = bx * win, by * win
+        fbx, fby = torch.fft.rfft2(bx * win), torch.fft.rfft2(by * win)
         for _ in range(cfg.iters if level or cfg.fine_iters < 0 else cfg.fine_iters):
             latent = wiener_deconvolve(yl, current, balance=cfg.balance).clamp(0.0, 1.0)
             sharp = _shock(latent, cfg.shock_steps)
             lx, ly = _gradients(sharp)
             mag = (lx * lx + ly * ly) * win
             mask = _strongest(lx, ly, mag, cfg.keep, cfg.orient_bins)
-            solved = _clean(_solve(lx * mask * win, ly * mask * win, bx, by, side, cfg.beta), cfg.threshold,
+            solved = _clean(_solve(lx * mask * win, ly * mask * win, fbx, fby, side, cfg.beta), cfg.threshold,
                             support)
             current = center_kernels(solved)
     refined = resize_kernels(current, size, size / current.shape[-1]) if current.shape[-1] != size else current
