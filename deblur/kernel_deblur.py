@@ -141,11 +141,17 @@ class KernelDeblurrer:
                                   f"the estimator's {side}-tap kernel" + (" and the refiner" if self.refiner is not None else ""))
         self._previous: Tensor | None = None  # temporal smoothing state: the last frame's kernel
         self._previous_shape: tuple[int, int] | None = None
+        self._refined: Tensor | None = None  # video refinement: the last refined kernel (1,k,k)
+        self._refined_shape: tuple[int, int] | None = None  # ... and its frame size
+        self._since = 0  # frames since the last full refinement
 
     def reset(self) -> None:
-        """Forget the temporal smoother's previous kernel: the next frame's kernel is its own estimate. Called after
-        a warm-up (its uniform frame's kernel must not smooth the first real frame's), and for a new input."""
+        """Forget the temporal state (the smoother's previous kernel, video refinement's last refined kernel): the
+        next frame's kernel is its own estimate. Called after a warm-up (its uniform frame's kernel must not start
+        the first real frame's), and for a new input."""
         self._previous = self._previous_shape = None
+        self._refined = self._refined_shape = None
+        self._since = 0
 
     def counters(self) -> dict[str, int]:
         """Frames handled specially, warmup() excluded: passed through for a non-finite kernel (nonfinite),
@@ -193,6 +199,23 @@ class KernelDeblurrer:
             out.append(kern)
         return torch.stack(out)
 
+    def _refine(self, grey: Tensor, kernels: Tensor, shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """refine_kernels, in video (refine.every > 1) warm-started from the last refined kernel between the
+        full refinements."""
+        r = self.cfg.refine
+        warm = (r.every > 1 and self._refined is not None and self._refined_shape == shape and self._since < r.every
+                and self._refined.shape[-1] == (r.size or kernels.shape[-1]))
+        if warm:
+            start = self._refined.expand(len(kernels), -1, -1)
+            refined, ok = refine_kernels(grey, start, dataclasses.replace(r, levels=1, iters=r.warm_iters))
+            self._since += len(kernels)
+        else:
+            refined, ok = refine_kernels(grey, kernels, r)
+            self._since = len(kernels)
+        if ok[-1]:
+            self._refined, self._refined_shape = refined[-1:].clone(), shape
+        return refined, ok
+
     # --- restoration ------------------------------------------------------------------------------
     @torch.inference_mode()
     def restore(self, x: Tensor) -> Tensor:
@@ -219,7 +242,7 @@ class KernelDeblurrer:
                 balance = balance + self.cfg.noise_gain * estimate_noise(blur) ** 2
             used = safe[todo]
             if self.cfg.refine.iters:
-                used, ok = refine_kernels((blur * _grey_weights(blur)).sum(1, keepdim=True), used, self.cfg.refine)
+                used, ok = self._refine((blur * _grey_weights(blur)).sum(1, keepdim=True), used, tuple(x.shape[-2:]))
                 if not ok.all():
                     self.refine_failed += int((~ok).sum())
                     logger.warning("Kernel refinement failed for %d frame(s) (%d so far): the network's kernel is used",

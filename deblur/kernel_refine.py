@@ -49,6 +49,11 @@ class RefineConfig:
     threshold: float = 0.1  # kernel weights below this fraction of the largest are dropped
     shock_steps: int = 1  # shock-filter steps per iteration
     orient_bins: int = 4  # the strongest gradients are taken evenly from this many orientation bins (1 = any)
+    # video: a full (coarse-to-fine) refinement every `every` frames; the frames between start from the last
+    # refined kernel and run `warm_iters` iterations at full resolution only (camera shake changes over tens of
+    # milliseconds, not one frame). 1 = a full refinement on every frame (images, the evaluations)
+    every: int = 1
+    warm_iters: int = 1
     grow: int = 2  # at finer levels the kernel stays within the coarser level's support dilated by this (px)
 
     def __post_init__(self):
@@ -61,6 +66,8 @@ class RefineConfig:
         check_range("refine.threshold", self.threshold, 0.0, 0.5)
         check_range("refine.shock_steps", self.shock_steps, 0, 10)
         check_range("refine.grow", self.grow, 0, 64)
+        check_range("refine.every", self.every, 1, 1000)
+        check_range("refine.warm_iters", self.warm_iters, 0, 50)
         check_range("refine.orient_bins", self.orient_bins, 1, 16)
         if self.size and (self.size < 3 or self.size % 2 == 0):
             raise ValueError(f"'refine.size' must be 0 (the estimator's side) or an odd number >= 3, got {self.size}")

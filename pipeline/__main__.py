@@ -33,6 +33,7 @@ FLAG_KEYS = {
     "deblur_size": "deblur_size", "no_deblur": "deblur", "deblur_weights": "deblur_weights", "amp": "amp",
     "simulate_blur": "simulate_blur", "blur_seed": "blur_seed", "vid_stride": "vid_stride", "max_frames": "max_frames",
     "threads": "threads", "runtime": "runtime", "queue_size": "queue_size", "realtime": "realtime",
+    "refine": "kernel.refine.iters", "refine_every": "kernel.refine.every",
 }
 
 
@@ -75,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--deblur-weights", metavar="PATH", help="a kernel-estimator file (estimate + Wiener, the default kind), a bundle with a refiner, or an end-to-end generator file ('' = the shipped deblur/weights/kernel_estimator.pt)")
     db.add_argument("--deblur-size", type=_deblur_size, metavar="full|N",
                     help="deblur the full frame, or a copy whose long side is N pixels" + d % _P.deblur_size)
+    db.add_argument("--refine", type=int, metavar="ITERS",
+                    help="refine the estimated kernel in closed form, ITERS iterations per pyramid level (10 is what the "
+                         "evaluations measured; 0 = off)" + d % _P.kernel.refine.iters)
+    db.add_argument("--refine-every", type=int, metavar="N",
+                    help="video: a full refinement every N frames, warm-started in between" + d % _P.kernel.refine.every)
     db.add_argument("--amp", choices=PRECISIONS, help="deblur precision: auto = fp16 on CUDA, bf16 on CPUs with "
                     "native bf16, else fp32" + d % _P.amp)
     db.add_argument("--runtime", choices=RUNTIMES, help="runtime of the deblurrer and the darknet detector: torch, "

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from configs.loader import check_range
+from deblur.kernel_deblur import KernelDeblurConfig
+from deblur.kernel_refine import RefineConfig
 from detect.config import DetectorConfig
 from runtime import CPU_ONLY, PRECISIONS, RUNTIMES, check_precision, resolve_device
 
@@ -24,6 +26,9 @@ def machine_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+PIPELINE_REFINE = RefineConfig(iters=0)  # the pipeline's kernel refinement by default
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,9 @@ class PipelineConfig:
     deblur: bool = True  # False: the same pipeline without the deblurring stage
     deblur_weights: str = ""  # a kernel estimator or a generator file; "" = the shipped kernel estimator
     deblur_size: int | Literal["full"] = "full"  # deblur the full frame, or a copy whose long side is N
+    # options of the kernel-aware deblurrer (deblur.kernel_deblur.KernelDeblurConfig). On video the kernel
+    # refinement runs in its video mode: a full refinement every `refine.every` frames, warm-started between
+    kernel: KernelDeblurConfig = field(default_factory=lambda: KernelDeblurConfig(refine=PIPELINE_REFINE))
     amp: str = "auto"  # a name in runtime.PRECISIONS; auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32
     channels_last: bool = True
     runtime: str = "auto"  # auto (the fastest correct here: openvino on CPUs) | torch | torch_compile | onnxruntime | openvino; also the darknet detector's

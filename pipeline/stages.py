@@ -441,7 +441,8 @@ def _build_deblur(cfg: PipelineConfig, model: torch.nn.Module | None, device: to
                 from deblur.kernel_deblur import KernelDeblurrer
 
                 logger.info("Deblur: kernel estimate + Wiener deconvolution, estimator %s", weights)
-                return "fp32", KernelDeblur(KernelDeblurrer(weights, device=device, runtime=runtime, threads=threads))
+                return "fp32", KernelDeblur(KernelDeblurrer(weights, device=device, runtime=runtime, threads=threads,
+                                                             cfg=cfg.kernel))
             model, gen_cfg = load_generator(weights, device=str(device))
         except FileNotFoundError as e:
             raise FileNotFoundError(

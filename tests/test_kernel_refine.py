@@ -125,3 +125,27 @@ def test_deblur_evaluate_reports_the_kernel_shape_of_each_option_set(tmp_path):
     assert set(result["weights"]) == {"kernel_estimator", "kernel_estimator refine.iters=10"}
     assert shake["kernel_estimator refine.iters=10"]["shape"] < shake["kernel_estimator"]["shape"]
     assert "shape" not in shake["wiener"] and "Kernel shape error" in (tmp_path / "report.md").read_text()
+
+
+def test_video_refinement_warm_starts_between_full_refinements():
+    """refine.every=3: frame 1 is refined coarse to fine, frames 2-3 start from its kernel (one full-resolution
+    iteration each) and stay on the true shape; frame 4 is refined in full again; reset() forgets it all."""
+    from deblur.kernel_deblur import KernelDeblurrer
+
+    sharp = skdata.chelsea()
+    true = shake_kernel(3, 5)
+    x = torch.from_numpy(np.ascontiguousarray(apply_kernel(sharp, true))).permute(2, 0, 1)[None].float() / 255.0
+    truth = resize_kernels(torch.from_numpy(true)[None], 41)
+    deblurrer = KernelDeblurrer(device="cpu", runtime="torch", refine=RefineConfig(iters=10, every=3, warm_iters=1))
+    errors, since = [], []
+    for _ in range(4):
+        deblurrer.restore(x)
+        errors.append(float(shape_error(deblurrer.last_kernels, truth)))
+        since.append(deblurrer._since)
+    assert since == [1, 2, 3, 1]
+    plain = KernelDeblurrer(device="cpu", runtime="torch", refine=RefineConfig(iters=0))
+    plain.restore(x)
+    blob = float(shape_error(plain.last_kernels, truth))
+    assert max(errors) < 0.5 * blob, (errors, blob)
+    deblurrer.reset()
+    assert deblurrer._refined is None and deblurrer._since == 0
