@@ -264,15 +264,16 @@ def refine_kernels(blur: Tensor, kernels: Tensor, cfg: RefineConfig | None = Non
     for level in range(cfg.levels - 1, -1, -1):
         scale = 0.5 ** level
         side = _odd(size * scale)
-        if current is None:
+        yl = tile if level == 0 else F.interpolate(tile, scale_factor=scale, mode="area")
+        h, w = yl.shape[-2:]
+        if min(h, w) < 2 * side:
+            continue  # too small at this level to say anything about a kernel this large
+        coarsest = current is None
+        if coarsest:
             current = resize_kernels(start, side, scale)
         else:
             current = resize_kernels(current, side, side / current.shape[-1])
-        yl = tile if level == 0 else F.interpolate(tile, scale_factor=scale, mode="area")
-        h, w = yl.shape[-2:]
-        if min(h, w) < side + 4:
-            continue  # too small at this level to say anything about a kernel this large
-        support = None if level == cfg.levels - 1 else _support(current, cfg.grow)
+        support = None if coarsest else _support(current, cfg.grow)
         win = _window(h, w, side // 2 + 2, yl.device)
         bx, by = _gradients(yl)
         fbx, fby = torch.fft.rfft2(bx * win), torch.fft.rfft2(by * win)
@@ -285,6 +286,8 @@ def refine_kernels(blur: Tensor, kernels: Tensor, cfg: RefineConfig | None = Non
             solved = _clean(_solve(lx * mask * win, ly * mask * win, fbx, fby, side, cfg.beta), cfg.threshold,
                             support)
             current = center_kernels(solved)
+    if current is None:  # the frame is too small for any level: nothing to refine against
+        return start, torch.ones(len(kernels), dtype=torch.bool, device=kernels.device)
     refined = resize_kernels(current, size, size / current.shape[-1]) if current.shape[-1] != size else current
     ok = torch.isfinite(refined).flatten(1).all(1) & (refined.sum((-1, -2)) > 0.5)
     border = refined[:, [0, -1], :].sum((-1, -2)) + refined[:, 1:-1, [0, -1]].sum((-1, -2))

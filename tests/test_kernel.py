@@ -11,6 +11,7 @@ import torch
 from skimage import data as skdata
 
 from configs import load_config
+from deblur.kernel_refine import RefineConfig
 from deblur.archs.kernel_arch import angle_error, kernel_extent, kernel_moments, moment_angle
 from deblur.data.blur_synth import apply_kernel, imagenet_c_kernel, linear_kernel, shake_kernel
 from deblur.config import EstimatorConfig, KernelTrainConfig
@@ -231,7 +232,7 @@ def test_temporal_smoothing_is_the_configured_ema_and_resets(photo_bgr):
     frame; a new frame size (a new input) and reset() start over from the unsmoothed estimate."""
     h_line, v_line = (torch.from_numpy(fit_kernel(linear_kernel(11, a), 31)) for a in (0.0, 90.0))
     a = 0.3
-    deblurrer = KernelDeblurrer(OracleEstimator(h_line.numpy()), device="cpu", temporal=a)
+    deblurrer = KernelDeblurrer(OracleEstimator(h_line.numpy()), device="cpu", temporal=a, refine=RefineConfig(iters=0))
     assert torch.allclose(_kernel_of(deblurrer, photo_bgr), h_line, atol=1e-6)  # nothing to smooth with yet
     deblurrer.estimator.kernel.copy_(v_line)
     k2 = _kernel_of(deblurrer, photo_bgr)
@@ -251,7 +252,7 @@ def test_temporal_smoothing_is_the_configured_ema_and_resets(photo_bgr):
 def test_warm_up_leaves_no_kernel_for_the_smoother(photo_bgr):
     """The warm-up frame's kernel does not become the first real frame's previous kernel."""
     h_line, v_line = (fit_kernel(linear_kernel(11, a), 31) for a in (0.0, 90.0))
-    deblurrer = KernelDeblurrer(OracleEstimator(h_line), device="cpu", temporal=0.5)
+    deblurrer = KernelDeblurrer(OracleEstimator(h_line), device="cpu", temporal=0.5, refine=RefineConfig(iters=0))
     deblurrer.warmup(*photo_bgr.shape[:2])
     deblurrer.estimator.kernel.copy_(torch.from_numpy(v_line))
     assert torch.allclose(_kernel_of(deblurrer, photo_bgr), torch.from_numpy(v_line), atol=1e-6)

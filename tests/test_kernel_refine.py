@@ -107,23 +107,23 @@ def test_the_evaluation_compares_kernel_options_in_one_run():
     cfg = load_config(EvalConfig, overrides=["deblur.compare={refined: est.pt refine.iters=7 gate_px=2.0}"])
     path, kernel = cfg.deblur.compare_entry("refined")
     assert path == "est.pt" and kernel.refine.iters == 7 and kernel.gate_px == 2.0
-    assert cfg.deblur.kernel.refine.iters == 0  # the run's own options are untouched
+    assert cfg.deblur.kernel.refine.iters == 10 and cfg.deblur.kernel.gate_px == 3.0  # the run's own are untouched
     with pytest.raises(ValueError, match=r"deblur.compare.refined.*refine.iterz"):
         load_config(EvalConfig, overrides=["deblur.compare={refined: est.pt refine.iterz=7}"])
 
 
 def test_deblur_evaluate_reports_the_kernel_shape_of_each_option_set(tmp_path):
-    """python -m deblur.evaluate --options: a column per option set, and the kernel shape table (refined < plain
-    on camera shake, where the network paints a blob)."""
+    """python -m deblur.evaluate --options: a column per option set, and the kernel shape table (the default,
+    refined, < the network's own kernel on camera shake, where the network paints a blob)."""
     import json
 
     from deblur.evaluate import main
 
-    assert main(["--limit", "1", "--severities", "3", "--options", "refine.iters=10", "--out", str(tmp_path)]) == 0
+    assert main(["--limit", "1", "--severities", "3", "--options", "refine.iters=0", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "report.json").read_text())
     shake = result["table"]["shake/3"]
-    assert set(result["weights"]) == {"kernel_estimator", "kernel_estimator refine.iters=10"}
-    assert shake["kernel_estimator refine.iters=10"]["shape"] < shake["kernel_estimator"]["shape"]
+    assert set(result["weights"]) == {"kernel_estimator", "kernel_estimator refine.iters=0"}
+    assert shake["kernel_estimator"]["shape"] < shake["kernel_estimator refine.iters=0"]["shape"]
     assert "shape" not in shake["wiener"] and "Kernel shape error" in (tmp_path / "report.md").read_text()
 
 

@@ -179,8 +179,12 @@ class Trainer:
         self.kernel_deblurrer = None  # a refiner's first stage: frozen kernel estimate + Wiener deconvolution
         if cfg.model.estimator:
             from deblur.kernel_deblur import KernelDeblurrer
+            from deblur.kernel_refine import RefineConfig
 
-            self.kernel_deblurrer = KernelDeblurrer(cfg.model.estimator, device=self.device, gate_px=0.0, refiner="none")
+            # the network's own kernels, unrefined: closed-form refinement of every training crop would multiply
+            # the step's cost by about five
+            self.kernel_deblurrer = KernelDeblurrer(cfg.model.estimator, device=self.device, gate_px=0.0, refiner="none",
+                                                    refine=RefineConfig(iters=0))
             logger.info("Refiner: input = blurred + Wiener deconvolution with the kernels of %s", cfg.model.estimator)
         self.G = build_generator(self.gen_cfg)
         if cfg.init_weights and not resume:
