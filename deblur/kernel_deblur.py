@@ -80,7 +80,7 @@ class KernelDeblurConfig:
     # closed-form refinement of the network's kernel (deblur.kernel_refine; iters 0 = off). On all 167 detection
     # images it recovered more than the network's kernel alone at every severity of both blurs, paired
     # (docs/results/2026-12-06_kernel_refinement.md)
-    refine: RefineConfig = field(default_factory=lambda: RefineConfig(iters=10))
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
     def __post_init__(self):
         check_range("crops", self.crops, 1)

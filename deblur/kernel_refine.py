@@ -38,7 +38,7 @@ __all__ = ["RefineConfig", "center_kernels", "refine_kernels", "resize_kernels",
 class RefineConfig:
     """Options of ``refine_kernels`` (set as ``deblur.kernel.refine.*``)."""
 
-    iters: int = 0  # iterations per coarse pyramid level (0 = no refinement: the network's kernel as it is)
+    iters: int = 10  # iterations per coarse pyramid level (0 = no refinement: the network's kernel as it is)
     fine_iters: int = -1  # iterations at full resolution, the costly level (-1 = iters)
     size: int = 0  # side of the refined kernel (odd; 0 = the estimator's own side)
     levels: int = 3  # pyramid levels, each half the previous resolution
@@ -251,7 +251,7 @@ def refine_kernels(blur: Tensor, kernels: Tensor, cfg: RefineConfig | None = Non
     refinement failed (non-finite, empty, or its mass on the border) and the starting kernel, resized to
     ``s``, is returned instead.
     """
-    cfg = cfg or RefineConfig(iters=10)
+    cfg = cfg or RefineConfig()
     if blur.ndim != 4 or blur.shape[1] != 1 or kernels.ndim != 3 or kernels.shape[0] != blur.shape[0]:
         raise ValueError(f"refine_kernels expects blur (B,1,H,W) and kernels (B,k,k), got {tuple(blur.shape)} "
                          f"and {tuple(kernels.shape)}")

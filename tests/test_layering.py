@@ -34,7 +34,7 @@ NOT_CHECKED = {"tests", "data", "runs"}
 SUBPACKAGES = {
     "deblur.archs": {"config"},
     "deblur.data": {"config"},
-    "deblur.train": {"archs", "data", "config", "models", "deconv", "metrics", "kernel_deblur", "frames"},
+    "deblur.train": {"archs", "data", "config", "models", "deconv", "metrics", "kernel_deblur", "kernel_refine", "frames"},
 }
 MAX_MODULES = 12  # modules directly in one package folder; past that, split it into subpackages by job
 SCRIPT_DIRS = ("scripts", "bench", "tests")  # their files run as scripts and import each other by bare name
