@@ -226,7 +226,7 @@ def _kernel_report(args) -> int:
     crops = KernelCrops(cfg, cfg.val_bounds)
     sets = {"clean": crops.batch(np.random.default_rng([cfg.seed, 11]), args.crops, noise=False),
             "noise+JPEG": crops.batch(np.random.default_rng([cfg.seed, 12]), args.crops, noise=True)}
-    cols = ("angle_median", "angle_p90", "extent_rel_median", "kernel_l2_shake", "psnr_blur", "psnr_pred", "psnr_true")
+    cols = ("angle_median", "angle_p90", "extent_rel_median", "kernel_l2_shake", "kernel_shape_shake", "psnr_blur", "psnr_pred", "psnr_true")
     lines = ["| estimator | crops | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     result = {}
     for w in args.weights or [str(DEFAULT_ESTIMATOR)]:

@@ -132,6 +132,9 @@ def test_training_writes_checkpoints_and_resumes_exactly(photo_dir, tmp_path):
     assert {"last.pt", "best.pt", "config.yaml", "val.jsonl"} <= {p.name for p in run.iterdir()}
     lines = [json.loads(x) for x in (run / "val.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [2, 4] and math.isfinite(lines[-1]["clean/psnr_pred"])
+    assert math.isfinite(lines[-1]["clean/kernel_shape_shake"]) and 0.0 <= lines[-1]["clean/kernel_shape_shake"] <= 1.0
+    grid = first._kernel_grid()  # TensorBoard's kernel image: true kernels over the estimates
+    assert grid is not None and grid.shape[0] == 1 and grid.shape[1] == 2 * 15 and float(grid.max()) == pytest.approx(1.0)
 
     # 6 steps in one go, against 3 steps, Ctrl-C (last.pt is saved on the way out), resume, 3 more: the same weights
     straight = KernelTrainer(_cfg(photo_dir, tmp_path, name="straight", steps=6))
