@@ -234,7 +234,19 @@ class KernelDeblurrer:
         safe = torch.where(finite[:, None, None], kernels, torch.zeros_like(kernels))
         extent = kernel_extent(kernel_moments(safe))
         sharp = (extent < self.cfg.gate_px) | ~finite
-        self.last_kernels, self.last_gated = safe, sharp
+        refined = None
+        if self.cfg.refine.iters:  # the frames the gate lets through (the gate asks the network's kernel only)
+            check = (~sharp).nonzero().flatten()
+            if len(check):
+                grey = (x[check] * _grey_weights(x)).sum(1, keepdim=True)
+                got, ok = self._refine(grey, safe[check], tuple(x.shape[-2:]))
+                if not ok.all():
+                    self.refine_failed += int((~ok).sum())
+                    logger.warning("Kernel refinement failed for %d frame(s) (%d so far): the network's kernel is used",
+                                   int((~ok).sum()), self.refine_failed)
+                refined = resize_kernels(safe, got.shape[-1])
+                refined[check] = got
+        self.last_kernels, self.last_gated = (safe if refined is None else refined), sharp
         out = x.clone()
         todo = (~sharp).nonzero().flatten()
         if len(todo):
@@ -242,16 +254,7 @@ class KernelDeblurrer:
             balance = torch.full((len(todo),), self.cfg.balance, device=x.device)
             if self.cfg.noise_gain > 0:
                 balance = balance + self.cfg.noise_gain * estimate_noise(blur) ** 2
-            used = safe[todo]
-            if self.cfg.refine.iters:
-                used, ok = self._refine((blur * _grey_weights(blur)).sum(1, keepdim=True), used, tuple(x.shape[-2:]))
-                if not ok.all():
-                    self.refine_failed += int((~ok).sum())
-                    logger.warning("Kernel refinement failed for %d frame(s) (%d so far): the network's kernel is used",
-                                   int((~ok).sum()), self.refine_failed)
-                kernels_out = resize_kernels(safe, used.shape[-1])
-                kernels_out[todo] = used
-                self.last_kernels = kernels_out
+            used = safe[todo] if refined is None else refined[todo]
             blur, crop = self._small.pad(blur)
             if self.cfg.channels == "luma":
                 luma = (blur * _grey_weights(blur)).sum(1, keepdim=True)
