@@ -9,8 +9,8 @@ per setting the mean PSNR gain over the blurred frames (with a paired 95 % boots
 setting), the median angle error and shape error (``deblur.kernel_refine.shape_error``) of the kernels used, and
 the deblurrer's milliseconds per frame.
 
-    python bench/temporal.py --alphas 0 0.3 0.6 --frames 60
-    python bench/temporal.py --settings "" "refine.iters=10" "refine.iters=10 refine.every=8" --frames 60
+    python bench/temporal.py --alphas 0 0.3 0.6 --frames 60   # kernel smoothing (with the default refinement)
+    python bench/temporal.py --settings "refine.iters=0" "" "refine.every=8" --frames 60
 """
 
 from __future__ import annotations

@@ -110,6 +110,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"{where}: unsupported annotation {tp!r} in the config schema")
 
 
+def _onto_default(f: dataclasses.Field, tp: Any, value: Any) -> Any:
+    """A partial mapping for a config section is merged onto that field's own default, so a section whose default
+    differs from its class's (``kernel: KernelDeblurConfig(refine=RefineConfig(iters=0))``) keeps the rest of it
+    when one key is overridden."""
+    section = _section(tp)
+    if section is None or not isinstance(value, dict):
+        return value
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        default = f.default if f.default is not dataclasses.MISSING else None
+    return _merge(to_dict(default), value, section) if isinstance(default, section) else value
+
+
 def from_dict(schema: type[T], data: dict, _prefix: str = "") -> T:
     """Build ``schema`` from a plain mapping, strictly (unknown keys and wrong types are errors)."""
     if not isinstance(data, dict):
@@ -119,7 +133,7 @@ def from_dict(schema: type[T], data: dict, _prefix: str = "") -> T:
     for key in data:
         if key not in fields:
             raise ConfigError(f"Unknown config key '{_prefix}{key}'.{_unknown_key_hint(str(key), list(fields))}")
-    kwargs = {k: _coerce(v, hints[k], f"{_prefix}{k}") for k, v in data.items()}
+    kwargs = {k: _coerce(_onto_default(fields[k], hints[k], v), hints[k], f"{_prefix}{k}") for k, v in data.items()}
     try:
         return schema(**kwargs)
     except ConfigError:

@@ -157,8 +157,9 @@ class KernelDeblurrer:
 
     def counters(self) -> dict[str, int]:
         """Frames handled specially, warmup() excluded: passed through for a non-finite kernel (nonfinite),
-        deblurred padded because they are smaller than the kernel (small_frames), deconvolved with the network's
-        kernel because its refinement failed (refine_failed)."""
+        deblurred padded because they are smaller than the kernel (small_frames), deconvolved with the refinement's
+        starting kernel (the network's, or in video the last refined one) because the refinement failed
+        (refine_failed)."""
         return {"nonfinite": self.nonfinite, "small_frames": self._small.count, "refine_failed": self.refine_failed}
 
     # --- kernels ----------------------------------------------------------------------------------
@@ -209,7 +210,7 @@ class KernelDeblurrer:
                 and self._refined.shape[-1] == (r.size or kernels.shape[-1]))
         if warm:
             start = self._refined.expand(len(kernels), -1, -1)
-            refined, ok = refine_kernels(grey, start, dataclasses.replace(r, levels=1, iters=r.warm_iters))
+            refined, ok = refine_kernels(grey, start, dataclasses.replace(r, levels=1, iters=r.warm_iters, fine_iters=-1))
             self._since += len(kernels)
         else:
             refined, ok = refine_kernels(grey, kernels, r)
@@ -242,7 +243,7 @@ class KernelDeblurrer:
                 got, ok = self._refine(grey, safe[check], tuple(x.shape[-2:]))
                 if not ok.all():
                     self.refine_failed += int((~ok).sum())
-                    logger.warning("Kernel refinement failed for %d frame(s) (%d so far): the network's kernel is used",
+                    logger.warning("Kernel refinement failed for %d frame(s) (%d so far): its starting kernel is used",
                                    int((~ok).sum()), self.refine_failed)
                 refined = resize_kernels(safe, got.shape[-1])
                 refined[check] = got

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from configs import ConfigError, load_config
 from detect.config import DetectorConfig
+from deblur.kernel_refine import RefineConfig
 from pipeline.config import PRECISIONS, RUNTIMES, PipelineConfig
 
 logger = logging.getLogger("pipeline")
@@ -148,6 +149,9 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
+    if getattr(args, "refine_every", None) is not None and getattr(args, "refine", None) is None:
+        # --refine-every alone turns the refinement on, with its own iterations (RefineConfig's default)
+        data["kernel"]["refine"]["iters"] = RefineConfig().iters
     return load_config(PipelineConfig, args.config, overrides=args.overrides, data=data)
 
 

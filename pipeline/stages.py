@@ -228,7 +228,7 @@ class KernelDeblur:
         self.deblurrer.reset()
 
     def counters(self) -> dict[str, int]:
-        """KernelDeblurrer.counters(): nonfinite, small_frames (reported in the run summary)."""
+        """KernelDeblurrer.counters(): nonfinite, small_frames, refine_failed (reported in the run summary)."""
         return self.deblurrer.counters()
 
 

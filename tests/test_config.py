@@ -180,3 +180,17 @@ def test_device_auto_is_the_default_everywhere():
     for fn in (Deblurrer.__init__, Deblurrer.from_model, load_deblurrer, KernelDeblurrer.__init__, compile_module):
         defaults[fn.__qualname__] = inspect.signature(fn).parameters["device"].default
     assert {k: v for k, v in defaults.items() if v != "auto"} == {}
+
+
+def test_a_partial_section_keeps_the_rest_of_its_fields_default():
+    """One key of a config section overridden: the section's other fields keep the field's own default (which
+    may differ from its class's), not the class's."""
+    from evaluation import EvalConfig
+    from pipeline.__main__ import build_parser, config_from_args
+    from pipeline.config import PipelineConfig
+
+    assert load_config(EvalConfig, overrides=["detector.imgsz=320"]).detector.conf == EvalConfig().detector.conf == 0.001
+    tuned = load_config(PipelineConfig, overrides=["kernel.gate_px=2.0"])
+    assert tuned.kernel.gate_px == 2.0 and tuned.kernel.refine.iters == PipelineConfig().kernel.refine.iters == 0
+    video = config_from_args(build_parser().parse_args(["--refine-every", "8"]))  # the flag alone turns it on
+    assert video.kernel.refine.every == 8 and video.kernel.refine.iters > 0
