@@ -212,7 +212,7 @@ def _clean(kernels: Tensor, threshold: float, support: Tensor | None = None) -> 
     grown = torch.zeros_like(keep).flatten(1)
     grown[torch.arange(len(k)), peak] = True
     grown = grown.view_as(keep)[:, None].float()
-    for _ in range(k.shape[-1]):  # flood fill from the peak inside `keep` (8-connected)
+    for _ in range(k.shape[-1] ** 2):  # flood fill from the peak inside `keep` (8-connected; ends when it stops growing)
         nxt = F.max_pool2d(grown, 3, stride=1, padding=1) * keep[:, None]
         if torch.equal(nxt, grown):
             break
