@@ -50,29 +50,33 @@ def _units(root: Path) -> dict[str, str]:
     return names
 
 
-def _imported_names(path: Path, root: Path) -> set[str]:
-    """Top-level names of every module `path` imports (absolute, relative resolved, literal dynamic imports)."""
+def _own_modules(path: Path, root: Path) -> set[str]:
+    """Dotted names of the project modules `path` imports (absolute and relative; literal dynamic ones)."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    package = path.relative_to(root).parent.parts  # where a relative import starts
+    package = path.relative_to(root).parent.parts
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level == 0:
-                names.add(node.module.split(".")[0])
-                continue
-            base = package[: len(package) - (node.level - 1)] if node.level - 1 <= len(package) else ()
-            parts = [*base, *(node.module.split(".") if node.module else [])]
-            if parts:
-                names.add(parts[0])
-            else:  # `from . import x` at the top level: x is a top-level module
-                names.update(alias.name for alias in node.names)
+                base = node.module.split(".")
+            else:
+                base = [*package[: max(0, len(package) - (node.level - 1))], *(node.module.split(".") if node.module else [])]
+            if base:
+                names.add(".".join(base))
+            # `from deblur import data`; `from . import x` at the top level names the top-level module x
+            names.update(".".join([*base, alias.name]) for alias in node.names)
         elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
             func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
             if func in ("import_module", "__import__") and isinstance(node.args[0].value, str):
-                names.add(node.args[0].value.split(".")[0])
+                names.add(node.args[0].value)
     return names
+
+
+def _imported_names(path: Path, root: Path) -> set[str]:
+    """Top-level names of every module `path` imports (absolute, relative resolved, literal dynamic imports)."""
+    return {name.split(".")[0] for name in _own_modules(path, root)}
 
 
 def _unit_of(path: Path, root: Path) -> str:
@@ -127,6 +131,12 @@ def test_every_unit_is_checked():
     assert {p.parent.name for p in ROOT.glob("*/__init__.py")} == set(PACKAGES)
 
 
+def _write_tree(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
 def test_checker_sees_a_wrong_edge(tmp_path):
     """A throw-away tree with one wrong edge per file, of every kind the checker claims to see."""
     files = {
@@ -148,9 +158,7 @@ def test_checker_sees_a_wrong_edge(tmp_path):
         "scripts/fetch_data.py": "from deblur.dataset import IMAGE_EXTS\n",
         "tests/fakes.py": "import pipeline\n",
     }
-    for rel, text in files.items():
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(text)
+    _write_tree(tmp_path, files)
     found = {rel: _violations(tmp_path / rel, tmp_path) for rel in files if not rel.startswith("tests/")}
     wrong = {rel: len(v) for rel, v in found.items() if v}
     assert wrong == {
@@ -166,28 +174,6 @@ def test_checker_sees_a_wrong_edge(tmp_path):
     assert "test doubles" in found["pipeline/double.py"][0]
     assert "bench/realtime.py imports eval_detection.py" in found["bench/realtime.py"][0]
     assert found["eval_detection.py"] == ["eval_detection.py imports ultralytics: only detect/ may"]
-
-
-def _own_modules(path: Path, root: Path) -> set[str]:
-    """Dotted names of the project modules `path` imports (absolute and relative; literal dynamic ones)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    package = path.relative_to(root).parent.parts
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level == 0:
-                base = node.module.split(".")
-            else:
-                base = [*package[: len(package) - (node.level - 1)], *(node.module.split(".") if node.module else [])]
-            names.add(".".join(base))
-            names.update(".".join([*base, alias.name]) for alias in node.names)  # `from deblur import data`
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
-            func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-            if func in ("import_module", "__import__") and isinstance(node.args[0].value, str):
-                names.add(node.args[0].value)
-    return names
 
 
 def _sub_unit(dotted: str, root: Path) -> str | None:
@@ -242,9 +228,7 @@ def test_sub_checker_sees_a_wrong_edge(tmp_path):
         "deblur/data/relative.py": "from ..archs import kernel_arch\n",
         "deblur/train/top.py": "from deblur.models import build\nfrom deblur import predict\n",
     }
-    for rel, text in files.items():
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(text)
+    _write_tree(tmp_path, files)
     found = {rel: _sub_violations(tmp_path / rel, tmp_path) for rel in files}
     assert {rel: len(v) for rel, v in found.items() if v} == {
         "deblur/archs/up.py": 1, "deblur/data/relative.py": 1, "deblur/train/top.py": 1}, found
