@@ -30,7 +30,7 @@ from deblur.archs.kernel_arch import angle_error, kernel_extent, kernel_moments,
 from deblur.config import TrainConfig  # noqa: E402
 from deblur.data.blur_synth import apply_kernel, linear_kernel  # noqa: E402
 from deblur.data.dataset import SyntheticBlur  # noqa: E402
-from deblur.kernel_deblur import KernelDeblurrer, _grey_weights  # noqa: E402
+from deblur.kernel_deblur import KernelDeblurrer, luma  # noqa: E402
 from deblur.kernel_refine import RefineConfig, refine_kernels, resize_kernels  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
             kernel = linear_kernel(float(rng.uniform(9, 35)), float(rng.uniform(0, 180)))
             x = torch.from_numpy(np.ascontiguousarray(apply_kernel(img, kernel))).permute(2, 0, 1)[None].float() / 255
             network = deblurrer.estimate(x)
-            refined, _ = refine_kernels((x * _grey_weights(x)).sum(1, keepdim=True), network, RefineConfig())
+            refined, _ = refine_kernels(luma(x), network, RefineConfig())
             true = kernel_moments(resize_kernels(torch.from_numpy(kernel)[None].float(), network.shape[-1]))
             length = float(kernel_extent(true)[0])
             for name, estimate in (("network", network), ("refined", refined)):

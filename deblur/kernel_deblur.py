@@ -51,8 +51,10 @@ __all__ = ["KernelDeblurConfig", "KernelDeblurrer"]
 _GREY = (0.299, 0.587, 0.114)  # RGB -> luma (BT.601), as cv2.COLOR_RGB2GRAY
 
 
-def _grey_weights(x: Tensor) -> Tensor:
-    return torch.tensor(_GREY, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+def luma(x: Tensor) -> Tensor:
+    """(B,3,H,W) RGB float [0,1] -> (B,1,H,W) grey (Rec. 601 weights), float32: what the estimator and the
+    refinement look at, and the channel the default deconvolution works on."""
+    return (x.float() * torch.tensor(_GREY, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ class KernelDeblurrer:
     @torch.inference_mode()
     def estimate(self, x: Tensor) -> Tensor:
         """(B,3,H,W) RGB float [0,1] -> (B,k,k) kernels (non-negative, summing to 1)."""
-        grey = (x.float() * _grey_weights(x)).sum(1, keepdim=True)
+        grey = luma(x)
         tiles = self._tiles(grey)
         b, n = tiles.shape[:2]
         k = self.kernel_size
@@ -239,8 +241,7 @@ class KernelDeblurrer:
         if self.cfg.refine.iters:  # the frames the gate lets through (the gate asks the network's kernel only)
             check = (~sharp).nonzero().flatten()
             if len(check):
-                grey = (x[check] * _grey_weights(x)).sum(1, keepdim=True)
-                got, ok = self._refine(grey, safe[check], tuple(x.shape[-2:]))
+                got, ok = self._refine(luma(x[check]), safe[check], tuple(x.shape[-2:]))
                 if not ok.all():
                     self.refine_failed += int((~ok).sum())
                     logger.warning("Kernel refinement failed for %d frame(s) (%d so far): its starting kernel is used",
@@ -258,8 +259,8 @@ class KernelDeblurrer:
             used = safe[todo] if refined is None else refined[todo]
             blur, crop = self._small.pad(blur)
             if self.cfg.channels == "luma":
-                luma = (blur * _grey_weights(blur)).sum(1, keepdim=True)
-                deconv = (blur + (wiener_deconvolve(luma, used, balance=balance) - luma)).clamp_(0.0, 1.0)
+                grey = luma(blur)
+                deconv = (blur + (wiener_deconvolve(grey, used, balance=balance) - grey)).clamp_(0.0, 1.0)
             else:
                 deconv = wiener_deconvolve(blur, used, balance=balance).clamp_(0.0, 1.0)
             if self.refiner is not None:

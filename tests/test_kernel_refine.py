@@ -6,12 +6,12 @@ import torch
 from skimage import data as skdata
 
 from deblur.data.blur_synth import apply_kernel, linear_kernel, shake_kernel
+from deblur.kernel_deblur import luma
 from deblur.kernel_refine import RefineConfig, center_kernels, refine_kernels, resize_kernels, shape_error
 
 
 def _grey(img_rgb: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(img_rgb)).float().permute(2, 0, 1)[None] / 255.0
-    return (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return luma(torch.from_numpy(np.ascontiguousarray(img_rgb)).float().permute(2, 0, 1)[None] / 255.0)
 
 
 def _blob(size: int = 41, sigma: float = 4.0) -> torch.Tensor:
