@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["deconvolve_uint8", "estimate_noise", "wiener_deconvolve"]
+__all__ = ["WienerPlan", "deconvolve_uint8", "estimate_noise", "wiener_deconvolve"]
 
 _MAD_TO_SIGMA = 1.0 / 0.6745  # median |N(0, s^2)| = 0.6745 s
 
@@ -166,38 +166,51 @@ def wiener_deconvolve(
     below the blurred input's PSNR. ``taper=False`` is the filter of ``deblur.baselines.wiener``.
     """
     _check(blur, kernel, balance, noise_gain, pad)
-    b, _, h, w = blur.shape
-    k = kernel.shape[-1]
-    p = k if pad is None else pad
-    hp, wp = _fast_len(h + 2 * p), _fast_len(w + 2 * p)
-    dtype, device = _compute_dtype(blur), blur.device
+    return WienerPlan(blur, kernel.shape[-1], pad)(kernel, balance, noise_gain, taper)
 
-    with torch.autocast(device.type, enabled=False):
-        y = blur.to(dtype)
-        y = y.index_select(-2, _reflect_index(h, p, hp - h - p, device))
-        y = y.index_select(-1, _reflect_index(w, p, wp - w - p, device))
 
-        kern = kernel.to(dtype).reshape(-1, k, k)
-        otf = F.pad(kern, (0, wp - k, 0, hp - k)).roll((-(k // 2), -(k // 2)), dims=(-2, -1))
-        k_f = torch.fft.rfft2(otf)  # (B|1, hp, wp//2+1)
-        y_f = torch.fft.rfft2(y)
-        if taper:
-            reblur = torch.fft.irfft2(y_f * k_f[:, None], s=(hp, wp))
-            radius = _blur_radius(kern)
-            alpha = _taper_weight(hp, h, p, radius)[:, :, None] * _taper_weight(wp, w, p, radius)[:, None, :]
-            y_f = torch.fft.rfft2(reblur + alpha[:, None] * (y - reblur))
-        fy = torch.fft.fftfreq(hp, device=device, dtype=dtype)[:, None]
-        fx = torch.fft.rfftfreq(wp, device=device, dtype=dtype)[None, :]
-        lap2 = (4.0 - 2.0 * torch.cos(2 * math.pi * fy) - 2.0 * torch.cos(2 * math.pi * fx)) ** 2  # |OTF(L)|^2
+class WienerPlan:
+    """``wiener_deconvolve`` of one batch of images by many kernels in turn (an iterative kernel estimate): the
+    padded image, its spectrum and the Laplacian's are computed once. ``plan(kernel, balance)`` returns exactly
+    ``wiener_deconvolve(blur, kernel, balance, pad=pad)``; every kernel has the side ``k`` given here.
+    """
 
-        lam = torch.as_tensor(balance, dtype=dtype, device=device).reshape(-1)  # (1,) or (B,)
-        if noise_gain > 0:
-            lam = lam + noise_gain * estimate_noise(blur).to(dtype) ** 2
-        filt = k_f.conj() / (k_f.real**2 + k_f.imag**2 + lam[:, None, None] * lap2)  # (B|1, hp, wf)
+    def __init__(self, blur: Tensor, k: int, pad: int | None = None):
+        b, _, h, w = blur.shape
+        self.blur, self.k, self.h, self.w = blur, k, h, w
+        self.p = p = k if pad is None else pad
+        self.hp, self.wp = hp, wp = _fast_len(h + 2 * p), _fast_len(w + 2 * p)
+        self.dtype, device = _compute_dtype(blur), blur.device
+        with torch.autocast(device.type, enabled=False):
+            y = blur.to(self.dtype)
+            y = y.index_select(-2, _reflect_index(h, p, hp - h - p, device))
+            self.y = y.index_select(-1, _reflect_index(w, p, wp - w - p, device))
+            self.y_f = torch.fft.rfft2(self.y)
+            fy = torch.fft.fftfreq(hp, device=device, dtype=self.dtype)[:, None]
+            fx = torch.fft.rfftfreq(wp, device=device, dtype=self.dtype)[None, :]
+            self.lap2 = (4.0 - 2.0 * torch.cos(2 * math.pi * fy) - 2.0 * torch.cos(2 * math.pi * fx)) ** 2  # |OTF(L)|^2
 
-        out = torch.fft.irfft2(y_f * filt[:, None], s=(hp, wp))
-        out = out[..., p : p + h, p : p + w]
-    return out.to(blur.dtype)
+    def __call__(self, kernel: Tensor, balance: float | Tensor = 2e-3, noise_gain: float = 0.0,
+                 taper: bool = True) -> Tensor:
+        k, p, h, w, hp, wp, dtype = self.k, self.p, self.h, self.w, self.hp, self.wp, self.dtype
+        device = self.y.device
+        with torch.autocast(device.type, enabled=False):
+            kern = kernel.to(dtype).reshape(-1, k, k)
+            otf = F.pad(kern, (0, wp - k, 0, hp - k)).roll((-(k // 2), -(k // 2)), dims=(-2, -1))
+            k_f = torch.fft.rfft2(otf)  # (B|1, hp, wp//2+1)
+            y_f = self.y_f
+            if taper:
+                reblur = torch.fft.irfft2(y_f * k_f[:, None], s=(hp, wp))
+                radius = _blur_radius(kern)
+                alpha = _taper_weight(hp, h, p, radius)[:, :, None] * _taper_weight(wp, w, p, radius)[:, None, :]
+                y_f = torch.fft.rfft2(reblur + alpha[:, None] * (self.y - reblur))
+            lam = torch.as_tensor(balance, dtype=dtype, device=device).reshape(-1)  # (1,) or (B,)
+            if noise_gain > 0:
+                lam = lam + noise_gain * estimate_noise(self.blur).to(dtype) ** 2
+            filt = k_f.conj() / (k_f.real**2 + k_f.imag**2 + lam[:, None, None] * self.lap2)  # (B|1, hp, wf)
+            out = torch.fft.irfft2(y_f * filt[:, None], s=(hp, wp))
+            out = out[..., p : p + h, p : p + w]
+        return out.to(self.blur.dtype)
 
 
 def deconvolve_uint8(image: np.ndarray, kernel: np.ndarray, balance: float = 2.0e-3) -> np.ndarray:

@@ -39,7 +39,7 @@ from configs.loader import check_range
 from deblur.archs.fpn_mobilenet_arch import STRIDE
 from deblur.archs.kernel_arch import kernel_extent, kernel_moments
 from deblur.deconv import estimate_noise, wiener_deconvolve
-from deblur.kernel_refine import RefineConfig, refine_kernels, resize_kernels
+from deblur.kernel_refine import RefineConfig, refine_kernels, refined_size, resize_kernels
 from deblur.frames import SmallFrames, check_bgr_frames, pad_to
 from deblur.models import DEFAULT_ESTIMATOR, load_estimator, load_generator, load_refiner
 from runtime import compile_module, resolve_device, resolve_runtime
@@ -209,7 +209,7 @@ class KernelDeblurrer:
         full refinements."""
         r = self.cfg.refine
         warm = (r.every > 1 and self._refined is not None and self._refined_shape == shape and self._since < r.every
-                and self._refined.shape[-1] == (r.size or kernels.shape[-1]))
+                and self._refined.shape[-1] == refined_size(r, kernels.shape[-1], shape))
         if warm:
             start = self._refined.expand(len(kernels), -1, -1)
             refined, ok = refine_kernels(grey, start, dataclasses.replace(r, levels=1, iters=r.warm_iters, fine_iters=-1))

@@ -28,14 +28,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from configs.loader import check_range
-from deblur.deconv import wiener_deconvolve
+from deblur.deconv import WienerPlan
 
-__all__ = ["RefineConfig", "center_kernels", "refine_kernels", "resize_kernels", "shape_error"]
+__all__ = ["RefineConfig", "center_kernels", "refine_kernels", "refined_size", "resize_kernels", "shape_error"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,10 @@ class RefineConfig:
 
     iters: int = 10  # iterations per coarse pyramid level (0 = no refinement: the network's kernel as it is)
     fine_iters: int = -1  # iterations at full resolution, the costly level (-1 = iters)
-    size: int = 0  # side of the refined kernel (odd; 0 = the estimator's own side)
+    # side of the refined kernel (odd). 0 = auto: the estimator's side on frames up to ~900 px long, and that
+    # side's radius times round(long side / 640) beyond (81 px at 1280x720, 121 at 1920x1080 with the 41-tap
+    # estimator): camera shake grows with the resolution, and the pyramid's coarse levels find it
+    size: int = 0
     levels: int = 3  # pyramid levels, each half the previous resolution
     tile: int = 256  # side of the most textured tile refinement runs on (0 = the whole frame)
     keep: float = 0.04  # fraction of the latent's gradients kept (the strongest)
@@ -74,7 +79,8 @@ class RefineConfig:
         check_range("refine.warm_iters", self.warm_iters, 0, 50)
         check_range("refine.orient_bins", self.orient_bins, 1, 16)
         if self.size and (self.size < 3 or self.size % 2 == 0):
-            raise ValueError(f"'refine.size' must be 0 (the estimator's side) or an odd number >= 3, got {self.size}")
+            raise ValueError(f"'refine.size' must be 0 (auto: from the estimator's side and the frame size) or an odd "
+                             f"number >= 3, got {self.size}")
         if self.tile and self.tile < 32:
             raise ValueError(f"'refine.tile' must be 0 (the whole frame) or >= 32, got {self.tile}")
 
@@ -82,6 +88,14 @@ class RefineConfig:
 def _odd(n: float) -> int:
     n = max(3, int(math.ceil(n)))
     return n if n % 2 else n + 1
+
+
+def refined_size(cfg: RefineConfig, k: int, shape: tuple[int, int]) -> int:
+    """The side of the refined kernel for ``k``-tap starting kernels on frames of ``shape`` (H, W): ``cfg.size``,
+    or when it is 0, ``k`` scaled by round(long side / 640) (at least 1) about its centre pixel."""
+    if cfg.size:
+        return cfg.size
+    return (k // 2) * max(1, round(max(shape) / 640)) * 2 + 1
 
 
 def resize_kernels(kernels: Tensor, size: int, scale: float = 1.0) -> Tensor:
@@ -115,20 +129,10 @@ def center_kernels(kernels: Tensor) -> Tensor:
     b, k, _ = kernels.shape
     idx = torch.arange(k, device=kernels.device, dtype=kernels.dtype) - k // 2
     mass = kernels.sum((-1, -2)).clamp_min(1e-12)
-    cy = torch.nan_to_num((kernels.sum(-1) * idx).sum(-1) / mass).round().clamp(-k, k).long()
-    cx = torch.nan_to_num((kernels.sum(-2) * idx).sum(-1) / mass).round().clamp(-k, k).long()
-    out = torch.empty_like(kernels)
-    for i in range(b):  # a roll per kernel (b is a handful of frames); the wrapped border is zeroed below
-        out[i] = torch.roll(kernels[i], shifts=(-int(cy[i]), -int(cx[i])), dims=(0, 1))
-        sy, sx = -int(cy[i]), -int(cx[i])
-        if sy > 0:
-            out[i, :sy] = 0
-        elif sy < 0:
-            out[i, sy:] = 0
-        if sx > 0:
-            out[i, :, :sx] = 0
-        elif sx < 0:
-            out[i, :, sx:] = 0
+    cy = torch.nan_to_num((kernels.sum(-1) * idx).sum(-1) / mass).round().clamp(-k, k).long().tolist()
+    cx = torch.nan_to_num((kernels.sum(-2) * idx).sum(-1) / mass).round().clamp(-k, k).long().tolist()
+    padded = F.pad(kernels, (k, k, k, k))  # a window of the zero-padded kernel: what shifts out is gone, zeros come in
+    out = torch.stack([padded[i, k + cy[i] : 2 * k + cy[i], k + cx[i] : 2 * k + cx[i]] for i in range(b)])
     s = out.sum((-1, -2), keepdim=True)
     return torch.where(s > 0, out / s.clamp_min(1e-12), kernels)
 
@@ -140,19 +144,23 @@ def _gradients(x: Tensor) -> tuple[Tensor, Tensor]:
     return gx, gy
 
 
-_LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 _GAUSS = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
 
 
 def _shock(x: Tensor, steps: int, dt: float = 0.5) -> Tensor:
-    """Shock filter: ``x_t = -sign(Laplacian x) |grad x|`` after a 5-tap binomial smoothing; steepens edges."""
-    g = _GAUSS.to(x)
-    x = F.conv2d(F.pad(x, (2, 2, 0, 0), mode="replicate"), g.view(1, 1, 1, 5))
-    x = F.conv2d(F.pad(x, (0, 0, 2, 2), mode="replicate"), g.view(1, 1, 5, 1))
-    lap = _LAPLACE.to(x).view(1, 1, 3, 3)
+    """Shock filter: ``x_t = -sign(Laplacian x) |grad x|`` after a 5-tap binomial smoothing; steepens edges.
+    (Written as shifted slices: a 1-channel convolution cost several times more.)"""
+    g = _GAUSS.tolist()
+    p = F.pad(x, (2, 2, 0, 0), mode="replicate")
+    w = x.shape[-1]
+    x = sum(g[i] * p[..., i : i + w] for i in range(5))
+    p = F.pad(x, (0, 0, 2, 2), mode="replicate")
+    h = x.shape[-2]
+    x = sum(g[i] * p[..., i : i + h, :] for i in range(5))
     for _ in range(steps):
         gx, gy = _gradients(x)
-        lx = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), lap)
+        p = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        lx = p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:] - 4.0 * x
         x = x - dt * torch.sign(lx) * torch.sqrt(gx * gx + gy * gy)
     return x
 
@@ -174,24 +182,26 @@ def _strongest(lx: Tensor, ly: Tensor, mag: Tensor, keep: float, bins: int, stri
     bins (as Cho & Lee: a photo with one dominant edge direction says nothing about the blur along it, and
     its edges would otherwise take every slot). The thresholds are the quantiles of every ``stride``-th
     pixel (a sample: a full top-k per bin cost a quarter of the refinement)."""
-    which = None
+    b = mag.shape[0]
+    bins = max(bins, 1)
     if bins > 1:
         angle = torch.remainder(torch.atan2(ly, lx), math.pi)
-        which = (angle / (math.pi / bins)).long().clamp_(max=bins - 1)
-    mask = torch.zeros_like(mag, dtype=torch.bool)
-    for b in range(max(bins, 1)):
-        mb = mag if which is None else torch.where(which == b, mag, torch.zeros_like(mag))
-        sample = mb.flatten(1)[:, ::stride]
-        n = max(1, min(sample.shape[1], int(keep * sample.shape[1] / max(bins, 1))))
-        thr = sample.topk(n, dim=1, sorted=False).values.amin(1).view(-1, 1, 1, 1)
-        mask |= (mb >= thr) & (mb > 0)
-    return mask
+        which = (angle / (math.pi / bins)).long().clamp_(0, bins - 1)  # (a NaN gradient casts to a negative)
+    else:
+        which = torch.zeros_like(mag, dtype=torch.long)
+    sm, sw = mag.flatten(1)[:, ::stride], which.flatten(1)[:, ::stride]  # (B,N) sample
+    per_bin = torch.where(sw[:, None] == torch.arange(bins, device=mag.device)[None, :, None], sm[:, None],
+                          torch.zeros((), device=mag.device, dtype=mag.dtype))  # (B,bins,N), 0 outside the bin
+    n = max(1, min(sm.shape[1], int(keep * sm.shape[1] / bins)))
+    thr = per_bin.topk(n, dim=2, sorted=False).values.amin(2)  # (B,bins): each bin's threshold
+    return (mag >= torch.gather(thr, 1, which.flatten(1)).view_as(mag)) & (mag > 0)
 
 
 def _solve(lx: Tensor, ly: Tensor, fbx: Tensor, fby: Tensor, size: int, beta: float) -> Tensor:
     """Least-squares kernel (B,size,size) mapping latent gradients (lx, ly) to blurred gradients, given as their
     spectra (fbx, fby: rfft2 of the blurred tile's windowed gradients, the same every iteration)."""
-    fx, fy = torch.fft.rfft2(lx), torch.fft.rfft2(ly)
+    fx, fy = torch.fft.rfft2(torch.cat([lx, ly], 1)).unbind(1)
+    fx, fy = fx[:, None], fy[:, None]
     num = fx.conj() * fbx + fy.conj() * fby
     den = fx.real ** 2 + fx.imag ** 2 + fy.real ** 2 + fy.imag ** 2
     den = den + beta * den.mean((-1, -2), keepdim=True) + 1e-12
@@ -208,16 +218,13 @@ def _clean(kernels: Tensor, threshold: float, support: Tensor | None = None) -> 
     if support is not None:
         k = k * support
     keep = k >= threshold * k.flatten(1).amax(1).view(-1, 1, 1)
-    peak = k.flatten(1).argmax(1)
-    grown = torch.zeros_like(keep).flatten(1)
-    grown[torch.arange(len(k)), peak] = True
-    grown = grown.view_as(keep)[:, None].float()
-    for _ in range(k.shape[-1] ** 2):  # flood fill from the peak inside `keep` (8-connected; ends when it stops growing)
-        nxt = F.max_pool2d(grown, 3, stride=1, padding=1) * keep[:, None]
-        if torch.equal(nxt, grown):
-            break
-        grown = nxt
-    k = k * grown[:, 0]
+    peak = k.flatten(1).argmax(1).tolist()
+    side = k.shape[-1]
+    grown = []
+    for i, on in enumerate(keep.to(torch.uint8).cpu().numpy()):  # the 8-connected component holding the peak
+        _, labels = cv2.connectedComponents(on, connectivity=8)
+        grown.append(labels == labels[peak[i] // side, peak[i] % side])
+    k = k * torch.from_numpy(np.stack(grown)).to(k.device)
     return k / k.sum((-1, -2), keepdim=True).clamp_min(1e-12)
 
 
@@ -235,14 +242,18 @@ def most_textured_tile(grey: Tensor, tile: int) -> Tensor:
         return grey
     th, tw = min(tile, h), min(tile, w)
     gx, gy = _gradients(grey)
-    energy = (gx.abs() + gy.abs())
+    energy = (gx.abs() + gy.abs())[:, 0].double()
     step = max(8, tile // 2)
-    score = F.avg_pool2d(energy, (th, tw), stride=step)  # (B,1,ny,nx)
-    nx = score.shape[-1]
-    best = score.flatten(1).argmax(1)
+    integral = F.pad(energy.cumsum(-1).cumsum(-2), (1, 0, 1, 0))  # (B,H+1,W+1): sums of any window in 4 reads
+    ys = torch.arange(0, h - th + 1, step, device=grey.device)
+    xs = torch.arange(0, w - tw + 1, step, device=grey.device)
+    score = (integral[:, ys[:, None] + th, xs[None, :] + tw] - integral[:, ys[:, None], xs[None, :] + tw]
+             - integral[:, ys[:, None] + th, xs[None, :]] + integral[:, ys[:, None], xs[None, :]])  # (B,ny,nx)
+    nx = len(xs)
+    best = score.flatten(1).argmax(1).tolist()
     out = []
     for i in range(b):
-        y0, x0 = int(best[i] // nx) * step, int(best[i] % nx) * step
+        y0, x0 = int(ys[best[i] // nx]), int(xs[best[i] % nx])
         out.append(grey[i : i + 1, :, y0 : y0 + th, x0 : x0 + tw])
     return torch.cat(out)
 
@@ -251,7 +262,7 @@ def most_textured_tile(grey: Tensor, tile: int) -> Tensor:
 def refine_kernels(blur: Tensor, kernels: Tensor, cfg: RefineConfig | None = None) -> tuple[Tensor, Tensor]:
     """Refine ``kernels`` ((B,k,k)) against the grey ``blur`` ((B,1,H,W) float [0,1]).
 
-    Returns ``(refined (B,s,s), ok (B,) bool)`` with ``s = cfg.size or k``; where ``ok`` is False the
+    Returns ``(refined (B,s,s), ok (B,) bool)`` with ``s = refined_size(cfg, k, (H, W))``; where ``ok`` is False the
     refinement failed (non-finite, empty, or its mass on the border) and the starting kernel, resized to
     ``s``, is returned instead.
     """
@@ -259,7 +270,7 @@ def refine_kernels(blur: Tensor, kernels: Tensor, cfg: RefineConfig | None = Non
     if blur.ndim != 4 or blur.shape[1] != 1 or kernels.ndim != 3 or kernels.shape[0] != blur.shape[0]:
         raise ValueError(f"refine_kernels expects blur (B,1,H,W) and kernels (B,k,k), got {tuple(blur.shape)} "
                          f"and {tuple(kernels.shape)}")
-    size = cfg.size or kernels.shape[-1]
+    size = refined_size(cfg, kernels.shape[-1], blur.shape[-2:])
     start = resize_kernels(kernels.float(), size)
     if cfg.iters == 0:
         return start, torch.ones(len(kernels), dtype=torch.bool, device=kernels.device)
@@ -281,8 +292,9 @@ def refine_kernels(blur: Tensor, kernels: Tensor, cfg: RefineConfig | None = Non
         win = _window(h, w, side // 2 + 2, yl.device)
         bx, by = _gradients(yl)
         fbx, fby = torch.fft.rfft2(bx * win), torch.fft.rfft2(by * win)
+        plan = WienerPlan(yl, side, pad=side // 2)  # the tile's padding and spectrum, once per level
         for _ in range(cfg.iters if level or cfg.fine_iters < 0 else cfg.fine_iters):
-            latent = wiener_deconvolve(yl, current, balance=cfg.balance, pad=side // 2).clamp(0.0, 1.0)
+            latent = plan(current, cfg.balance).clamp(0.0, 1.0)
             sharp = _shock(latent, cfg.shock_steps)
             lx, ly = _gradients(sharp)
             mag = (lx * lx + ly * ly) * win

@@ -149,3 +149,56 @@ def test_video_refinement_warm_starts_between_full_refinements():
     assert max(errors) < 0.5 * blob, (errors, blob)
     deblurrer.reset()
     assert deblurrer._refined is None and deblurrer._since == 0
+
+
+def test_strongest_takes_the_top_fraction_of_each_orientation_bin():
+    """The vectorised gradient selection equals the per-bin definition: in each of the bins, the gradients at or
+    above the bin's (keep / bins) quantile of the sampled magnitudes, never a zero one."""
+    from deblur.kernel_refine import _strongest
+
+    g = torch.Generator().manual_seed(0)
+    lx, ly = torch.randn(2, 1, 60, 70, generator=g), torch.randn(2, 1, 60, 70, generator=g)
+    lx[0, 0, :10] = 0.0
+    ly[0, 0, :10] = 0.0  # flat rows: zero gradients are never kept
+    mag = lx * lx + ly * ly
+    bins, keep, stride = 4, 0.1, 3
+    mask = _strongest(lx, ly, mag, keep, bins, stride)
+    which = (torch.remainder(torch.atan2(ly, lx), torch.pi) / (torch.pi / bins)).long().clamp(0, bins - 1)
+    for i in range(2):
+        for b in range(bins):
+            sample = torch.where(which[i] == b, mag[i], 0.0).flatten()[::stride]
+            n = max(1, int(keep * sample.numel() / bins))
+            thr = sample.topk(n).values.min()
+            expect = (which[i] == b) & (mag[i] >= thr) & (mag[i] > 0)
+            assert torch.equal(mask[i] & (which[i] == b), expect), (i, b)
+    assert not mask[0, 0, :10].any()
+
+
+def test_a_wiener_plan_reused_for_many_kernels_gives_each_kernels_own_result():
+    """The refinement deconvolves one tile by a new kernel every iteration from one plan; each result must be the
+    one-off deconvolution's, whatever came before."""
+    from deblur.deconv import WienerPlan, wiener_deconvolve
+
+    y = _grey(apply_kernel(skdata.astronaut()[::4, ::4], linear_kernel(9, 20.0)))
+    plan = WienerPlan(y, 41, pad=20)
+    for k in (resize_kernels(torch.from_numpy(linear_kernel(9, 20.0))[None], 41), _blob(), _blob(sigma=1.0)):
+        assert torch.allclose(plan(k, 5e-3), wiener_deconvolve(y, k, balance=5e-3, pad=20), atol=1e-6)
+
+
+def test_the_refined_kernel_grows_with_the_frame_and_reaches_large_blur():
+    """refine.size 0 (auto): the estimator's 41 taps up to ~900 px, 81 at 1280x720, 121 at 1920x1080; on a 1280x720
+    photo blurred by a 61 px line, started from a 41-tap blob, the refined kernel is 81 px and holds the long line."""
+    from deblur.archs.kernel_arch import kernel_extent, kernel_moments
+    from deblur.kernel_refine import refined_size
+
+    auto = RefineConfig()
+    assert [refined_size(auto, 41, s) for s in ((360, 640), (576, 768), (720, 1280), (1080, 1920))] == [41, 41, 81, 121]
+    assert refined_size(RefineConfig(size=61), 41, (720, 1280)) == 61
+    import cv2
+
+    img = cv2.resize(skdata.astronaut(), (1280, 720), interpolation=cv2.INTER_CUBIC)
+    true = linear_kernel(61, 25.0)
+    refined, ok = refine_kernels(_grey(apply_kernel(img, true)), _blob(), RefineConfig(tile=384))
+    assert bool(ok[0]) and refined.shape == (1, 81, 81)
+    assert float(shape_error(refined, torch.from_numpy(true)[None])) < 0.3
+    assert float(kernel_extent(kernel_moments(refined))[0]) > 45  # a 41-tap kernel cannot hold it
