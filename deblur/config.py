@@ -281,13 +281,28 @@ class EstimatorConfig:
 
 @dataclass(frozen=True)
 class KernelBlurConfig:
-    """The blur the estimator learns: kernel families, sensor noise and JPEG (all angles U[0, 180))."""
+    """The blur the estimator learns: kernel families, night highlights, sensor noise and JPEG (all angles U[0, 180))."""
 
-    # relative weights; 'none' is a sharp crop (a delta kernel), so the estimator learns to say "no blur"
+    # relative weights of imagenet_c | linear | shake | gp | trajectory | none; 'none' is a sharp crop (a delta
+    # kernel), so the estimator learns to say "no blur"
     kinds: dict[str, float] = field(default_factory=lambda: {"imagenet_c": 0.35, "linear": 0.25, "shake": 0.3, "none": 0.1})
     linear_length: tuple[float, float] = (2.0, 35.0)  # pixels
     imagenet_c_severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     shake_severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    # 'gp': Gaussian-process camera shake (blur_synth.gp_kernel) on a canvas of gp_size px (odd, at most
+    # model.kernel_size), Matern length scale and amplitude drawn from these ranges (DeepInverse's units)
+    gp_size: tuple[int, int] = (9, 41)
+    gp_length_scale: tuple[float, float] = (0.15, 0.6)  # fraction of the exposure; small = wiggly paths
+    gp_sigma: tuple[float, float] = (0.2, 0.5)  # amplitude; [-1, 1] spans the canvas (paths that overflow shrink to fit)
+    # 'trajectory': Boracchi-Foi random walk (blur_synth.trajectory_kernel) on the model.kernel_size canvas
+    trajectory_length: tuple[float, float] = (0.3, 1.5)  # walk length / model.kernel_size (overflows shrink to fit)
+    trajectory_exposure: tuple[float, float] = (0.5, 1.0)  # fraction of the walk integrated
+    # night streaks: with this probability a crop gets highlights above white (its brightest 1 % boosted and
+    # saturate_lights point lights of saturate_intensity x white), is blurred in linear light and clipped.
+    # 0 keeps every crop = sharp crop (x) kernel and the data stream of earlier runs; 0.1 is a mild mix
+    saturate_prob: float = 0.0
+    saturate_lights: tuple[int, int] = (1, 4)
+    saturate_intensity: tuple[float, float] = (5.0, 50.0)
     noise_prob: float = 0.5
     noise_sigma: tuple[float, float] = (0.0, 0.02)  # [0,1] units
     jpeg_prob: float = 0.3
@@ -298,10 +313,18 @@ class KernelBlurConfig:
     soften_sigma: tuple[float, float] = (0.3, 1.2)
 
     def __post_init__(self):
-        _check_kinds(self.kinds, {"imagenet_c", "linear", "shake", "none"}, "kernel blur kind")
+        _check_kinds(self.kinds, {"imagenet_c", "linear", "shake", "gp", "trajectory", "none"}, "kernel blur kind")
         _check_pair("linear_length", self.linear_length, 1.0, 101.0)
         for s in [*self.imagenet_c_severities, *self.shake_severities]:
             check_range("severities", s, 1, 5)
+        _check_pair("gp_size", self.gp_size, 3, 101)
+        _check_pair("gp_length_scale", self.gp_length_scale, 0.01, 10.0)
+        _check_pair("gp_sigma", self.gp_sigma, 0.01, 10.0)
+        _check_pair("trajectory_length", self.trajectory_length, 0.0, 10.0)
+        _check_pair("trajectory_exposure", self.trajectory_exposure, 0.01, 1.0)
+        check_range("saturate_prob", self.saturate_prob, 0.0, 1.0)
+        _check_pair("saturate_lights", self.saturate_lights, 0, 100)
+        _check_pair("saturate_intensity", self.saturate_intensity, 1.0, 1000.0)
         check_range("noise_prob", self.noise_prob, 0.0, 1.0)
         _check_pair("noise_sigma", self.noise_sigma, 0.0, 1.0)
         check_range("jpeg_prob", self.jpeg_prob, 0.0, 1.0)

@@ -1,4 +1,4 @@
-"""Synthetic blur: kernel families, convolution, frame averaging, noise and JPEG.
+"""Synthetic blur: kernel families, convolution, frame averaging, camera rotation, highlights, noise and JPEG.
 
 Kernels are ``(k, k) float32`` arrays that sum to 1, with ``k`` odd; the kernel's anchor is its centre
 pixel ``(k // 2, k // 2)``. They are *convolution* kernels: ``blur(p) = sum_d K[c + d] * image(p - d)``
@@ -13,12 +13,20 @@ seed; the same seed gives the same kernel.
 Images are ``(H,W,3)`` or ``(H,W)`` arrays, ``uint8`` in [0, 255] or ``float32`` in [0, 1]; colour order
 does not matter except for ``jpeg`` (RGB). Blur is applied to the sRGB-encoded values by default
 (like DeblurGAN and ImageNet-C); ``apply_kernel(..., linear=True)`` blurs in linear light instead.
+
+Camera shake that is curved and large: ``gp_kernel`` (Gaussian-process trajectories, DeepInverse's
+``MotionBlurGenerator``) and ``trajectory_kernel`` (Boracchi & Foi random walks). Shake that varies across
+the frame: ``rotational_blur`` (in-plane rotation about a centre that may lie off the frame, plus a
+translation; ``CameraMotion`` gives the exact kernel at every pixel). Night streaks: ``saturated_blur``
+(highlights far above white, blurred in linear light, then clipped).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -32,7 +40,14 @@ __all__ = [
     "linear_kernel",
     "imagenet_c_kernel",
     "shake_kernel",
+    "gp_kernel",
+    "fit_kernel",
     "apply_kernel",
+    "CameraMotion",
+    "camera_motion",
+    "rotational_blur",
+    "add_highlights",
+    "saturated_blur",
     "average_frames",
     "add_noise",
     "jpeg",
@@ -265,6 +280,61 @@ def shake_kernel(severity: int, seed: int) -> np.ndarray:
     return trajectory_kernel(size=size, exposure=1.0, rng=int(seed), centered=True, max_len=2.0 * size)
 
 
+def gp_kernel(
+    size: int = 31,
+    rng: np.random.Generator | int | None = None,
+    length_scale: float = 0.3,
+    sigma: float = 0.25,
+    n_steps: int = 1000,
+    centered: bool = True,
+) -> np.ndarray:
+    """Camera-shake PSF whose trajectory is a Gaussian process (Schuler et al., "Learning to Deblur"; DeepInverse).
+
+    x(t) and y(t) are independent draws of DeepInverse's ``MotionBlurGenerator.f_matern`` (Matern
+    covariance with length scale ``length_scale`` over an exposure of time 1, amplitude ``sigma``, both in
+    DeepInverse's units where [-1, 1] spans the ``size`` px canvas; ``n_steps`` sets the time resolution).
+    Small ``length_scale`` gives wiggly paths, large gives smooth arcs. The path is rasterised like
+    ``trajectory_kernel``: bilinear splats uniform in time (slow parts are brighter), shrunk to fit
+    ``size`` - 2 px, centre of mass on the centre pixel (``centered``) or bounding box centred. DeepInverse's
+    torch generator is seeded from ``rng``, so the same seed gives the same kernel. Returns (size, size)
+    float32 summing to 1.
+    """
+    size = int(size)
+    if size < 3 or size % 2 == 0:
+        raise ValueError(f"gp_kernel: size must be an odd int >= 3, got {size}")
+    if not length_scale > 0 or not sigma > 0:
+        raise ValueError(f"gp_kernel: length_scale and sigma must be > 0, got {length_scale}, {sigma}")
+    if n_steps < 16:
+        raise ValueError(f"gp_kernel: n_steps must be >= 16, got {n_steps}")
+    rng = _as_rng(rng)
+    seed = int(rng.integers(2**62))
+    import torch  # deferred: the other families need neither torch nor DeepInverse (a slow import)
+    from deepinv.physics.generator import MotionBlurGenerator
+
+    gen = MotionBlurGenerator((size, size), rng=torch.Generator().manual_seed(seed), l=float(length_scale),
+                              sigma=float(sigma), n_steps=int(n_steps))
+    with torch.no_grad():
+        fx = gen.f_matern(1)[0].double().numpy()
+        fy = gen.f_matern(1)[0].double().numpy()
+    path = (fx + 1j * fy) * (size / 2.0)  # DeepInverse bins [-1, 1] onto the size px of the canvas
+    return _normalise(_rasterise_path(path, size, centered, max_extent=size - 2.0))
+
+
+def fit_kernel(kernel: np.ndarray, size: int) -> np.ndarray:
+    """Centre a (k,k) kernel on a (size,size) canvas: zero-pad or crop symmetrically, renormalise to sum 1."""
+    k = kernel.shape[0]
+    if k == size:
+        return kernel.astype(np.float32)
+    if k < size:
+        p = (size - k) // 2
+        out = np.zeros((size, size), np.float32)
+        out[p : p + k, p : p + k] = kernel
+        return out
+    c = (k - size) // 2
+    out = kernel[c : c + size, c : c + size].astype(np.float32)
+    return out / out.sum()
+
+
 def _trim(kernel: np.ndarray) -> np.ndarray:
     """Drop all-zero borders symmetrically (keeps the centre, so the result is the same convolution)."""
     k = kernel.shape[0]
@@ -323,6 +393,281 @@ def average_frames(frames: list[np.ndarray], gamma: float = 2.2) -> np.ndarray:
         acc += lut[f]
     acc /= len(frames)
     return np.clip(np.power(acc, 1.0 / gamma) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _to_linear(image: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] or float [0, 1] sRGB-ish values -> float32 linear light (gamma 2.2 decoded)."""
+    if image.dtype == np.uint8:
+        return _SRGB_TO_LINEAR[image]
+    if image.dtype != np.float32:
+        raise TypeError(f"image must be uint8 or float32, got {image.dtype}")
+    return np.power(np.clip(image, 0.0, 1.0), 2.2, dtype=np.float32)
+
+
+def _from_linear(linear: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float linear light (any range) -> clipped to [0, 1], gamma 2.2 encoded, as ``dtype`` (uint8 rounded)."""
+    out = np.power(np.clip(linear, 0.0, 1.0), 1 / 2.2, dtype=np.float32)
+    if dtype == np.uint8:
+        return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def _convolve(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """True convolution of a float32 image (any range) with a (k,k) kernel, BORDER_REFLECT, float32 out."""
+    kflip = np.ascontiguousarray(_trim(np.asarray(kernel, np.float32))[::-1, ::-1])
+    return cv2.filter2D(image, cv2.CV_32F, kflip, borderType=cv2.BORDER_REFLECT)
+
+
+def _check_image(image: np.ndarray, who: str) -> None:
+    if image.dtype not in (np.uint8, np.float32):
+        raise TypeError(f"{who}: image must be uint8 or float32, got {image.dtype}")
+    if image.ndim not in (2, 3):
+        raise ValueError(f"{who}: image must be (H,W) or (H,W,C), got shape {image.shape}")
+
+
+def _gp_paths(rng: np.random.Generator, n_paths: int, n_keys: int, length_scale: float) -> np.ndarray:
+    """(n_paths, n_keys) float64 zero-mean Gaussian-process draws on t = 0..1 (Matern 5/2, unit variance)."""
+    t = np.linspace(0.0, 1.0, n_keys)
+    r = math.sqrt(5.0) * np.abs(t[:, None] - t[None, :]) / length_scale
+    cov = (1.0 + r + r**2 / 3.0) * np.exp(-r)
+    chol = np.linalg.cholesky(cov + 1e-6 * np.eye(n_keys))
+    return rng.standard_normal((n_paths, n_keys)) @ chol.T
+
+
+@dataclass(frozen=True, eq=False)
+class CameraMotion:
+    """Rigid in-plane camera motion during one exposure, sampled at ``n`` instants (the frames).
+
+    Frame i shows the scene moved by W_i: a scene point p = (x, y) px ((0, 0) = the top-left pixel's
+    centre) appears at ``W_i(p) = R(angles[i]) (p - centre) + centre + shifts[i]``, R turning
+    counter-clockwise on screen by ``angles[i]`` degrees (``cv2.getRotationMatrix2D``'s convention).
+    ``angles`` (n,) degrees, ``shifts`` (n, 2) px as (dx, dy), ``centre`` (x, y) px, which may lie outside
+    the frame. The blurred image is the mean of the n frames (``render``), so the blur varies across the
+    frame: its kernel at pixel q (``kernel``) holds the n offsets ``q - W_i^-1(q)`` (``displacements``).
+    """
+
+    angles: np.ndarray
+    shifts: np.ndarray
+    centre: tuple[float, float]
+
+    def __post_init__(self):
+        angles = np.asarray(self.angles, np.float64).reshape(-1)
+        shifts = np.asarray(self.shifts, np.float64)
+        if len(angles) < 1 or shifts.shape != (len(angles), 2):
+            raise ValueError(f"CameraMotion: angles must be (n,) and shifts (n, 2) with n >= 1, "
+                             f"got {angles.shape}, {shifts.shape}")
+        if not (np.isfinite(angles).all() and np.isfinite(shifts).all()):
+            raise ValueError("CameraMotion: angles and shifts must be finite")
+        object.__setattr__(self, "angles", angles)
+        object.__setattr__(self, "shifts", shifts)
+        object.__setattr__(self, "centre", (float(self.centre[0]), float(self.centre[1])))
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.angles)
+
+    def matrices(self) -> np.ndarray:
+        """(n, 2, 3) float64: W_i as ``cv2.warpAffine`` matrices (scene -> frame i)."""
+        out = np.empty((self.n_frames, 2, 3), np.float64)
+        for i, (a, s) in enumerate(zip(self.angles, self.shifts)):
+            out[i] = cv2.getRotationMatrix2D(self.centre, float(a), 1.0)
+            out[i, :, 2] += s
+        return out
+
+    def displacements(self, x: float, y: float) -> np.ndarray:
+        """(n, 2) float64 (dx, dy) px: the kernel taps at pixel (x, y), ``q - W_i^-1(q)`` for q = (x, y).
+
+        Frame i shows at q the scene point ``W_i^-1(q)``, so ``blurred(q) = mean_i image(q - d_i)``. To
+        first order in the angle these are also the offsets ``W_i(q) - q`` of the streak a point light
+        at q draws (they differ by about angle * |shift| + angle^2 * |q - centre| px).
+        """
+        a = np.radians(self.angles)
+        cos, sin = np.cos(a), np.sin(a)
+        ux = x - self.centre[0] - self.shifts[:, 0]
+        uy = y - self.centre[1] - self.shifts[:, 1]
+        px = self.centre[0] + cos * ux - sin * uy  # R^T (q - centre - shift) + centre
+        py = self.centre[1] + sin * ux + cos * uy
+        return np.stack([x - px, y - py], axis=1)
+
+    def kernel(self, x: float, y: float, size: int | None = None, centered: bool = True) -> np.ndarray:
+        """The exact local kernel at pixel (x, y): (k, k) float32 summing to 1 (module conventions).
+
+        The n taps of ``displacements`` are bilinearly splatted with weight 1 / n, which is what
+        ``render``'s bilinear warps compute: ``blurred(q) = sum_d K[c + d] * image(q - d)`` at that pixel.
+        ``centered`` moves the centre of mass to the centre pixel (drops the local shift, like the other
+        families); otherwise the tap d = 0 is the centre pixel. ``size`` None = the smallest odd canvas
+        that holds every tap; a smaller ``size`` crops symmetrically and renormalises (``fit_kernel``).
+        """
+        d = self.displacements(float(x), float(y))
+        if centered:
+            d = d - d.mean(axis=0)
+        reach = float(np.abs(d).max())
+        full = _odd(2 * reach + 3)
+        c = (full - 1) / 2.0
+        k = _normalise(_splat(d[:, 0] + c, d[:, 1] + c, np.full(len(d), 1.0 / len(d)), full))
+        if size is None:
+            return k
+        size = int(size)
+        if size < 1 or size % 2 == 0:
+            raise ValueError(f"CameraMotion.kernel: size must be an odd int >= 1, got {size}")
+        return fit_kernel(k, size)
+
+    def blur_linear(self, linear: np.ndarray) -> np.ndarray:
+        """Mean of the n warped frames of a float32 (H,W) or (H,W,C) image (linear light, any range, no
+        clipping); bilinear warps, ``BORDER_REFLECT``. float32 out, same shape."""
+        if linear.dtype != np.float32:
+            raise TypeError(f"CameraMotion.blur_linear: expected float32, got {linear.dtype}")
+        h, w = linear.shape[:2]
+        acc = np.zeros(linear.shape, np.float64)
+        for m in self.matrices():
+            acc += cv2.warpAffine(linear, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        return (acc / self.n_frames).astype(np.float32)
+
+    def render(self, image: np.ndarray, linear: bool = True) -> np.ndarray:
+        """Blur ``image`` ((H,W,3) or (H,W), uint8 [0,255] or float32 [0,1]) by this motion; same shape
+        and dtype out. ``linear``: frames are averaged in linear light (gamma 2.2, like ``average_frames``);
+        otherwise the stored values are averaged (then blur is linear in them, as ``apply_kernel``)."""
+        _check_image(image, "CameraMotion.render")
+        if linear:
+            return _from_linear(self.blur_linear(_to_linear(image)), image.dtype)
+        out = self.blur_linear(image.astype(np.float32))
+        if image.dtype == np.uint8:
+            return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        return out
+
+
+def camera_motion(
+    shape: tuple[int, ...],
+    rng: np.random.Generator | int | None = None,
+    max_angle_deg: float = 2.0,
+    max_shift: float = 8.0,
+    off_frame: float = 0.5,
+    length_scale: float = 0.5,
+    step: float = 0.5,
+    max_frames: int = 1024,
+) -> CameraMotion:
+    """A random smooth in-plane camera motion for a frame of ``shape`` (H, W[, C]).
+
+    The camera turns by an angle drawn from U(-max_angle_deg, max_angle_deg) in total and translates
+    along a path whose larger side is U(0, max_shift) px; both follow Gaussian-process paths in time
+    (Matern 5/2, ``length_scale`` of the exposure) and average to zero over the exposure, so the blurred
+    image stays aligned with the sharp one. The rotation centre is uniform over the frame enlarged by
+    ``off_frame`` of its size on every side (so it often lies outside the frame). Frames are uniform in
+    time, enough of them (16 .. ``max_frames``) that no pixel moves more than ``step`` px between two.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if not (max_angle_deg >= 0 and max_shift >= 0 and off_frame >= 0 and length_scale > 0 and step > 0):
+        raise ValueError("camera_motion: max_angle_deg, max_shift, off_frame must be >= 0, length_scale and step > 0")
+    rng = _as_rng(rng)
+    angle = float(rng.uniform(-max_angle_deg, max_angle_deg))
+    shift = float(rng.uniform(0.0, max_shift))
+    centre = (float(rng.uniform(-off_frame * w, (1 + off_frame) * w)),
+              float(rng.uniform(-off_frame * h, (1 + off_frame) * h)))
+    n_keys = 64
+    keys = _gp_paths(rng, 3, n_keys, length_scale)
+    a = keys[0] - keys[0].min()
+    a = a * (angle / a.max()) if a.max() > 0 else a
+    xy = keys[1:].T
+    ext = float(np.ptp(xy, axis=0).max())
+    xy = xy * (shift / ext) if ext > 0 else xy * 0.0
+    coarse = CameraMotion(a, xy, centre)
+    fastest = 0.0  # px per key interval; rigid motion: a pixel's step is convex in its place, largest at a corner
+    for x, y in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)):
+        d = coarse.displacements(x, y)
+        fastest = max(fastest, float(np.hypot(*np.diff(d, axis=0).T).max()))
+    n = int(np.clip(math.ceil(fastest * (n_keys - 1) / step) + 1, 16, max_frames))
+    t_key, t = np.linspace(0.0, 1.0, n_keys), np.linspace(0.0, 1.0, n)
+    angles = np.interp(t, t_key, a)
+    shifts = np.stack([np.interp(t, t_key, xy[:, 0]), np.interp(t, t_key, xy[:, 1])], axis=1)
+    return CameraMotion(angles - angles.mean(), shifts - shifts.mean(axis=0), centre)
+
+
+def rotational_blur(
+    image: np.ndarray,
+    rng: np.random.Generator | int | None = None,
+    motion: CameraMotion | None = None,
+    max_angle_deg: float = 2.0,
+    max_shift: float = 8.0,
+    off_frame: float = 0.5,
+    linear: bool = True,
+) -> tuple[np.ndarray, Callable[..., np.ndarray]]:
+    """Spatially varying camera shake: in-plane rotation plus translation during the exposure.
+
+    ``image``: (H,W,3) or (H,W), uint8 [0,255] or float32 [0,1]. ``motion`` None draws one with
+    ``camera_motion(image.shape, rng, max_angle_deg, max_shift, off_frame)``. The frames are warped with
+    ``cv2.warpAffine`` and averaged, in linear light unless ``linear`` is False. Returns (blurred, same
+    shape and dtype; ``local_kernel``): ``local_kernel(x, y, size=None, centered=True)`` is the exact
+    (k,k) kernel at pixel (x, y) (``CameraMotion.kernel``; ``local_kernel.__self__`` is the motion).
+    """
+    _check_image(image, "rotational_blur")
+    if motion is None:
+        motion = camera_motion(image.shape, rng, max_angle_deg, max_shift, off_frame)
+    return motion.render(image, linear=linear), motion.kernel
+
+
+def add_highlights(
+    linear: np.ndarray,
+    rng: np.random.Generator | int | None = None,
+    n_lights: tuple[int, int] = (1, 4),
+    intensity: tuple[float, float] = (5.0, 50.0),
+    boost: tuple[float, float] = (1.0, 4.0),
+    top: float = 0.01,
+    radius: tuple[int, int] = (0, 1),
+) -> np.ndarray:
+    """Scene radiance with highlights far above white, as at night: float32 linear light in, a copy out.
+
+    The brightest ``top`` fraction of pixels (grey level at or above that quantile, and > 0) is multiplied
+    by a gain from U(``boost``); then n ~ U{``n_lights``} (inclusive) point lights of U(``intensity``) times
+    white (all channels) are drawn as discs of radius U{``radius``} px (0 = one pixel) at uniform random
+    places. Values above 1 are what a camera clips; blur them first to get streaks (``saturated_blur``).
+    """
+    if linear.dtype != np.float32 or linear.ndim not in (2, 3):
+        raise TypeError(f"add_highlights: expected a float32 (H,W) or (H,W,C) image, got {linear.dtype} {linear.shape}")
+    rng = _as_rng(rng)
+    out = linear.copy()
+    h, w = out.shape[:2]
+    grey = out if out.ndim == 2 else out.mean(axis=2)
+    gain = float(rng.uniform(*boost))
+    if top > 0 and gain != 1.0:
+        bright = (grey >= np.quantile(grey, 1.0 - top)) & (grey > 0)
+        out[bright] *= np.float32(gain)
+    for _ in range(int(rng.integers(n_lights[0], n_lights[1] + 1))):
+        level = np.float32(rng.uniform(*intensity))
+        r = int(rng.integers(radius[0], radius[1] + 1))
+        cx, cy = int(rng.integers(w)), int(rng.integers(h))
+        y0, y1, x0, x1 = max(cy - r, 0), min(cy + r + 1, h), max(cx - r, 0), min(cx + r + 1, w)
+        yy, xx = np.ogrid[y0:y1, x0:x1]
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        patch = out[y0:y1, x0:x1]
+        patch[disc] = np.maximum(patch[disc], level)
+    return out
+
+
+def saturated_blur(
+    image: np.ndarray,
+    blur: np.ndarray | CameraMotion,
+    rng: np.random.Generator | int | None = None,
+    **highlights,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Night streaks: highlights above white (``add_highlights(**highlights)``), blurred in linear light,
+    then clipped to [0, 1], as a camera records them.
+
+    ``image``: (H,W,3) or (H,W), uint8 [0,255] or float32 [0,1]. ``blur``: a (k,k) kernel (true
+    convolution, ``BORDER_REFLECT``, like ``apply_kernel``) or a ``CameraMotion``. Returns (sharp,
+    blurred), both shaped and typed like ``image``: sharp = the highlighted scene clipped (what a sharp
+    exposure records), blurred = its blurred radiance clipped, so light spread along the path stays
+    saturated wherever it still exceeds white.
+    """
+    _check_image(image, "saturated_blur")
+    radiance = add_highlights(_to_linear(image), rng, **highlights)
+    if isinstance(blur, CameraMotion):
+        blurred = blur.blur_linear(radiance)
+    else:
+        kernel = np.asarray(blur, np.float32)
+        if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
+            raise ValueError(f"saturated_blur: kernel must be square with an odd side, got shape {kernel.shape}")
+        blurred = _convolve(radiance, kernel)
+    return _from_linear(radiance, image.dtype), _from_linear(blurred, image.dtype)
 
 
 def _gaussian(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:

@@ -2,9 +2,10 @@
 
 ``KernelCrops(cfg, bounds).batch(rng, n)`` draws ``n`` samples: a photo of the split (deblur.data.dataset's
 hash split of ``cfg.sources``), a random rescale, the most textured of a few random crops, a kernel from
-``cfg.blur`` (ImageNet-C, linear, camera shake or none, every angle), blur, sensor noise and JPEG. It
-returns the blurred and sharp crops ((n,1,S,S) float in [0,1]) and the kernels ((n,k,k), summing to 1,
-centred on the middle pixel), so the estimator is supervised by the exact kernel.
+``cfg.blur`` (ImageNet-C, linear, camera shake: severities, Gaussian-process or random-walk trajectories, or
+none; every angle), blur (sometimes with night highlights: blurred in linear light, then clipped), sensor
+noise and JPEG. It returns the blurred and sharp crops ((n,1,S,S) float in [0,1]) and the kernels ((n,k,k),
+summing to 1, centred on the middle pixel), so the estimator is supervised by the exact kernel.
 """
 
 from __future__ import annotations
@@ -13,30 +14,28 @@ import cv2
 import numpy as np
 import torch
 
-from deblur.data.blur_synth import imagenet_c_kernel, jpeg, linear_kernel, shake_kernel
+from deblur.data.blur_synth import (
+    fit_kernel,
+    gp_kernel,
+    imagenet_c_kernel,
+    jpeg,
+    linear_kernel,
+    saturated_blur,
+    shake_kernel,
+    trajectory_kernel,
+)
 from deblur.config import DataConfig, KernelBlurConfig, KernelTrainConfig
 from deblur.data.dataset import SyntheticBlur
 
 __all__ = ["KernelCrops", "fit_kernel", "sample_kernel"]
 
 
-def fit_kernel(kernel: np.ndarray, size: int) -> np.ndarray:
-    """Centre a (k,k) kernel on a (size,size) canvas: zero-pad or crop symmetrically, renormalise to sum 1."""
-    k = kernel.shape[0]
-    if k == size:
-        return kernel.astype(np.float32)
-    if k < size:
-        p = (size - k) // 2
-        out = np.zeros((size, size), np.float32)
-        out[p : p + k, p : p + k] = kernel
-        return out
-    c = (k - size) // 2
-    out = kernel[c : c + size, c : c + size].astype(np.float32)
-    return out / out.sum()
-
-
 def sample_kernel(cfg: KernelBlurConfig, rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
-    """One kernel of the mix in ``cfg`` on a (size,size) canvas, and its family name."""
+    """One kernel of the mix in ``cfg`` on a (size,size) canvas (size odd), and its family name.
+
+    Every family is centred (centre of mass on the middle pixel). ``gp`` draws its canvas side from
+    ``cfg.gp_size`` (made odd, at most ``size``); ``trajectory`` walks on the whole ``size`` canvas.
+    """
     kinds = [k for k, w in cfg.kinds.items() if w > 0]
     weights = np.array([cfg.kinds[k] for k in kinds], np.float64)
     kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
@@ -47,6 +46,14 @@ def sample_kernel(cfg: KernelBlurConfig, rng: np.random.Generator, size: int) ->
         kernel = linear_kernel(float(rng.uniform(*cfg.linear_length)), angle, centered=True)
     elif kind == "shake":
         kernel = shake_kernel(int(rng.choice(cfg.shake_severities)), int(rng.integers(2**31)))
+    elif kind == "gp":
+        side = min(int(rng.integers(cfg.gp_size[0], cfg.gp_size[1] + 1)) | 1, size)
+        kernel = gp_kernel(side, rng, length_scale=float(rng.uniform(*cfg.gp_length_scale)),
+                           sigma=float(rng.uniform(*cfg.gp_sigma)))
+    elif kind == "trajectory":
+        exposure = float(rng.uniform(*cfg.trajectory_exposure))
+        max_len = float(rng.uniform(*cfg.trajectory_length)) * size
+        kernel = trajectory_kernel(size, exposure, rng, centered=True, max_len=max_len)
     else:
         kernel = np.ones((1, 1), np.float32)
     return fit_kernel(kernel, size), kind
@@ -94,8 +101,11 @@ class KernelCrops:
     def sample(self, rng: np.random.Generator, noise: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
         """-> blurred (S,S) float32 [0,1], sharp (S,S) float32 [0,1], kernel (k,k), family.
 
-        ``noise``: None = sensor noise and JPEG with the probabilities of ``cfg.blur``; False = neither;
-        True = both, always.
+        With probability ``cfg.blur.saturate_prob`` the scene gets highlights above white and is blurred in
+        linear light, then clipped (``saturated_blur``): the sharp crop is then that scene clipped, and the
+        blurred one is no longer the sharp one convolved with the kernel where light saturates (the kernel
+        is still the exact label). ``noise``: None = sensor noise and JPEG with the probabilities of
+        ``cfg.blur``; False = neither; True = both, always.
         """
         cfg, k = self.cfg, self.cfg.model.kernel_size
         pad = k // 2
@@ -104,8 +114,13 @@ class KernelCrops:
         if b.soften_prob > 0 and rng.uniform() < b.soften_prob:
             sharp = cv2.GaussianBlur(sharp, (0, 0), float(rng.uniform(*b.soften_sigma)), borderType=cv2.BORDER_REFLECT)
         kernel, kind = sample_kernel(cfg.blur, rng, k)
-        blur = cv2.filter2D(sharp.astype(np.float32), cv2.CV_32F, np.ascontiguousarray(kernel[::-1, ::-1]),
-                            borderType=cv2.BORDER_REFLECT)[pad:-pad, pad:-pad]
+        if b.saturate_prob > 0 and rng.uniform() < b.saturate_prob:
+            lit, blur = saturated_blur(sharp.astype(np.float32) / 255.0, kernel, rng, n_lights=b.saturate_lights,
+                                       intensity=b.saturate_intensity)
+            sharp, blur = lit * 255.0, blur[pad:-pad, pad:-pad] * 255.0
+        else:
+            blur = cv2.filter2D(sharp.astype(np.float32), cv2.CV_32F, np.ascontiguousarray(kernel[::-1, ::-1]),
+                                borderType=cv2.BORDER_REFLECT)[pad:-pad, pad:-pad]
         sharp = sharp[pad:-pad, pad:-pad]
         if noise or (noise is None and rng.uniform() < b.noise_prob):
             blur = blur + rng.normal(0.0, float(rng.uniform(*b.noise_sigma)) * 255.0, blur.shape).astype(np.float32)
