@@ -11,6 +11,7 @@ the deblurrer's milliseconds per frame.
 
     python bench/temporal.py --alphas 0 0.3 0.6 --frames 60   # kernel smoothing (with the default refinement)
     python bench/temporal.py --settings "refine.iters=0" "" "refine.every=8" --frames 60
+    python bench/temporal.py --size 1280x720 --settings "refine.iters=0" "refine.every=8"   # the cost at 720p
 """
 
 from __future__ import annotations
@@ -53,13 +54,21 @@ def main(argv=None) -> int:
     p.add_argument("--runtime", default="openvino", help="the estimator's runtime (the pipeline's default on CPUs)")
     p.add_argument("--weights", default=None, help="kernel estimator (default: the shipped one)")
     p.add_argument("--glob", default="data/eval/vtest/*.jpg")
+    p.add_argument("--size", default="", metavar="WxH", help="resize the frames first (e.g. 640x360, 1280x720)")
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/bench_temporal.json")
     args = p.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     paths = sorted(glob.glob(str(ROOT / args.glob)))[: args.frames]
     if not paths:
         p.error(f"no frames match {args.glob}; run `python scripts/fetch_data.py --what eval` first")
     sharp = [cv2.imread(q) for q in paths]
+    if args.size:
+        try:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            p.error(f"--size {args.size!r}: give WIDTHxHEIGHT, e.g. 640x360")
+        sharp = [cv2.resize(s, (w, h), interpolation=cv2.INTER_AREA if w < s.shape[1] else cv2.INTER_CUBIC) for s in sharp]
     blurred, true_angles, kernels = [], [], []
     for i, img in enumerate(sharp):
         angle, length = drift(i)
@@ -99,7 +108,8 @@ def main(argv=None) -> int:
               f"shape error {shapes[a]:.3f}, {ms[a]:.0f} ms/frame, vs {ref or 'defaults'}: "
               f"{rows[a]['vs_reference_db']:+.3f} dB [{rows[a]['ci95'][0]:+.3f}, {rows[a]['ci95'][1]:+.3f}]")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"frames": len(sharp), "rows": rows}, indent=2))
+    Path(args.out).write_text(json.dumps({"frames": len(sharp), "size": f"{sharp[0].shape[1]}x{sharp[0].shape[0]}",
+                                          "threads": args.threads, "rows": rows}, indent=2))
     return 0
 
 

@@ -51,7 +51,9 @@ class RefineConfig:
     # estimator): camera shake grows with the resolution, and the pyramid's coarse levels find it
     size: int = 0
     levels: int = 3  # pyramid levels, each half the previous resolution
-    tile: int = 256  # side of the most textured tile refinement runs on (0 = the whole frame)
+    # side of the most textured tile refinement runs on (0 = the whole frame); with an auto ``size`` larger than the
+    # estimator's, it grows by sqrt(size / k), to a multiple of 32 (384 px for 81-px kernels at 1280x720)
+    tile: int = 256
     keep: float = 0.04  # fraction of the latent's gradients kept (the strongest)
     beta: float = 3.0e-2  # Tikhonov weight on the kernel, relative to the gradients' mean spectral energy
     balance: float = 2.0e-3  # Wiener balance of the latent image
@@ -274,7 +276,10 @@ def refine_kernels(blur: Tensor, kernels: Tensor, cfg: RefineConfig | None = Non
     start = resize_kernels(kernels.float(), size)
     if cfg.iters == 0:
         return start, torch.ones(len(kernels), dtype=torch.bool, device=kernels.device)
-    tile = most_textured_tile(blur.float(), cfg.tile)
+    tile_side = cfg.tile
+    if tile_side and not cfg.size and size > kernels.shape[-1]:  # large auto kernels need more image around them
+        tile_side = 32 * math.ceil(cfg.tile * math.sqrt(size / kernels.shape[-1]) / 32)
+    tile = most_textured_tile(blur.float(), tile_side)
     current = None
     for level in range(cfg.levels - 1, -1, -1):
         scale = 0.5 ** level

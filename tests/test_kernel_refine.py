@@ -198,7 +198,7 @@ def test_the_refined_kernel_grows_with_the_frame_and_reaches_large_blur():
 
     img = cv2.resize(skdata.astronaut(), (1280, 720), interpolation=cv2.INTER_CUBIC)
     true = linear_kernel(61, 25.0)
-    refined, ok = refine_kernels(_grey(apply_kernel(img, true)), _blob(), RefineConfig(tile=384))
+    refined, ok = refine_kernels(_grey(apply_kernel(img, true)), _blob(), RefineConfig())  # its tile grows to 384
     assert bool(ok[0]) and refined.shape == (1, 81, 81)
     assert float(shape_error(refined, torch.from_numpy(true)[None])) < 0.3
     assert float(kernel_extent(kernel_moments(refined))[0]) > 45  # a 41-tap kernel cannot hold it
