@@ -4,7 +4,12 @@
 restored frames, same layout, clamped to [0,1]:
 
 1. the ``crops`` most textured ``crop x crop`` tiles of each frame's grey image (full resolution, so
-   the blur is not shrunk away; frames smaller than a tile are mirror-padded, ``deblur.frames.pad_to``);
+   the blur is not shrunk away; frames smaller than a tile are mirror-padded, ``deblur.frames.pad_to``).
+   A dark frame (mean luma below ``dark_luma``: night, low light) is read differently, as the estimator never
+   saw one: tiles holding a clipped highlight (a lamp, a headlight: the clipped disc reads as a sharp edge
+   whatever the blur) rank last and are left out of the combination when any other tile is chosen, and each
+   tile's contrast is stretched towards the training crops' (at most ``dark_gain`` times: a dim tile reads as
+   long blur whatever its blur);
 2. the estimator's kernel for each tile, combined into one kernel per frame (``combine``);
 3. blur gating: a kernel shorter than ``gate_px`` (long axis, px) means a sharp frame, which passes
    through untouched; so does a frame whose kernel is not finite (counted in ``nonfinite``);
@@ -49,12 +54,18 @@ logger = logging.getLogger(__name__)
 __all__ = ["KernelDeblurConfig", "KernelDeblurrer"]
 
 _GREY = (0.299, 0.587, 0.114)  # RGB -> luma (BT.601), as cv2.COLOR_RGB2GRAY
+_CLIPPED = 0.98  # a pixel whose brightest channel reaches this is a clipped highlight (dark frames' tile choice)
 
 
 def luma(x: Tensor) -> Tensor:
     """(B,3,H,W) RGB float [0,1] -> (B,1,H,W) grey (Rec. 601 weights), float32: what the estimator and the
     refinement look at, and the channel the default deconvolution works on."""
     return (x.float() * torch.tensor(_GREY, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def _energy(tiles: Tensor) -> Tensor:
+    """(B,n,1,S,S) -> (B,n) mean absolute horizontal plus vertical difference: how textured each tile is."""
+    return tiles.diff(dim=-1).abs().mean((-1, -2, -3)) + tiles.diff(dim=-2).abs().mean((-1, -2, -3))
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,14 @@ class KernelDeblurConfig:
     # than the mean at severities 2-4 on 40 detection images (model card)
     combine: Literal["mean", "geometric"] = "geometric"
     gate_px: float = 3.0  # kernels shorter than this (long axis, px) count as no blur: the frame passes through
+    # dark frames (mean luma below dark_luma; 0 = off) get their own tile choice and per-tile contrast stretch
+    # (module docstring, step 1). On bench/gate.py's synthetic low-light frames (167) the gate called 32 / 36 % of
+    # the blurred ones (shake 2 / 4) sharp and 73 % of the sharp ones blurred without it, 4 / 0 % and 0 % with it
+    # (docs/results/2026-12-06_kernel_refinement.md). 0.15: every evaluation photo is brighter (the darkest,
+    # zidane.jpg, 0.24); the low-light frames are 0.04-0.10
+    dark_luma: float = 0.15
+    dark_contrast: float = 0.2  # the standard deviation a dark frame's tile is stretched to (training crops: ~0.2)
+    dark_gain: float = 4.0  # ... by at most this gain (more makes the noise of a near-black tile "detail")
     # Wiener regulariser (Laplacian prior). 1e-2 rather than 2e-3: with estimated (imperfect) kernels it recovered
     # more detection over ImageNet-C and camera-shake blur together (40 images each; model card)
     balance: float = 1.0e-2
@@ -88,6 +107,9 @@ class KernelDeblurConfig:
         check_range("crops", self.crops, 1)
         check_range("crop", self.crop, 32)
         check_range("gate_px", self.gate_px, 0.0)
+        check_range("dark_luma", self.dark_luma, 0.0, 1.0)
+        check_range("dark_contrast", self.dark_contrast, 0.01, 0.5)
+        check_range("dark_gain", self.dark_gain, 1.0)
         check_range("balance", self.balance, 1.0e-8)
         check_range("noise_gain", self.noise_gain, 0.0)
         check_range("temporal", self.temporal, 0.0, 0.99)
@@ -165,32 +187,61 @@ class KernelDeblurrer:
         return {"nonfinite": self.nonfinite, "small_frames": self._small.count, "refine_failed": self.refine_failed}
 
     # --- kernels ----------------------------------------------------------------------------------
-    def _tiles(self, grey: Tensor) -> Tensor:
-        """(B,1,H,W) grey -> (B, crops, 1, S, S): the most textured S x S tiles of each frame."""
+    def _grid(self, img: Tensor) -> Tensor:
+        """(B,C,H,W) -> (B, n, C, S, S): the centred grid of S x S tiles (a frame smaller than a tile mirror-padded)."""
         s = self.cfg.crop
-        b = grey.shape[0]
-        grey = pad_to(grey, s, s)[0]
-        h, w = grey.shape[-2:]
+        b, c = img.shape[:2]
+        img = pad_to(img, s, s)[0]
+        h, w = img.shape[-2:]
         top, left = (h % s) // 2, (w % s) // 2  # centre the tile grid
-        grid = grey[..., top : top + (h // s) * s, left : left + (w // s) * s]
-        tiles = grid.unfold(2, s, s).unfold(3, s, s)  # (B,1,nh,nw,S,S)
-        tiles = tiles.reshape(b, -1, 1, s, s)
-        energy = (tiles.diff(dim=-1).abs().mean((-1, -2, -3)) + tiles.diff(dim=-2).abs().mean((-1, -2, -3)))
-        n = min(self.cfg.crops, tiles.shape[1])
-        best = energy.topk(n, dim=1).indices  # (B,n)
-        return torch.take_along_dim(tiles, best[..., None, None, None], dim=1)
+        grid = img[..., top : top + (h // s) * s, left : left + (w // s) * s]
+        return grid.unfold(2, s, s).unfold(3, s, s).permute(0, 2, 3, 1, 4, 5).reshape(b, -1, c, s, s)
+
+    def _tiles(self, grey: Tensor, rgb: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """(B,1,H,W) grey and its (B,3,H,W) RGB frame (None: the grey tells what is clipped) -> the most textured
+        S x S tiles of each frame as the estimator is to see them (B, crops, 1, S, S), and their weights in the
+        combination (B, crops): 1, but 0 for a dark frame's tiles with a clipped highlight when it has other tiles
+        chosen (None when no frame is dark: all 1)."""
+        cfg = self.cfg
+        b = grey.shape[0]
+        dark = grey.mean((1, 2, 3)) < cfg.dark_luma  # (B,)
+        if not dark.any():
+            tiles = self._grid(grey)
+            score = _energy(tiles)
+        else:
+            stack = self._grid(torch.cat([grey, grey if rgb is None else rgb.amax(1, keepdim=True)], dim=1))
+            tiles = stack[:, :, :1]
+            clipped = (stack[:, :, 1].flatten(2).amax(2) >= _CLIPPED) & dark[:, None]  # (B,n)
+            score = _energy(tiles) - 4.0 * clipped  # the energy is at most 2: a clipped tile ranks below every other
+        n = min(cfg.crops, tiles.shape[1])
+        best = score.topk(n, dim=1).indices  # (B,n)
+        chosen = torch.take_along_dim(tiles, best[..., None, None, None], dim=1)
+        weights = None
+        if dark.any():
+            lit = torch.take_along_dim(clipped, best, dim=1)
+            weights = (~lit | lit.all(1, keepdim=True)).float()
+            mean = chosen.mean((-1, -2, -3), keepdim=True)
+            gain = (cfg.dark_contrast / chosen.std((-1, -2, -3), keepdim=True).clamp_min(1e-6)).clamp(1.0, cfg.dark_gain)
+            stretched = ((chosen - mean) * gain + 0.5).clamp(0.0, 1.0)
+            chosen = torch.where(dark[:, None, None, None, None], stretched, chosen)
+        return chosen, weights
 
     @torch.inference_mode()
     def estimate(self, x: Tensor) -> Tensor:
         """(B,3,H,W) RGB float [0,1] -> (B,k,k) kernels (non-negative, summing to 1)."""
-        grey = luma(x)
-        tiles = self._tiles(grey)
+        x = x.float()
+        tiles, weights = self._tiles(luma(x), x)
         b, n = tiles.shape[:2]
         k = self.kernel_size
         per_tile = (self.engine or self.estimator)(tiles.flatten(0, 1)).float().view(b, n, k * k)
-        if self.cfg.combine == "geometric":  # product of the tiles' kernels (they must agree), renormalised
-            return torch.softmax(per_tile.clamp_min(1e-30).log().mean(1), dim=1).view(b, k, k)
-        return per_tile.mean(1).view(b, k, k)
+        geometric = self.cfg.combine == "geometric"  # product of the tiles' kernels (they must agree), renormalised
+        if geometric:
+            per_tile = per_tile.clamp_min(1e-30).log()
+        if weights is None:
+            combined = per_tile.mean(1)
+        else:  # every frame keeps at least one tile of weight 1
+            combined = (per_tile * (weights / weights.sum(1, keepdim=True))[..., None]).sum(1)
+        return (torch.softmax(combined, dim=1) if geometric else combined).view(b, k, k)
 
     def _smooth(self, kernels: Tensor, shape: tuple[int, int]) -> Tensor:
         a = self.cfg.temporal
