@@ -29,8 +29,9 @@ def machine_threads() -> int:
 
 
 # The pipeline's kernel refinement: off by default, because it would cost the real-time target on a 2-core CPU
-# (a shaken 640x360 clip on an AVX-512 EPYC: 33 fps without, 25 with --refine-every 16 kernel.refine.tile=192,
-# 20 with --refine-every 8; python -m pipeline --source CLIP --summary S.json with each)
+# (the demo clip with shake 3 on an AVX-512 EPYC: 27.9 fps without, 16.5 with --refine-every 8, which gains
+# +4 dB on a drifting blur: python -m pipeline --source demo --simulate-blur 3 --max-frames 200 --summary S.json
+# with and without it; python bench/temporal.py --size 640x360)
 PIPELINE_REFINE = RefineConfig(iters=0)
 
 

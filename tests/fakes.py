@@ -147,3 +147,10 @@ class RecordingIdentity(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls.append((threading.get_ident(), x.shape[0], float(x.max() - x.min()) < 1e-3))
         return x
+
+
+def centre_offset(k: np.ndarray) -> np.ndarray:
+    """(dy, dx) of the kernel's centre of mass from its centre pixel."""
+    ys, xs = np.indices(k.shape)
+    c = (k.shape[0] - 1) / 2
+    return np.array([(k * ys).sum() - c, (k * xs).sum() - c])

@@ -19,12 +19,7 @@ from deblur.data.blur_synth import (
 )
 from deblur.config import BlurConfig
 
-
-def centre_offset(k: np.ndarray) -> np.ndarray:
-    """(dy, dx) of the kernel's centre of mass from its centre pixel."""
-    ys, xs = np.indices(k.shape)
-    c = (k.shape[0] - 1) / 2
-    return np.array([(k * ys).sum() - c, (k * xs).sum() - c])
+from fakes import centre_offset
 
 
 def check_kernel(k: np.ndarray) -> None:
