@@ -118,3 +118,20 @@ def test_night_frames_with_every_tile_lit_still_get_a_kernel(deblurrer):
 def test_dark_options_are_checked(field, value):
     with pytest.raises(ValueError, match=field):
         KernelDeblurConfig(**{field: value})
+
+
+def test_a_night_frame_keeps_the_networks_kernel(deblurrer):
+    """The refinement is skipped on dark frames (it shrank night kernels to ~2 px): the kernel used for a blurred
+    night frame is the network's, as long as the blur; a daytime frame is still refined."""
+    scene = _scene("coffee")
+    night = _night(scene, shake_kernel(4, 11))
+    deblurrer([night])
+    used = deblurrer.last_kernels
+    net = deblurrer.estimate(_tensor([night]))
+    assert float(kernel_extent(kernel_moments(used))[0]) > 5.0
+    assert torch.allclose(used, net, atol=1e-6)
+    from deblur.data.blur_synth import apply_kernel
+
+    day = apply_kernel(scene, shake_kernel(4, 11))
+    deblurrer([day])
+    assert not torch.allclose(deblurrer.last_kernels, deblurrer.estimate(_tensor([day])), atol=1e-4)
