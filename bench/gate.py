@@ -7,7 +7,8 @@ its estimated kernel is shorter than ``gate_px``; this counts its decisions on t
   linear light and clipped (as night streaks are), sensor noise (sigma 0.01) and JPEG 85; "low light, sharp"
   is the same transform without blur (passing through is right).
 
-    python bench/gate.py [--limit N] [--out runs/bench_gate.json] [--dark-luma X]
+    python bench/gate.py [--limit N] [--out runs/bench_gate.json]
+    python bench/gate.py --limit 12 --kernels   # also: does the refinement help on night frames? (it does not) [--dark-luma X]
 
 ``--dark-luma 0`` turns the deblurrer's dark-frame tile handling off (KernelDeblurConfig.dark_luma).
 """
@@ -30,8 +31,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from deblur.data.blur_synth import add_noise, apply_kernel, imagenet_c_kernel, jpeg, shake_kernel  # noqa: E402
-from deblur.kernel_deblur import KernelDeblurrer  # noqa: E402
-from deblur.kernel_refine import RefineConfig  # noqa: E402
+from deblur.archs.kernel_arch import kernel_extent, kernel_moments  # noqa: E402
+from deblur.kernel_deblur import KernelDeblurrer, luma  # noqa: E402
+from deblur.kernel_refine import RefineConfig, refine_kernels, shape_error  # noqa: E402
 
 
 def _seed(name: str, what: str) -> int:
@@ -58,6 +60,9 @@ def main(argv=None) -> int:
     p.add_argument("--glob", nargs="+", default=["data/eval/vtest/*.jpg", "data/eval/photos/*.jpg"])
     p.add_argument("--out", default="runs/bench_gate.json")
     p.add_argument("--dark-luma", type=float, default=None, help="KernelDeblurConfig.dark_luma (default: its default)")
+    p.add_argument("--kernels", action="store_true",
+                   help="also: on the blurred low-light frames, the network's and the refined kernel against the true "
+                        "one (median extent, mean shape error)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     paths = sorted(q for g in args.glob for q in glob.glob(str(ROOT / g)))
@@ -78,16 +83,30 @@ def main(argv=None) -> int:
         "low light, shake 4": lambda img, n: low_light(img, shake_kernel(4, _seed(n, "l4")), _seed(n, "ln")),
     }
     passed = {c: 0 for c in conditions}
+    night = {"network": [], "refined": [], "true": []}  # --kernels: (extent px, shape error) per blurred night frame
     for path in paths:
         img = cv2.imread(path)
         for cond, make in conditions.items():
-            deblurrer([make(img, Path(path).name)])
+            frame = make(img, Path(path).name)
+            deblurrer([frame])
             passed[cond] += int(deblurrer.last_gated[0])
+            if args.kernels and cond.startswith("low light, shake"):
+                sev, n = int(cond[-1]), Path(path).name
+                true = torch.from_numpy(shake_kernel(sev, _seed(n, f"l{sev}")))[None]
+                x = torch.from_numpy(frame[..., ::-1].astype(np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
+                net = deblurrer.estimate(x)
+                refined, _ = refine_kernels(luma(x), net, RefineConfig())
+                for name, k in (("network", net), ("refined", refined), ("true", true)):
+                    night[name].append((float(kernel_extent(kernel_moments(k))[0]), float(shape_error(k, true)[0])))
     rows = {c: {"frames": len(paths), "passed_through": n, "fraction": round(n / len(paths), 3)} for c, n in passed.items()}
     print(f"gate_px {deblurrer.cfg.gate_px}, dark_luma {deblurrer.cfg.dark_luma}: frames passed through "
           f"untouched (called sharp), of {len(paths)}")
     for c, r in rows.items():
         print(f"  {c:22s} {r['passed_through']:4d}  ({100 * r['fraction']:.0f} %)")
+    if args.kernels:
+        for name, r in night.items():
+            a = np.array(r)
+            print(f"  night kernels, {name:8s} median extent {np.median(a[:, 0]):5.1f} px, mean shape error {a[:, 1].mean():.3f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"gate_px": deblurrer.cfg.gate_px,
                                            "dark_luma": deblurrer.cfg.dark_luma, "rows": rows}, indent=2))
