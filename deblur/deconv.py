@@ -176,7 +176,7 @@ class WienerPlan:
     """
 
     def __init__(self, blur: Tensor, k: int, pad: int | None = None):
-        b, _, h, w = blur.shape
+        h, w = blur.shape[-2:]
         self.blur, self.k, self.h, self.w = blur, k, h, w
         self.p = p = k if pad is None else pad
         self.hp, self.wp = hp, wp = _fast_len(h + 2 * p), _fast_len(w + 2 * p)

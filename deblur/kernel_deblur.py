@@ -203,8 +203,7 @@ class KernelDeblurrer:
         combination (B, crops): 1, but 0 for a dark frame's tiles with a clipped highlight when it has other tiles
         chosen (None when no frame is dark: all 1)."""
         cfg = self.cfg
-        b = grey.shape[0]
-        dark = grey.mean((1, 2, 3)) < cfg.dark_luma  # (B,)
+        dark = self._dark(grey)
         if not dark.any():
             tiles = self._grid(grey)
             score = _energy(tiles)
@@ -226,11 +225,17 @@ class KernelDeblurrer:
             chosen = torch.where(dark[:, None, None, None, None], stretched, chosen)
         return chosen, weights
 
+    def _dark(self, grey: Tensor) -> Tensor:
+        """(B,1,H,W) grey -> (B,) True for a dark frame (mean luma below ``dark_luma``): its own tile choice in
+        ``_tiles``, and no refinement in ``restore``."""
+        return grey.mean((1, 2, 3)) < self.cfg.dark_luma
+
     @torch.inference_mode()
-    def estimate(self, x: Tensor) -> Tensor:
-        """(B,3,H,W) RGB float [0,1] -> (B,k,k) kernels (non-negative, summing to 1)."""
+    def estimate(self, x: Tensor, grey: Tensor | None = None) -> Tensor:
+        """(B,3,H,W) RGB float [0,1] -> (B,k,k) kernels (non-negative, summing to 1). ``grey``: ``luma(x)``,
+        when the caller has it already."""
         x = x.float()
-        tiles, weights = self._tiles(luma(x), x)
+        tiles, weights = self._tiles(luma(x) if grey is None else grey, x)
         b, n = tiles.shape[:2]
         k = self.kernel_size
         per_tile = (self.engine or self.estimator)(tiles.flatten(0, 1)).float().view(b, n, k * k)
@@ -279,7 +284,8 @@ class KernelDeblurrer:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"KernelDeblurrer.restore expects (B,3,H,W) RGB in [0,1], got shape {tuple(x.shape)}")
         x = x.float()
-        kernels = self._smooth(self.estimate(x), tuple(x.shape[-2:]))
+        grey = luma(x)
+        kernels = self._smooth(self.estimate(x, grey), tuple(x.shape[-2:]))
         finite = torch.isfinite(kernels).flatten(1).all(1)
         if not finite.all():
             self.nonfinite += int((~finite).sum())
@@ -293,10 +299,9 @@ class KernelDeblurrer:
             # but not dark frames: their tiles' gradients are mostly noise, and on 24 synthetic night frames
             # (bench/gate.py's low light, shake 2 and 4) the refinement shrank the network's kernel (median extent
             # 8.7 -> 2.3 px, true 14.2; mean shape error 0.44 -> 0.55)
-            dark = luma(x).mean((1, 2, 3)) < self.cfg.dark_luma
-            check = (~sharp & ~dark).nonzero().flatten()
+            check = (~sharp & ~self._dark(grey)).nonzero().flatten()
             if len(check):
-                got, ok = self._refine(luma(x[check]), safe[check], tuple(x.shape[-2:]))
+                got, ok = self._refine(grey[check], safe[check], tuple(x.shape[-2:]))
                 if not ok.all():
                     self.refine_failed += int((~ok).sum())
                     logger.warning("Kernel refinement failed for %d frame(s) (%d so far): its starting kernel is used",

@@ -184,7 +184,6 @@ def _strongest(lx: Tensor, ly: Tensor, mag: Tensor, keep: float, bins: int, stri
     bins (as Cho & Lee: a photo with one dominant edge direction says nothing about the blur along it, and
     its edges would otherwise take every slot). The thresholds are the quantiles of every ``stride``-th
     pixel (a sample: a full top-k per bin cost a quarter of the refinement)."""
-    b = mag.shape[0]
     bins = max(bins, 1)
     if bins > 1:
         angle = torch.remainder(torch.atan2(ly, lx), math.pi)

@@ -349,52 +349,6 @@ def _trim(kernel: np.ndarray) -> np.ndarray:
 _SRGB_TO_LINEAR = ((np.arange(256) / 255.0) ** 2.2).astype(np.float32)
 
 
-def apply_kernel(image: np.ndarray, kernel: np.ndarray, linear: bool = False) -> np.ndarray:
-    """Convolve ``image`` ((H,W,3) or (H,W), uint8 [0,255] or float32 [0,1]) with ``kernel`` ((k,k)).
-
-    True convolution (the kernel is flipped for ``cv2.filter2D``), border ``BORDER_REFLECT``; same shape
-    and dtype out, uint8 rounded and clipped. Blurs the stored (sRGB) values unless ``linear`` (gamma 2.2
-    decoded before, re-encoded after).
-    """
-    if image.dtype not in (np.uint8, np.float32):
-        raise TypeError(f"apply_kernel: image must be uint8 or float32, got {image.dtype}")
-    if image.ndim not in (2, 3):
-        raise ValueError(f"apply_kernel: image must be (H,W) or (H,W,C), got shape {image.shape}")
-    kernel = np.asarray(kernel, np.float32)
-    if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
-        raise ValueError(f"apply_kernel: kernel must be square with an odd side, got shape {kernel.shape}")
-    kflip = np.ascontiguousarray(_trim(kernel)[::-1, ::-1])
-    if linear:
-        x = _SRGB_TO_LINEAR[image] if image.dtype == np.uint8 else np.power(np.clip(image, 0, 1), 2.2, dtype=np.float32)
-        out = cv2.filter2D(x, cv2.CV_32F, kflip, borderType=cv2.BORDER_REFLECT)
-        out = np.power(np.clip(out, 0.0, 1.0), 1 / 2.2, dtype=np.float32)
-        if image.dtype == np.uint8:
-            return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return out
-    if image.dtype == np.uint8:
-        out = cv2.filter2D(image, cv2.CV_32F, kflip, borderType=cv2.BORDER_REFLECT)
-        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-    return cv2.filter2D(image, cv2.CV_32F, kflip, borderType=cv2.BORDER_REFLECT)
-
-
-def average_frames(frames: list[np.ndarray], gamma: float = 2.2) -> np.ndarray:
-    """GoPro-style blur: mean of consecutive frames ((H,W,3) uint8 each) in linear light -> uint8.
-
-    Frames are decoded with ``x ** gamma``, averaged, and re-encoded with ``x ** (1 / gamma)``.
-    """
-    if not frames:
-        raise ValueError("average_frames: got no frames")
-    shape = frames[0].shape
-    acc = np.zeros(shape, np.float64)
-    lut = (np.arange(256) / 255.0) ** gamma
-    for i, f in enumerate(frames):
-        if f.shape != shape or f.dtype != np.uint8:
-            raise ValueError(f"average_frames: frame {i} is {f.dtype} {f.shape}, expected uint8 {shape}")
-        acc += lut[f]
-    acc /= len(frames)
-    return np.clip(np.power(acc, 1.0 / gamma) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
 def _to_linear(image: np.ndarray) -> np.ndarray:
     """uint8 [0, 255] or float [0, 1] sRGB-ish values -> float32 linear light (gamma 2.2 decoded)."""
     if image.dtype == np.uint8:
@@ -413,7 +367,7 @@ def _from_linear(linear: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _convolve(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """True convolution of a float32 image (any range) with a (k,k) kernel, BORDER_REFLECT, float32 out."""
+    """True convolution of a uint8 or float32 image (any range) with a (k,k) kernel, BORDER_REFLECT, float32 out."""
     kflip = np.ascontiguousarray(_trim(np.asarray(kernel, np.float32))[::-1, ::-1])
     return cv2.filter2D(image, cv2.CV_32F, kflip, borderType=cv2.BORDER_REFLECT)
 
@@ -423,6 +377,49 @@ def _check_image(image: np.ndarray, who: str) -> None:
         raise TypeError(f"{who}: image must be uint8 or float32, got {image.dtype}")
     if image.ndim not in (2, 3):
         raise ValueError(f"{who}: image must be (H,W) or (H,W,C), got shape {image.shape}")
+
+
+def _check_kernel(kernel: np.ndarray, who: str) -> np.ndarray:
+    """The kernel as float32, or a ValueError naming ``who`` unless it is square with an odd side."""
+    kernel = np.asarray(kernel, np.float32)
+    if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
+        raise ValueError(f"{who}: kernel must be square with an odd side, got shape {kernel.shape}")
+    return kernel
+
+
+def apply_kernel(image: np.ndarray, kernel: np.ndarray, linear: bool = False) -> np.ndarray:
+    """Convolve ``image`` ((H,W,3) or (H,W), uint8 [0,255] or float32 [0,1]) with ``kernel`` ((k,k)).
+
+    True convolution (the kernel is flipped for ``cv2.filter2D``), border ``BORDER_REFLECT``; same shape
+    and dtype out, uint8 rounded and clipped. Blurs the stored (sRGB) values unless ``linear`` (gamma 2.2
+    decoded before, re-encoded after).
+    """
+    _check_image(image, "apply_kernel")
+    kernel = _check_kernel(kernel, "apply_kernel")
+    if linear:
+        return _from_linear(_convolve(_to_linear(image), kernel), image.dtype)
+    out = _convolve(image, kernel)
+    if image.dtype == np.uint8:
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def average_frames(frames: list[np.ndarray], gamma: float = 2.2) -> np.ndarray:
+    """GoPro-style blur: mean of consecutive frames ((H,W,3) uint8 each) in linear light -> uint8.
+
+    Frames are decoded with ``x ** gamma``, averaged, and re-encoded with ``x ** (1 / gamma)``.
+    """
+    if not frames:
+        raise ValueError("average_frames: got no frames")
+    shape = frames[0].shape
+    acc = np.zeros(shape, np.float64)
+    lut = (np.arange(256) / 255.0) ** gamma
+    for i, f in enumerate(frames):
+        if f.shape != shape or f.dtype != np.uint8:
+            raise ValueError(f"average_frames: frame {i} is {f.dtype} {f.shape}, expected uint8 {shape}")
+        acc += lut[f]
+    acc /= len(frames)
+    return np.clip(np.power(acc, 1.0 / gamma) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def _gp_paths(rng: np.random.Generator, n_paths: int, n_keys: int, length_scale: float) -> np.ndarray:
@@ -663,10 +660,7 @@ def saturated_blur(
     if isinstance(blur, CameraMotion):
         blurred = blur.blur_linear(radiance)
     else:
-        kernel = np.asarray(blur, np.float32)
-        if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
-            raise ValueError(f"saturated_blur: kernel must be square with an odd side, got shape {kernel.shape}")
-        blurred = _convolve(radiance, kernel)
+        blurred = _convolve(radiance, _check_kernel(blur, "saturated_blur"))
     return _from_linear(radiance, image.dtype), _from_linear(blurred, image.dtype)
 
 
