@@ -41,6 +41,7 @@ from deblur.evaluate import make_kernel  # noqa: E402
 from deblur.kernel_deblur import KernelDeblurrer, luma  # noqa: E402
 from deblur.kernel_refine import RefineConfig, refine_kernels, shape_error  # noqa: E402
 from deblur.metrics import psnr  # noqa: E402
+from stats import paired_interval  # noqa: E402  (bench/stats.py, beside this script)
 
 FAMILIES = ("shake", "imagenet_c", "trajectory", "linear")
 LARGE = {2: 45, 3: 63, 4: 81}  # --large: the blur's extent (px) at each severity
@@ -73,11 +74,6 @@ def _odd(n: float) -> int:
 def refine_setting(text: str) -> RefineConfig:
     """'fine_iters=5 tile=192' (the refine.* keys, without the prefix) -> RefineConfig."""
     return load_config(RefineConfig, overrides=text.split())
-
-
-def _interval(d: np.ndarray, rng: np.random.Generator) -> list[float]:
-    boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(1000)]
-    return [round(float(np.percentile(boots, 2.5)), 4), round(float(np.percentile(boots, 97.5)), 4)]
 
 
 def main(argv=None) -> int:
@@ -148,8 +144,8 @@ def main(argv=None) -> int:
         rows[s or "defaults"] = {
             "shape_error_median": round(float(np.median(shape[s])), 4), "shape_error_by_family": fam,
             "psnr_gain_db": round(float(np.mean(gain[s])), 3), "ms_median": round(float(np.median(ms[s])), 1),
-            "vs_reference_shape": round(float(ds.mean()), 4), "vs_reference_shape_ci95": _interval(ds, rng),
-            "vs_reference_db": round(float(dg.mean()), 3), "vs_reference_db_ci95": _interval(dg, rng)}
+            "vs_reference_shape": round(float(ds.mean()), 4), "vs_reference_shape_ci95": paired_interval(ds, rng, digits=4),
+            "vs_reference_db": round(float(dg.mean()), 3), "vs_reference_db_ci95": paired_interval(dg, rng, digits=4)}
         r = rows[s or "defaults"]
         print(f"{s or 'defaults':36s} shape {r['shape_error_median']:.3f} {fam}  PSNR gain {r['psnr_gain_db']:+.2f} dB  "
               f"{r['ms_median']:.0f} ms | vs {ref or 'defaults'}: shape {r['vs_reference_shape']:+.4f} "

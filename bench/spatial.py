@@ -65,6 +65,7 @@ from deblur.data.dataset import SyntheticBlur  # noqa: E402
 from deblur.deconv import WienerPlan, wiener_deconvolve  # noqa: E402
 from deblur.kernel_deblur import KernelDeblurrer, luma  # noqa: E402
 from deblur.kernel_refine import RefineConfig, refine_kernels, resize_kernels, shape_error  # noqa: E402
+from stats import paired_interval  # noqa: E402  (bench/stats.py, beside this script)
 
 METHODS = ("oracle_global", "oracle_tiles", "est_global", "est_tiles", "tiles_from_truth")
 REGIONS = ("frame", "centre", "corners")
@@ -252,11 +253,6 @@ def region_psnr(out: np.ndarray, sharp: np.ndarray, masks: dict[str, np.ndarray]
     return {r: float(10 * np.log10(1.0 / max(err[m].mean(), 1e-12))) for r, m in masks.items()}
 
 
-def _interval(d: np.ndarray, rng: np.random.Generator) -> list[float]:
-    boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(2000)]
-    return [round(float(np.percentile(boots, 2.5)), 3), round(float(np.percentile(boots, 97.5)), 3)]
-
-
 def photos(args) -> list[tuple[str, np.ndarray]]:
     """(name, RGB uint8) of the held-out photos at ``--side`` px and the vtest frames at 640x480."""
     cfg = load_config(TrainConfig, CONFIG_DIR / "deblur_train.yaml")
@@ -378,7 +374,7 @@ def summarise(rs: list[dict], rng: np.random.Generator) -> dict:
     for a, b, key, sel in pairs:
         d = {r: gain(a, r, sel) - gain(b, r, sel) for r in REGIONS}
         if len(d["frame"]):
-            e[key] = {r: {"mean": round(float(v.mean()), 3), "ci95": _interval(v, rng)} for r, v in d.items()}
+            e[key] = {r: {"mean": round(float(v.mean()), 3), "ci95": paired_interval(v, rng, resamples=2000)} for r, v in d.items()}
     return e
 
 

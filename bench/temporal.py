@@ -38,6 +38,7 @@ from deblur.data.blur_synth import add_noise, apply_kernel, linear_kernel  # noq
 from deblur.kernel_deblur import KernelDeblurConfig, KernelDeblurrer  # noqa: E402
 from deblur.kernel_refine import shape_error  # noqa: E402
 from deblur.metrics import psnr  # noqa: E402
+from stats import paired_interval  # noqa: E402  (bench/stats.py, beside this script)
 
 
 def drift(i: int) -> tuple[float, float]:
@@ -99,11 +100,10 @@ def main(argv=None) -> int:
     rows = {}
     for a in settings:
         d = gains[a] - gains[ref]
-        boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(1000)]
         rows[a] = {"psnr_gain_db": round(float(gains[a].mean()), 3), "median_angle_error_deg": round(errors[a], 2),
                    "median_shape_error": round(shapes[a], 3), "ms_per_frame": round(ms[a], 1),
                    "vs_reference_db": round(float(d.mean()), 3),
-                   "ci95": [round(float(np.percentile(boots, 2.5)), 3), round(float(np.percentile(boots, 97.5)), 3)]}
+                   "ci95": paired_interval(d, rng)}
         print(f"{a or 'defaults'!s:40s} PSNR gain {rows[a]['psnr_gain_db']:+.2f} dB, angle error {errors[a]:.1f} deg, "
               f"shape error {shapes[a]:.3f}, {ms[a]:.0f} ms/frame, vs {ref or 'defaults'}: "
               f"{rows[a]['vs_reference_db']:+.3f} dB [{rows[a]['ci95'][0]:+.3f}, {rows[a]['ci95'][1]:+.3f}]")
