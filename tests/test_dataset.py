@@ -203,3 +203,40 @@ def test_sources_with_the_same_relative_names_are_all_kept(tmp_path):
                      bounds=(0.0, 1.0), size=32)
     ds = SyntheticBlur(cfg)
     assert len(ds) == 2 and len(set(ds.names)) == 2 and "x.png" in ds.names
+
+
+# held by a thread of the test process while DataLoader workers start: a worker forked from this process would
+# inherit it held (as it would a thread pool's lock in OpenVINO, ONNX Runtime or torch) and wait forever
+_HELD = __import__("threading").Lock()
+
+
+class _NeedsTheLock(torch.utils.data.Dataset):
+    def set_epoch(self, key):
+        pass
+
+    def __getitem__(self, index):
+        if not _HELD.acquire(timeout=5.0):
+            raise RuntimeError("a lock held by the parent process's thread was inherited")
+        _HELD.release()
+        return {"blur": torch.zeros(3, 2, 2), "sharp": torch.zeros(3, 2, 2), "name": str(index)}
+
+
+def test_workers_do_not_inherit_the_locks_of_this_process_threads():
+    import threading
+
+    from deblur.data.dataset import batch_loader
+
+    held, done = threading.Event(), threading.Event()
+
+    def hold():
+        with _HELD:
+            held.set()
+            done.wait(60)
+
+    threading.Thread(target=hold, daemon=True).start()
+    held.wait(5)
+    try:
+        batches = list(batch_loader(_NeedsTheLock(), [(0, [0, 1]), (0, [2])], num_workers=2))
+    finally:
+        done.set()
+    assert [b["name"] for b in batches] == [["0", "1"], ["2"]]

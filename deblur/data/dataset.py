@@ -34,6 +34,7 @@ import hashlib
 import io
 import logging
 import math
+import multiprocessing
 import os
 import random
 import re
@@ -645,6 +646,18 @@ class KeyedBatches(Dataset):
         return collate([self.dataset[i] for i in indices])
 
 
+def _workers_context(num_workers: int):
+    """How DataLoader workers start: from a fork server that has imported torch and this module and runs no
+    threads, not forked from this process. A process that has run OpenVINO, ONNX Runtime or torch has thread
+    pools whose locks a forked child can inherit held; such workers crashed now and then (a segmentation
+    fault, about one full test run in six). The fork server costs a pickled copy of the dataset per worker."""
+    if num_workers <= 0:
+        return None
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "cv2", __name__])
+    return ctx
+
+
 def batch_loader(dataset: Dataset, tasks: list[tuple[int, list[int]]], num_workers: int = 0,
                  pin_memory: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
     """Batches of a map-style dataset, in the order of ``tasks`` [(key, indices)], decoded, cropped and
@@ -652,7 +665,7 @@ def batch_loader(dataset: Dataset, tasks: list[tuple[int, list[int]]], num_worke
     global torch RNG is not touched."""
     return torch.utils.data.DataLoader(
         KeyedBatches(dataset), sampler=tasks, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed), multiprocessing_context=_workers_context(num_workers),
     )
 
 
@@ -663,5 +676,5 @@ def stream_loader(stream: ShardStream, batch_size: int, num_workers: int = 0, sk
     stream.batch_size, stream.skip_batches = int(batch_size), int(skip_batches)
     return torch.utils.data.DataLoader(
         stream, batch_size=batch_size, collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed), multiprocessing_context=_workers_context(num_workers),
     )
