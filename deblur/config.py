@@ -46,7 +46,9 @@ class GeneratorConfig:
     learn_residual: bool = True  # output = clamp(input + tanh(...)), DeblurGANv2's global residual
     zero_init_last: bool = True  # last conv starts at zero: the untrained model is the identity
     dropout: float = 0.0
-    in_channels: int = 3  # 3 = a frame; 6 = a refiner: blurred + Wiener-deconvolved frame, residual on the latter
+    # 3 = a frame; 6 = a refiner: blurred + Wiener-deconvolved frame, residual on the latter; 7 = a kernel-aware
+    # refiner: also the deconvolution's luma residual y - k*x (deblur/archs/fpn_mobilenet_arch.py)
+    in_channels: int = 3
     backbone_weights: str = ""  # optional torchvision-format state dict of the backbone (ImageNet)
 
     def __post_init__(self):
@@ -157,6 +159,9 @@ class ModelConfig:
     # a refiner: the generator gets the blurred frame and its Wiener deconvolution with this kernel estimator's
     # kernels (6 channels) and learns to remove ringing and estimation error ("" = a plain generator)
     estimator: str = ""
+    # a refiner's 7th input channel: the deconvolution's residual y - k*x in luma, the blurred frame's content
+    # where the kernel passes little (the kernel seen as a map of where the deconvolution guessed)
+    residual_map: bool = False
     vgg_weights: str = ""  # VGG19 state dict for the 'perceptual' content loss
     # 'detector_perceptual' content loss: layers of the frozen darknet detector (YOLOv3-tiny: 4 = stride 4,
     # 8 = stride 16, 13 = stride 32), their weights (empty = equal) and the distance
@@ -178,7 +183,7 @@ class ModelConfig:
             dropout=self.dropout,
             num_filters=self.num_filters,
             num_filters_fpn=self.num_filters_fpn,
-            in_channels=6 if self.estimator else 3,
+            in_channels=(7 if self.residual_map else 6) if self.estimator else 3,
             backbone_weights=self.backbone_weights,
         )
 

@@ -149,7 +149,8 @@ def wiener_deconvolve(
     noise_gain: float = 0.0,
     pad: int | None = None,
     taper: bool = True,
-) -> Tensor:
+    residual: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Deconvolve ``blur`` ((B,C,H,W) float [0,1]) by ``kernel`` ((k,k) or (B,k,k), k odd, see the module
     docstring) -> (B,C,H,W) in blur's dtype, **not clamped** (callers clamp).
 
@@ -164,9 +165,10 @@ def wiener_deconvolve(
     at the borders and the wrap-around seam. Without it, kernels with
     spectral zeros (thin linear or camera-shake paths) ring across the whole image and can end up
     below the blurred input's PSNR. ``taper=False`` is the filter of ``deblur.baselines.wiener``.
+    ``residual``: also return ``y - k * x`` (see ``WienerPlan.__call__``).
     """
     _check(blur, kernel, balance, noise_gain, pad)
-    return WienerPlan(blur, kernel.shape[-1], pad)(kernel, balance, noise_gain, taper)
+    return WienerPlan(blur, kernel.shape[-1], pad)(kernel, balance, noise_gain, taper, residual)
 
 
 class WienerPlan:
@@ -191,7 +193,11 @@ class WienerPlan:
             self.lap2 = (4.0 - 2.0 * torch.cos(2 * math.pi * fy) - 2.0 * torch.cos(2 * math.pi * fx)) ** 2  # |OTF(L)|^2
 
     def __call__(self, kernel: Tensor, balance: float | Tensor = 2e-3, noise_gain: float = 0.0,
-                 taper: bool = True) -> Tensor:
+                 taper: bool = True, residual: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """The deconvolution x; with ``residual``, also ``y - k * x`` (the edge-tapered blurred image less the
+        deconvolution blurred again, same shape, not clamped): ``Y lam |L|^2 / (|K|^2 + lam |L|^2)``, the
+        blurred image's content where the kernel passes little, as a map of where the deconvolution had to
+        guess (the refiner's kernel-aware input)."""
         k, p, h, w, hp, wp, dtype = self.k, self.p, self.h, self.w, self.hp, self.wp, self.dtype
         device = self.y.device
         with torch.autocast(device.type, enabled=False):
@@ -208,9 +214,12 @@ class WienerPlan:
             if noise_gain > 0:
                 lam = lam + noise_gain * estimate_noise(self.blur).to(dtype) ** 2
             filt = k_f.conj() / (k_f.real**2 + k_f.imag**2 + lam[:, None, None] * self.lap2)  # (B|1, hp, wf)
-            out = torch.fft.irfft2(y_f * filt[:, None], s=(hp, wp))
-            out = out[..., p : p + h, p : p + w]
-        return out.to(self.blur.dtype)
+            x_f = y_f * filt[:, None]
+            out = torch.fft.irfft2(x_f, s=(hp, wp))[..., p : p + h, p : p + w].to(self.blur.dtype)
+            if not residual:
+                return out
+            res = torch.fft.irfft2(y_f - x_f * k_f[:, None], s=(hp, wp))[..., p : p + h, p : p + w]
+        return out, res.to(self.blur.dtype)
 
 
 def deconvolve_uint8(image: np.ndarray, kernel: np.ndarray, balance: float = 2.0e-3) -> np.ndarray:

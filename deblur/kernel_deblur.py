@@ -18,7 +18,8 @@ restored frames, same layout, clamped to [0,1]:
    (a 36x64 copy with ``--deblur-size 64``, a 24x32 thumbnail) is deconvolved mirror-padded to the kernel's side
    and cropped back; such frames are counted (``counters()["small_frames"]``) and logged once;
 5. optionally a refiner (``refiner``: a generator exported with ``in_channels=6``) that takes the blurred
-   and the deconvolved frame and removes ringing and the estimate's errors.
+   and the deconvolved frame and removes ringing and the estimate's errors; with ``in_channels=7`` it also takes
+   the deconvolution's luma residual ``y - k * x``, as ``2 * (y - k * x)``.
 
 ``temporal`` > 0 smooths kernels over consecutive calls (a video's camera motion is continuous):
 ``k_t = (1 - temporal) * k_new + temporal * k_{t-1}``, reset when the frame size changes and by ``reset()``
@@ -149,7 +150,7 @@ class KernelDeblurrer:
         self.refiner = None
         if self.cfg.refiner not in ("", "none"):
             self.refiner, gen_cfg = load_generator(self.cfg.refiner, device=self.device)
-            if gen_cfg.in_channels != 6:
+            if gen_cfg.in_channels not in (6, 7):
                 raise ValueError(f"refiner {self.cfg.refiner} is a plain generator (in_channels {gen_cfg.in_channels}); "
                                  "a refiner is trained with model.estimator set (configs/deblur_train_refiner.yaml)")
         elif self.cfg.refiner == "" and not isinstance(estimator, nn.Module):
@@ -279,8 +280,11 @@ class KernelDeblurrer:
 
     # --- restoration ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def restore(self, x: Tensor) -> Tensor:
-        """(B,3,H,W) RGB float [0,1] on the device -> restored, same layout, float32 clamped to [0,1]."""
+    def restore(self, x: Tensor, residual: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """(B,3,H,W) RGB float [0,1] on the device -> restored, same layout, float32 clamped to [0,1].
+
+        ``residual`` (a refiner's training input): also the deconvolution's luma residual ``y - k * x``
+        (B,1,H,W), not clamped; zero for the frames the gate passed through."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"KernelDeblurrer.restore expects (B,3,H,W) RGB in [0,1], got shape {tuple(x.shape)}")
         x = x.float()
@@ -310,6 +314,7 @@ class KernelDeblurrer:
                 refined[check] = got
         self.last_kernels, self.last_gated = (safe if refined is None else refined), sharp
         out = x.clone()
+        res_out = torch.zeros_like(x[:, :1]) if residual else None
         todo = (~sharp).nonzero().flatten()
         if len(todo):
             blur = x[todo]
@@ -318,15 +323,23 @@ class KernelDeblurrer:
                 balance = balance + self.cfg.noise_gain * estimate_noise(blur) ** 2
             used = safe[todo] if refined is None else refined[todo]
             blur, crop = self._small.pad(blur)
+            want = residual or (self.refiner is not None and self.refiner.in_channels == 7)
+            grey = luma(blur)
             if self.cfg.channels == "luma":
-                grey = luma(blur)
-                deconv = (blur + (wiener_deconvolve(grey, used, balance=balance) - grey)).clamp_(0.0, 1.0)
+                got = wiener_deconvolve(grey, used, balance=balance, residual=want)
+                x_grey, res = got if want else (got, None)
+                deconv = (blur + (x_grey - grey)).clamp_(0.0, 1.0)
             else:
-                deconv = wiener_deconvolve(blur, used, balance=balance).clamp_(0.0, 1.0)
+                got = wiener_deconvolve(blur, used, balance=balance, residual=want)
+                deconv, res = got if want else (got, None)
+                deconv, res = deconv.clamp_(0.0, 1.0), (luma(res) if want else None)  # luma is linear in RGB
             if self.refiner is not None:
-                deconv = (self.refiner(torch.cat([blur, deconv], dim=1) * 2.0 - 1.0) + 1.0) * 0.5
+                parts = [blur, deconv] + ([res + 0.5] if self.refiner.in_channels == 7 else [])
+                deconv = (self.refiner(torch.cat(parts, dim=1) * 2.0 - 1.0) + 1.0) * 0.5
             out[todo] = crop(deconv)
-        return out
+            if residual:
+                res_out[todo] = crop(res)
+        return (out, res_out) if residual else out
 
     # --- uint8 frames -----------------------------------------------------------------------------
     def __call__(self, frames_bgr: Sequence[np.ndarray]) -> list[np.ndarray]:

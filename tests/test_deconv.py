@@ -118,3 +118,23 @@ def test_cuda_matches_cpu():
     cpu = wiener_deconvolve(blur, kernel, noise_gain=1.0)
     gpu = wiener_deconvolve(blur.cuda(), kernel.cuda(), noise_gain=1.0)
     assert gpu.device.type == "cuda" and (gpu.cpu() - cpu).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_residual_is_the_blurred_image_less_the_deconvolution_blurred_again(name):
+    # away from the borders (where the padding and taper act) y - k*x is exactly that, up to round-off; it is
+    # large where the kernel passes little (the deconvolution's guesses), and nearly zero for a weak kernel
+    kernel = KERNELS[name]
+    blur = _t(apply_kernel(SHARP, kernel))
+    x, res = wiener_deconvolve(blur, torch.from_numpy(kernel), residual=True)
+    torch.testing.assert_close(x, wiener_deconvolve(blur, torch.from_numpy(kernel)))
+    k = kernel.shape[-1]
+    reblur = torch.nn.functional.conv2d(x.transpose(0, 1), torch.from_numpy(kernel).flip(0, 1)[None, None]).transpose(0, 1)
+    m = k  # the valid convolution loses k // 2 per side; skip as much again for the padding
+    inner = (blur - res)[..., m : -m, m : -m]
+    torch.testing.assert_close(inner, reblur[..., m - k // 2 : -(m - k // 2), m - k // 2 : -(m - k // 2)], atol=2e-5, rtol=0)
+    assert res.abs().mean() > 2e-3
+    delta = torch.zeros(5, 5)
+    delta[2, 2] = 1
+    _, res_delta = wiener_deconvolve(blur, delta, residual=True)
+    assert res_delta.abs().mean() < 0.2 * res.abs().mean()

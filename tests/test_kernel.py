@@ -332,3 +332,35 @@ def test_bad_frames_are_named(photo_bgr):
     deblurrer = KernelDeblurrer(OracleEstimator(fit_kernel(linear_kernel(5, 0.0), 15)), device="cpu")
     with pytest.raises(ValueError, match=r"frame 1: expected an \(H,W,3\) BGR uint8"):
         deblurrer([photo_bgr, photo_bgr[..., 0]])
+
+
+def test_a_kernel_aware_refiner_sees_what_the_trainer_gives_it(photo_bgr, tmp_path):
+    """in_channels 7: [blurred, deconvolved, 2 * (y - k*x)] on [-1,1], exactly as the trainer stacks it
+    (deblur.train.gan_trainer.Trainer._to_device), and the residual is y less the deconvolution blurred again."""
+    from deblur.config import GeneratorConfig
+    from deblur.models import build_generator, save_generator
+
+    cfg = GeneratorConfig(in_channels=7)
+    path = tmp_path / "ref7.pt"
+    save_generator(build_generator(cfg).eval(), cfg, path)
+    kd = KernelDeblurrer(build_estimator(TINY).eval(), device="cpu", gate_px=0.0, refiner=str(path))
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        in_channels = 7
+
+        def forward(self, x):
+            seen.append(x.clone())
+            return x[:, 3:6]
+
+    x = torch.from_numpy(_blurred(photo_bgr, linear_kernel(9, 45.0))[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255
+    kd.refiner = None
+    deconv, res = kd.restore(x, residual=True)
+    kd.refiner = Recorder()
+    out = kd.restore(x)
+    (inp,) = seen
+    torch.testing.assert_close(inp[:, :3], x * 2 - 1)
+    torch.testing.assert_close(inp[:, 3:6], deconv * 2 - 1)
+    torch.testing.assert_close(inp[:, 6:], res * 2)
+    torch.testing.assert_close(out, deconv)
+    assert res.abs().mean() > 1e-3

@@ -345,3 +345,31 @@ def test_torchrun_two_gpus_nccl_sync_batchnorm_and_warmup(photos, tmp_path):
     proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.load(tmp_path / "tiny" / "last.pt", weights_only=True)["step"] == 4
+
+
+@pytest.mark.parametrize("residual_map, channels", [(False, 6), (True, 7)])
+def test_a_refiner_trains_on_the_estimators_deconvolution_and_exports(photos, tmp_path, residual_map, channels):
+    from deblur.config import EstimatorConfig
+    from deblur.kernel_deblur import KernelDeblurrer
+    from deblur.models import build_estimator, save_estimator
+
+    est_cfg = EstimatorConfig(kernel_size=15, width_mult=0.25, depth=7, hidden=16)
+    est = save_estimator(build_estimator(est_cfg).eval(), est_cfg, tmp_path / "est.pt")
+    trainer = Trainer(tiny_cfg(photos, tmp_path, "max_steps=2", f"model.estimator={est}",
+                               f"model.residual_map={str(residual_map).lower()}"))
+    blur, sharp = trainer._batch([0, 1], trainer.train_set, 0)
+    assert blur.shape[1] == channels and trainer.G.in_channels == channels
+    deconv, res = KernelDeblurrer(str(est), device="cpu", gate_px=0.0, refiner="none",
+                                  refine=trainer.kernel_deblurrer.cfg.refine).restore((blur[:, :3] + 1) / 2, residual=True)
+    torch.testing.assert_close(blur[:, 3:6], deconv * 2 - 1)  # the deconvolution, on the images' scale
+    if residual_map:
+        torch.testing.assert_close(blur[:, 6:], res * 2)
+        assert res.abs().mean() > 1e-4  # a blurred crop leaves a residual: the channel carries something
+    val = trainer.fit()
+    assert np.isfinite(val["psnr"]) and np.isfinite(val["psnr_deconv"])
+    out = trainer.export(tmp_path / "refiner.pt", "last.pt")
+    model, gen_cfg = load_generator(out)
+    assert gen_cfg.in_channels == channels
+    (restored,) = KernelDeblurrer(str(est), device="cpu", gate_px=0.0, refiner=str(out))(
+        [cv2.imread(str(next(photos.glob("*.png"))))])
+    assert restored.dtype == np.uint8

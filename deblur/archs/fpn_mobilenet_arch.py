@@ -3,7 +3,9 @@
 Layout and range: input and output are ``(B, 3, H, W)`` RGB float in ``[-1, 1]``; any ``H, W >= 32``
 (the model reflect-pads to a multiple of 32 inside ``forward`` and crops back). A refiner
 (``in_channels=6``) takes the blurred and the deconvolved frame stacked, ``(B, 6, H, W)``, and adds its
-residual to the deconvolved one (the last three channels).
+residual to the deconvolved one (channels 3..5). A kernel-aware refiner (``in_channels=7``) also gets the
+deconvolution's residual ``y - k * x`` in luma (``deblur.deconv.WienerPlan``): the blurred frame's content
+where the kernel passes little, so it sees where the deconvolution guessed and where the kernel is wrong.
 
 Design (DeblurGANv2, Kupyn et al. 2019):
 
@@ -37,6 +39,12 @@ __all__ = ["FPNGenerator", "FPNMobileNetV2", "FPNMobileNetV2DSC", "make_norm", "
 
 NORM_LAYERS = ("instance", "batch", "none")
 STRIDE = 32  # total stride of every backbone here: inputs are padded to a multiple of it
+#: what a generator's input channels hold, by their number (a refiner's residual is on channels 3..5)
+REFINER_INPUTS = {
+    3: "RGB frame",
+    6: "blurred + deconvolved RGB (a refiner)",
+    7: "blurred + deconvolved RGB + the deconvolution's luma residual y - k*x (a kernel-aware refiner)",
+}
 
 
 def make_norm(norm_layer: str, channels: int) -> nn.Module:
@@ -123,8 +131,9 @@ class FPNGenerator(nn.Module):
         in_channels: int = 3,
     ):
         super().__init__()
-        if in_channels not in (3, 6):
-            raise ValueError(f"'in_channels' must be 3 (a frame) or 6 (blurred + deconvolved, a refiner), got {in_channels}")
+        if in_channels not in REFINER_INPUTS:
+            raise ValueError(f"'in_channels' must be one of {sorted(REFINER_INPUTS)} ("
+                             + ", ".join(f"{c}: {what}" for c, what in REFINER_INPUTS.items()) + f"), got {in_channels}")
         if in_channels != 3:
             _widen_input(backbone, in_channels)
         self.in_channels = in_channels
@@ -179,7 +188,7 @@ class FPNGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B,3,H,W) RGB float in [-1,1], H,W >= 32 -> restored (B,3,H,W) RGB float in [-1,1]."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            what = "RGB" if self.in_channels == 3 else "blurred + deconvolved RGB"
+            what = REFINER_INPUTS[self.in_channels]
             raise ValueError(f"expected a (B,{self.in_channels},H,W) {what} tensor in [-1,1], got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         if h < STRIDE or w < STRIDE:
@@ -209,7 +218,8 @@ class FPNGenerator(nn.Module):
         out = torch.tanh(out.to(x.dtype))  # autocast gives bf16 here; the output has the input's dtype
         if not self.learn_residual:
             return out
-        return torch.clamp(x[:, -3:] + out, min=-1.0, max=1.0)
+        base = x if self.in_channels == 3 else x[:, 3:6]  # a refiner's residual is on the deconvolved frame
+        return torch.clamp(base + out, min=-1.0, max=1.0)
 
 
 def _widen_input(backbone: nn.Module, in_channels: int) -> None:

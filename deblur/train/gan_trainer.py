@@ -295,8 +295,11 @@ class Trainer:
         blur = batch["blur"].to(self.device, non_blocking=True)
         sharp = batch["sharp"].to(self.device, non_blocking=True)
         if self.kernel_deblurrer is not None:  # refiner: [blurred, deconvolved] (B,6,H,W), both RGB [-1,1]
-            deconv = self.kernel_deblurrer.restore((blur + 1.0) / 2.0) * 2.0 - 1.0
-            blur = torch.cat([blur, deconv.clone()], dim=1)
+            deconv, res = self.kernel_deblurrer.restore((blur + 1.0) / 2.0, residual=True)
+            parts = [blur, deconv.clone() * 2.0 - 1.0]
+            if self.gen_cfg.in_channels == 7:  # and the luma residual y - k*x, on the images' scale (x2)
+                parts.append(res.clone() * 2.0)
+            blur = torch.cat(parts, dim=1)
         if self.cfg.channels_last:
             blur, sharp = blur.contiguous(memory_format=torch.channels_last), sharp.contiguous(memory_format=torch.channels_last)
         return blur, sharp
@@ -392,7 +395,7 @@ class Trainer:
             with self._autocast():
                 restored = model(blur)
             if self.kernel_deblurrer is not None:
-                scores["psnr_deconv"].append(psnr((blur[:, 3:].float() + 1) / 2, (sharp.float() + 1) / 2, data_range=1.0))
+                scores["psnr_deconv"].append(psnr((blur[:, 3:6].float() + 1) / 2, (sharp.float() + 1) / 2, data_range=1.0))
             restored, blur, sharp = ((t.float() + 1) / 2 for t in (restored, blur[:, :3], sharp))
             scores["psnr"].append(psnr(restored, sharp, data_range=1.0))
             scores["ssim"].append(ssim(restored, sharp, data_range=1.0))
