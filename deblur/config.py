@@ -39,7 +39,7 @@ NormName = Literal["instance", "batch", "none"]
 class GeneratorConfig:
     """What build_generator needs: the architecture name and its constructor numbers."""
 
-    name: str = "fpn_mobilenet_v2"  # fpn_mobilenet_v2 | fpn_mobilenet_v2_dsc | fpn_densenet121
+    name: str = "fpn_mobilenet_v2"  # fpn_mobilenet_v2 | fpn_mobilenet_v2_dsc | fpn_densenet121 | fpn_inception
     norm_layer: NormName = "instance"  # norm in the FPN and heads (the backbone keeps BatchNorm)
     num_filters: int = 64  # head width
     num_filters_fpn: int = 128  # FPN width

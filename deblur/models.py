@@ -29,6 +29,7 @@ from torch import nn
 from configs import did_you_mean
 from configs.loader import ConfigError, from_dict
 from deblur.archs.fpn_densenet_arch import FPNDenseNet121
+from deblur.archs.fpn_inception_arch import FPNInception
 from deblur.archs.fpn_mobilenet_arch import FPNGenerator, FPNMobileNetV2, FPNMobileNetV2DSC
 from deblur.archs.kernel_arch import KernelEstimator
 from deblur.config import EstimatorConfig, GeneratorConfig, ModelConfig
@@ -61,6 +62,7 @@ GENERATORS: dict[str, type[FPNGenerator]] = {
     "fpn_mobilenet_v2": FPNMobileNetV2,
     "fpn_mobilenet_v2_dsc": FPNMobileNetV2DSC,
     "fpn_densenet121": FPNDenseNet121,
+    "fpn_inception": FPNInception,  # DeblurGANv2's quality model; not a default (timm's inception_resnet_v2)
 }
 
 ESTIMATORS: dict[str, type[KernelEstimator]] = {"kernel_mobilenet_v2": KernelEstimator}
@@ -132,7 +134,7 @@ def load_backbone_weights(model: FPNGenerator, path: str | os.PathLike) -> None:
     """Load a torchvision-format backbone state dict from ``path`` into ``model.backbone`` (strictly).
 
     Accepts a plain state dict or one wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``; strips
-    ``module.`` and ``features.`` prefixes, ignores ``classifier.*`` and the backbone layers this
+    ``module.`` and ``features.`` prefixes, ignores the classifier (``classifier.*``, ``fc.*``, timm's ``classif.*``) and the backbone layers this
     generator does not use. Missing or unexpected keys and wrong shapes raise ValueError.
     """
     path = Path(path)
@@ -156,7 +158,7 @@ def load_backbone_weights(model: FPNGenerator, path: str | os.PathLike) -> None:
     ignored = []
     for key, value in state.items():
         key = _strip_prefixes(key)
-        if key.startswith("classifier.") or key in ("fc.weight", "fc.bias"):
+        if key.startswith(("classifier.", "classif.")) or key in ("fc.weight", "fc.bias"):
             ignored.append(key)
             continue
         key = _strip_prefixes(key, ("features.",))
@@ -474,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deblur.models", description="Deblurring generator registry.")
     parser.add_argument("--summary", action="store_true", help="print params and GFLOPs of every generator")
     parser.add_argument("--size", default="1280x720", help="WxH for the GFLOPs column (default 1280x720)")
+    parser.add_argument("--time", action="store_true",
+                        help="with --summary: also time an eager fp32 forward at --size on this CPU (median of 3 after a warm-up)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for --time (0 = torch's default)")
     parser.add_argument("--bundle", nargs=3, metavar=("ESTIMATOR", "REFINER", "OUT"),
                         help="write OUT: the kernel estimator file with the refiner (an exported in_channels=6 or 7 "
                              "generator) bundled, one file for the whole kernel-aware deblurrer")
@@ -499,17 +504,38 @@ def main(argv: list[str] | None = None) -> int:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         parser.error(f"--size must look like 1280x720 (WxH), got {args.size!r}")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     rows = []
     for name in GENERATORS:
         cfg = GeneratorConfig(name=name)
         with torch.device("meta"):
             params = count_params(GENERATORS[name](**_arch_kwargs(cfg)))
-        rows.append((name, params, generator_flops(cfg, height, width)))
-    print(f"{'generator':<24}{'params (M)':>12}{f'GFLOPs @{width}x{height}':>22}")
-    for name, params, flops in rows:
-        print(f"{name:<24}{params / 1e6:>12.3f}{flops / 1e9:>22.1f}")
-    print("GFLOPs = 2 x multiply-accumulates of convs (torch.utils.flop_counter.FlopCounterMode), batch 1")
+        rows.append((name, params, generator_flops(cfg, height, width), _forward_ms(cfg, height, width) if args.time else None))
+    timed = f"{f'ms @{width}x{height}':>18}" if args.time else ""
+    print(f"{'generator':<24}{'params (M)':>12}{f'GFLOPs @{width}x{height}':>22}{timed}")
+    for name, params, flops, ms in rows:
+        print(f"{name:<24}{params / 1e6:>12.3f}{flops / 1e9:>22.1f}" + (f"{ms:>18.0f}" if ms is not None else ""))
+    print("GFLOPs = 2 x multiply-accumulates of convs (torch.utils.flop_counter.FlopCounterMode), batch 1"
+          + (f"; ms: eager fp32 torch on {torch.get_num_threads()} thread(s), default widths (model.num_filters 64, "
+             "model.num_filters_fpn 128)" if args.time else ""))
     return 0
+
+
+def _forward_ms(cfg: GeneratorConfig, height: int, width: int) -> float:
+    """Median wall time of 3 eager fp32 forwards of a (1,C,H,W) input on the CPU, after one warm-up."""
+    import time
+
+    model = build_generator(cfg).eval()
+    x = torch.zeros(1, cfg.in_channels, height, width)
+    times = []
+    with torch.inference_mode():
+        for i in range(4):
+            start = time.perf_counter()
+            model(x)
+            if i:
+                times.append(time.perf_counter() - start)
+    return 1000.0 * sorted(times)[1]
 
 
 if __name__ == "__main__":

@@ -258,3 +258,53 @@ def test_load_errors(tmp_path, monkeypatch):
 def test_save_rejects_unloadable_meta(tmp_path):
     with pytest.raises(TypeError, match="meta.path"):
         save_generator(_build(), GeneratorConfig(), tmp_path / "g.pt", meta={"path": tmp_path})
+
+
+# --- fpn_inception (DeblurGANv2's quality model on timm's inception_resnet_v2) ---------------------------------
+@pytest.fixture(scope="module")
+def inception():
+    torch.manual_seed(0)
+    return build_generator(GeneratorConfig(name="fpn_inception", zero_init_last=False)).eval()
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 32, 32), (2, 3, 45, 70), (1, 3, 100, 130)])
+def test_inception_shape_and_range_on_sizes_its_unpadded_convs_do_not_divide(inception, shape):
+    x = _rand(*shape)
+    with torch.no_grad():
+        y = inception(x)
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1 and not torch.equal(y, x)
+
+
+def test_inception_eval_is_batch_invariant(inception):
+    frames = _rand(3, 3, 96, 96, seed=1)
+    frames[1] = frames[1] * 0.2
+    with torch.no_grad():
+        batch = inception(frames)
+        for i in range(3):
+            torch.testing.assert_close(batch[i : i + 1], inception(frames[i : i + 1]), rtol=0, atol=3e-5)
+
+
+def test_inception_config_round_trip_and_refiner_channels(inception, tmp_path):
+    cfg = GeneratorConfig(name="fpn_inception", zero_init_last=False)
+    path = save_generator(inception, cfg, tmp_path / "inc.pt")
+    loaded, loaded_cfg = load_generator(path)
+    assert loaded_cfg == cfg and type(loaded) is GENERATORS["fpn_inception"]
+    x = _rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), inception(x), rtol=0, atol=0)
+    refiner = _build("fpn_inception", in_channels=7).eval()
+    y = torch.cat([x, x, torch.zeros(1, 1, 64, 64)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(refiner(y), x, rtol=0, atol=0)  # zero_init_last: the identity on channels 3..5
+
+
+def test_inception_backbone_weights_from_a_timm_state_dict(tmp_path):
+    import timm
+
+    torch.manual_seed(7)
+    reference = timm.create_model("inception_resnet_v2", pretrained=False).state_dict()  # with its classifier
+    path = tmp_path / "inception_resnet_v2.pth"
+    torch.save(reference, path)
+    model = build_generator(GeneratorConfig(name="fpn_inception", backbone_weights=str(path)))
+    got = model.backbone.state_dict()
+    assert len(got) > 500 and all(torch.equal(v, reference[k]) for k, v in got.items())

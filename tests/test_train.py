@@ -373,3 +373,13 @@ def test_a_refiner_trains_on_the_estimators_deconvolution_and_exports(photos, tm
     (restored,) = KernelDeblurrer(str(est), device="cpu", gate_px=0.0, refiner=str(out))(
         [cv2.imread(str(next(photos.glob("*.png"))))])
     assert restored.dtype == np.uint8
+
+
+def test_fpn_inception_trains_by_config(photos, tmp_path):
+    trainer = Trainer(tiny_cfg(photos, tmp_path, "max_steps=1", "model.g_name=fpn_inception", "model.num_filters=16",
+                               "model.num_filters_fpn=16", "val_batches_per_epoch=0"))
+    before = _weights(trainer)
+    trainer.fit()
+    after = _weights(trainer)
+    assert type(trainer.G).__name__ == "FPNInception"
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))

@@ -174,6 +174,14 @@ class FPNGenerator(nn.Module):
             nn.init.zeros_(self.final.weight)
             nn.init.zeros_(self.final.bias)
 
+    #: the smallest side the backbone takes; inputs are padded to it (and to a multiple of STRIDE) and cropped back
+    min_side: int = STRIDE
+
+    def _up(self, x: torch.Tensor, factor: int, like: torch.Tensor) -> torch.Tensor:
+        """``x`` upsampled ``factor`` times, to the size of ``like`` (here they agree: every map is exactly
+        input / stride)."""
+        return _up(x, factor)
+
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
         last = self.taps[-1]
@@ -196,25 +204,29 @@ class FPNGenerator(nn.Module):
                 f"input of shape {tuple(x.shape)} is too small: H and W must be >= {STRIDE}; "
                 f"resize or pad the frame to at least {STRIDE}x{STRIDE}"
             )
-        pad_h, pad_w = (-h) % STRIDE, (-w) % STRIDE
-        padded = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else x
+        pad_h, pad_w = max(self.min_side, h + (-h) % STRIDE) - h, max(self.min_side, w + (-w) % STRIDE) - w
+        padded = x
+        if pad_h or pad_w:  # reflect; a backbone's minimum side may need more than a reflection holds
+            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+            padded = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
         enc0, enc1, enc2, enc3, enc4 = self._features(padded)
         lat0 = self.lateral0(enc0)
         map4 = self.lateral4(enc4)
-        map3 = self.td1(self.lateral3(enc3) + _up(map4, 2))
-        map2 = self.td2(self.lateral2(enc2) + _up(map3, 2))
-        map1 = self.td3(self.lateral1(enc1) + _up(map2, 2))
+        lat3, lat2, lat1 = self.lateral3(enc3), self.lateral2(enc2), self.lateral1(enc1)
+        map3 = self.td1(lat3 + self._up(map4, 2, lat3))
+        map2 = self.td2(lat2 + self._up(map3, 2, lat2))
+        map1 = self.td3(lat1 + self._up(map2, 2, lat1))
 
         heads = [
-            _up(self.head4(map4), 8),
-            _up(self.head3(map3), 4),
-            _up(self.head2(map2), 2),
+            self._up(self.head4(map4), 8, map1),
+            self._up(self.head3(map3), 4, map1),
+            self._up(self.head2(map2), 2, map1),
             self.head1(map1),
         ]
         smoothed = self.dropout(self.smooth(torch.cat(heads, dim=1)))
-        smoothed = self.smooth2(_up(smoothed, 2) + lat0)
-        out = self.final(_up(smoothed, 2))[:, :, :h, :w]
+        smoothed = self.smooth2(self._up(smoothed, 2, lat0) + lat0)
+        out = self.final(self._up(smoothed, 2, padded))[:, :, :h, :w]
         out = torch.tanh(out.to(x.dtype))  # autocast gives bf16 here; the output has the input's dtype
         if not self.learn_residual:
             return out
