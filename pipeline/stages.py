@@ -216,16 +216,34 @@ class KernelDeblur:
 
     def __init__(self, deblurrer: Any) -> None:
         self.deblurrer = deblurrer
+        self._states: dict[int, tuple] = {}  # several streams: each keeps its own temporal state
 
     def __call__(self, batch: Batch) -> Batch:
         x01 = (batch.blur.float() + 1.0) * 0.5
-        batch.restored = self.deblurrer.restore(x01).mul_(2.0).sub_(1.0)
-        batch.kernels = self.deblurrer.last_kernels
+        streams = [f.stream for f in batch.frames]
+        if not self.deblurrer.stateful or (not self._states and not any(streams)):  # stateless, or one stream so far
+            batch.restored = self.deblurrer.restore(x01).mul_(2.0).sub_(1.0)
+            batch.kernels = self.deblurrer.last_kernels
+            return batch
+        if not self._states:  # the first batch with another stream: the state so far was stream 0's
+            self._states[0] = self.deblurrer.video_state()
+        restored, kernels = torch.empty_like(x01), [None] * len(streams)
+        for stream in dict.fromkeys(streams):  # in order of first appearance; each stream's frames in their order
+            idx = [i for i, s in enumerate(streams) if s == stream]
+            self.deblurrer.set_video_state(self._states.get(stream))
+            restored[idx] = self.deblurrer.restore(x01[idx])
+            self._states[stream] = self.deblurrer.video_state()
+            for j, i in enumerate(idx):
+                kernels[i] = self.deblurrer.last_kernels[j]
+        size = max(k.shape[-1] for k in kernels)
+        batch.restored = restored.mul_(2.0).sub_(1.0)
+        batch.kernels = torch.stack([F.pad(k, [(size - k.shape[-1]) // 2] * 4) for k in kernels])
         return batch
 
     def reset(self) -> None:
-        """After a warm-up: the temporal smoother forgets the warm-up frame's kernel."""
+        """After a warm-up: the temporal smoother forgets the warm-up frame's kernel (in every stream)."""
         self.deblurrer.reset()
+        self._states.clear()
 
     def counters(self) -> dict[str, int]:
         """KernelDeblurrer.counters(): nonfinite, small_frames, refine_failed (reported in the run summary)."""

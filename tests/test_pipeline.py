@@ -46,7 +46,7 @@ def clip(tmp_path_factory):
 
 SUMMARY_KEYS = [
     "source", "source_kind", "live", "frames_in", "frames_out", "dropped", "source_stopped_early", "interrupted",
-    "quit_by_user", "stop_s", "wall_s", "fps", "ms_per_frame", "latency_ms", "warmup_s", "deblur_counters", "device",
+    "quit_by_user", "stop_s", "wall_s", "fps", "ms_per_frame", "latency_ms", "warmup_s", "deblur_counters", "streams", "device",
     "amp", "runtime",
     "detector_runtime", "threads", "peak_source_queue", "source_queue_max", "config",
 ]
