@@ -26,7 +26,12 @@ demo: $(STAMP)
 	$(PY) -m pipeline --source demo --simulate-blur 3 --save runs/demo/demo.mp4 \
 		--summary runs/demo/summary.json --save-json runs/demo/detections.jsonl
 
-test: data/.fetched
+# The optional Ray extra (pipeline/distributed.py), which the tests exercise.
+$(VENV)/.ray-installed: $(STAMP) requirements-ray.txt
+	$(PY) -m pip install -q -r requirements-ray.txt
+	touch $@
+
+test: data/.fetched $(VENV)/.ray-installed
 	$(PY) -m pytest -q
 
 eval: data/.fetched

@@ -6,6 +6,7 @@ Examples:
   python -m pipeline --source cam0 --show --no-deblur
   python -m pipeline --source clip.mp4 --save-json dets.jsonl --classes person car --conf 0.4
   python -m pipeline --source site.streams --save runs/site/ --save-json runs/site/dets.jsonl   # several streams
+  python -m pipeline --source site.streams --ray local --save-json runs/site/dets.jsonl          # over Ray actors
   python -m pipeline --config configs/pipeline.yaml batch=4 detector.imgsz=320
 """
 
@@ -35,7 +36,7 @@ FLAG_KEYS = {
     "deblur_size": "deblur_size", "no_deblur": "deblur", "deblur_weights": "deblur_weights", "amp": "amp",
     "simulate_blur": "simulate_blur", "blur_seed": "blur_seed", "vid_stride": "vid_stride", "max_frames": "max_frames",
     "threads": "threads", "runtime": "runtime", "queue_size": "queue_size", "realtime": "realtime",
-    "refine": "kernel.refine.iters", "refine_every": "kernel.refine.every",
+    "refine": "kernel.refine.iters", "refine_every": "kernel.refine.every", "ray": "ray",
 }
 
 
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--save-json", metavar="OUT.jsonl", help="one JSON line per frame: index, timestamp, detections")
     out.add_argument("--summary", metavar="PATH", help="write the run summary (fps, ms/frame per stage, latency) as JSON")
 
+    p.add_argument("--ray", metavar="local|ADDRESS",
+                   help="spread the streams over pipelines in Ray actors: 'local' starts Ray here, else the address of a "
+                        "cluster to join (pip install -r requirements-ray.txt); ray_actors=N, ray_cpus=C")
     p.add_argument("--config", metavar="PATH", help="YAML config (e.g. configs/pipeline.yaml); flags and key=value win over it")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -172,7 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.runner import run_pipeline
 
     try:
-        summary = run_pipeline(cfg)
+        if cfg.ray:
+            from pipeline.distributed import run_on_ray
+
+            summary = run_on_ray(cfg)
+        else:
+            summary = run_pipeline(cfg)
     except KeyboardInterrupt:
         print("Aborted (second Ctrl-C); outputs were closed.", file=sys.stderr)
         return 130

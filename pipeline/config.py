@@ -78,6 +78,11 @@ class PipelineConfig:
     save_crf: int = 23  # libx264 constant rate factor (0 = lossless .. 51 = worst)
     save_preset: str = "veryfast"  # libx264 preset
     save_json: str = ""  # one JSON line per frame: index, timestamp, detections
+    # --- several machines (pipeline/distributed.py; pip install -r requirements-ray.txt)
+    ray: str = ""  # "" = this process; "local" = start a Ray runtime here; else the address of a Ray cluster to join
+    ray_actors: int = 0  # pipelines the streams are spread over (0 = one per stream, at most the cluster's CPUs)
+    ray_cpus: float = 1.0  # CPUs Ray reserves for each pipeline actor
+    ray_max_restarts: int = 2  # times Ray restarts a pipeline actor that died; its streams then start again
     summary: str = ""  # JSON summary: frames in/out, dropped, fps, ms/frame per stage, latency
     log_every: float = 5.0  # seconds between progress log lines (0 = off)
 
@@ -118,5 +123,11 @@ class PipelineConfig:
                 self.save.endswith(("/", "\\")) and self.source.lower().endswith((".streams", ".txt"))):
             raise ValueError(f"'save' {self.save!r} must end in .mp4, .mkv or .mov (H.264 video), or, with a .streams "
                              "source, be a folder ending in / (one video per stream). Fix: --save out.mp4")
+        check_range("ray_actors", self.ray_actors, 0)
+        check_range("ray_cpus", self.ray_cpus, 0.0)
+        check_range("ray_max_restarts", self.ray_max_restarts, 0)
+        if self.ray and self.show:
+            raise ValueError("'show' opens a window in this process, but 'ray' runs the pipelines in Ray actors. "
+                             "Fix: drop --show (use --save DIR/), or drop --ray.")
         if self.save and self.save_json and self.save == self.save_json:
             raise ValueError(f"'save' and 'save_json' are the same file {self.save!r}: give two paths")

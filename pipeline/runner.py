@@ -73,11 +73,13 @@ def run_pipeline(
     deblur_model: torch.nn.Module | None = None,
     detector: Any = None,
     capture_factory: Callable[[int], Any] | None = None,
+    request: "StopRequest | None" = None,
 ) -> dict:
     """Run until the source ends, q/Esc, Ctrl-C, max_frames or an error; returns the summary (Summary.to_dict).
 
     Injection points (tests, embedding): source (a pipeline.sources.Source), deblur_model (an nn.Module:
-    (B,3,H,W) RGB [-1,1] -> same), detector (the detect.Detector interface), capture_factory (camera sources).
+    (B,3,H,W) RGB [-1,1] -> same), detector (the detect.Detector interface), capture_factory (camera sources),
+    request (a StopRequest another thread may ask to stop the run, as Ctrl-C does: pipeline/distributed.py).
     """
     if cfg.show:
         from pipeline.display import check_display
@@ -89,7 +91,7 @@ def run_pipeline(
         reconnect_attempts=cfg.reconnect_attempts, reconnect_delay=cfg.reconnect_delay,
         open_timeout=cfg.open_timeout, capture_factory=capture_factory,
     )
-    stop = StopRequest()
+    stop = request or StopRequest()
     with _signals(stop), contextlib.ExitStack() as stack:  # closes the sinks (video trailer, JSON lines), the source
         stack.enter_context(source.hold())  # opened now (a bad input fails before any model is built), read later
         stages = build_stages(cfg, deblur_model=deblur_model, detector=detector)
@@ -119,10 +121,12 @@ def open_sinks(cfg: PipelineConfig, source: Source, stack: contextlib.ExitStack)
             sinks["save"] = stack.enter_context(VideoSink(cfg.save, fps=rate(source), crf=cfg.save_crf, preset=cfg.save_preset))
         else:
             sinks["save"] = stack.enter_context(StreamVideoSinks(cfg.save, [s.name for s in streams], [rate(s) for s in streams],
-                                                                 crf=cfg.save_crf, preset=cfg.save_preset))
+                                                                 crf=cfg.save_crf, preset=cfg.save_preset,
+                                                                 stream_ids=source.stream_ids))
     if cfg.save_json:
-        sinks["save_json"] = stack.enter_context(
-            JsonlSink(cfg.save_json, source.name, stream_names=[s.name for s in streams] if streams else None))
+        sinks["save_json"] = stack.enter_context(JsonlSink(
+            cfg.save_json, source.name, stream_names=[s.name for s in streams] if streams else None,
+            stream_ids=source.stream_ids if streams else None))
     if cfg.show:
         from pipeline.display import Display
 

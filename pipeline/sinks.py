@@ -99,16 +99,18 @@ class StreamVideoSinks:
     ``path`` a directory (``runs/out/``): ``DIR/stream<i>_<name>.mp4``, <name> the stream's file name or host;
     ``path`` a video file: ``<stem>_stream<i><suffix>`` beside it. ``fps``: one rate per stream."""
 
-    def __init__(self, path: str | Path, names: list[str], fps: list[float], crf: int = 23, preset: str = "veryfast") -> None:
+    def __init__(self, path: str | Path, names: list[str], fps: list[float], crf: int = 23, preset: str = "veryfast",
+                 stream_ids: list[int] | None = None) -> None:
         self.path, self.names, self.fps, self.crf, self.preset = str(path), names, fps, crf, preset
+        self.ids = stream_ids or list(range(len(names)))  # the stream numbers files are named by
         self.sinks: dict[int, VideoSink] = {}
 
     def path_of(self, stream: int) -> Path:
         if self.path.endswith(("/", "\\")) or Path(self.path).is_dir():
             tail = re.sub(r"[^A-Za-z0-9._-]+", "_", self.names[stream].rstrip("/").rsplit("/", 1)[-1]).strip("_")
-            return Path(self.path) / f"stream{stream}_{Path(tail).stem or 'source'}.mp4"
+            return Path(self.path) / f"stream{self.ids[stream]}_{Path(tail).stem or 'source'}.mp4"
         p = Path(self.path)
-        return p.with_name(f"{p.stem}_stream{stream}{p.suffix}")
+        return p.with_name(f"{p.stem}_stream{self.ids[stream]}{p.suffix}")
 
     def __enter__(self) -> "StreamVideoSinks":
         return self
@@ -156,10 +158,12 @@ class JsonlSink:
     ``stream`` is the frame's 0-based line in a .streams file (0 for one source), ``source`` its masked name
     (``stream_names``: one per stream; else ``source_name``)."""
 
-    def __init__(self, path: str | Path, source_name: str = "", stream_names: list[str] | None = None) -> None:
+    def __init__(self, path: str | Path, source_name: str = "", stream_names: list[str] | None = None,
+                 stream_ids: list[int] | None = None) -> None:
         self.path = Path(path)
         self.source_name = mask_url(source_name)
         self.stream_names = [mask_url(n) for n in stream_names] if stream_names else None
+        self.stream_ids = stream_ids  # Frame.stream -> the stream's number in the output (None: the same)
         self.lines = 0
         self._file = None
         # perf_counter -> wall clock (capture times are perf_counter values)
@@ -179,7 +183,7 @@ class JsonlSink:
             "timestamp": round(frame.t_capture + self._wall_offset, 6),
             "pts": None if frame.pts is None else round(frame.pts, 6),
             "latency_ms": round((t_out - frame.t_capture) * 1000.0, 3),
-            "stream": frame.stream,
+            "stream": self.stream_ids[frame.stream] if self.stream_ids else frame.stream,
             "source": self.stream_names[frame.stream] if self.stream_names else self.source_name,
             "detections": [
                 {"xyxy": [round(float(v), 2) for v in d.xyxy], "conf": round(float(d.conf), 4), "cls": int(d.cls), "name": d.name}

@@ -771,10 +771,14 @@ class MultiSource(Source):
 
     kind = "streams"
 
-    def __init__(self, name: str, sources: list[Source], reconnect_attempts: int = 5, reconnect_delay: float = 0.5) -> None:
+    def __init__(self, name: str, sources: list[Source], reconnect_attempts: int = 5, reconnect_delay: float = 0.5,
+                 stream_ids: list[int] | None = None) -> None:
         if not sources:
             raise ValueError(f"{name!r}: a MultiSource needs at least one source")
         self.sources = sources
+        # what outputs call each stream (JSON lines, file names, the summary): its line among all the streams of a
+        # run that a Ray cluster splits over several pipelines; 0..n-1 here otherwise. Frame.stream is the position.
+        self.stream_ids = list(stream_ids) if stream_ids is not None else list(range(len(sources)))
         self.live = any(src.live for src in sources)
         super().__init__(name, queue_size=1)
         self.names = [src.name for src in sources]
@@ -935,5 +939,5 @@ class MultiSource(Source):
 
     def streams(self) -> list[dict[str, Any]]:
         """Per stream: its masked name, frames delivered, drops, and why it ended early (None if it did not)."""
-        return [{"stream": i, "source": self.names[i], "kind": src.kind, "live": src.live, "frames_in": self.frames[i],
+        return [{"stream": self.stream_ids[i], "source": self.names[i], "kind": src.kind, "live": src.live, "frames_in": self.frames[i],
                  "dropped": src.dropped, "error": self.errors[i]} for i, src in enumerate(self.sources)]

@@ -3,7 +3,6 @@ others, outputs per stream, per-stream kernel state, and the streams file's bad 
 
 import json
 import logging
-from pathlib import Path
 
 import av
 import numpy as np
