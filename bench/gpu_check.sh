@@ -68,6 +68,11 @@ if [ "$DEVICE" != cpu ]; then
         --deblur-weights deblur/weights/fpn_mobilenet_v2.pt --batch 4 --max-frames 40 --summary "$OUT/compile_summary.json"
 fi
 
+# 6. many cameras: 16 live streams of 1280x720 at 25 fps each, deblurring on, batched (the CPU rehearsal: 2 tiny ones)
+if [ "$DEVICE" = cpu ]; then NSTREAMS=2; SSIZE=320x180; else NSTREAMS=16; SSIZE=1280x720; fi
+step streams "$T" "$PY" bench/streams.py --device "$DEVICE" --streams "$NSTREAMS" --size "$SSIZE" --modes live \
+    --frames "$FRAMES" --out "$OUT"
+
 "$PY" - "$RESULTS" "$OUT/gpu_check.json" "$DEVICE" <<'EOF'
 import json, subprocess, sys, datetime
 results, out, device = sys.argv[1:]
