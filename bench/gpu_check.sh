@@ -73,6 +73,10 @@ if [ "$DEVICE" = cpu ]; then NSTREAMS=2; SSIZE=320x180; else NSTREAMS=16; SSIZE=
 step streams "$T" "$PY" bench/streams.py --device "$DEVICE" --streams "$NSTREAMS" --size "$SSIZE" --modes live \
     --frames "$FRAMES" --out "$OUT"
 
+# 7. the refiner's cost per frame on the GPU (fp16, batched runtime path; the CPU rehearsal: tiny frames)
+if [ "$DEVICE" = cpu ]; then RSIZES="96x64"; RFRAMES=2; else RSIZES="640x360 1280x720"; RFRAMES=30; fi
+step refiner_cost "$T" "$PY" bench/refiner_cost.py --device "$DEVICE" --sizes $RSIZES --frames "$RFRAMES"
+
 "$PY" - "$RESULTS" "$OUT/gpu_check.json" "$DEVICE" <<'EOF'
 import json, subprocess, sys, datetime
 results, out, device = sys.argv[1:]

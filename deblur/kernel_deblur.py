@@ -156,9 +156,13 @@ class KernelDeblurrer:
         elif self.cfg.refiner == "" and not isinstance(estimator, nn.Module):
             bundled = load_refiner(estimator if estimator is not None else DEFAULT_ESTIMATOR, device=self.device)
             self.refiner = bundled[0] if bundled is not None else None
+        self.refiner_engine = None  # runtime.CompiledModule of the refiner (OpenVINO bf16 where the CPU has it, fp16 on CUDA)
         if self.refiner is not None:
             for p in self.refiner.parameters():
                 p.requires_grad_(False)
+            if self.runtime != "torch" or self.device.type == "cuda":
+                self.refiner_engine = compile_module(self.refiner, None, self.runtime, self.device, "auto",
+                                                     cache_dir=cache_dir, threads=threads, spatial_multiple=STRIDE)
         self.last_kernels: Tensor | None = None  # (B,k,k) kernels of the last batch (gated frames included)
         self.last_gated: Tensor | None = None  # (B,) True where the frame passed through
         self.nonfinite = 0  # frames passed through because their kernel was not finite
@@ -354,7 +358,8 @@ class KernelDeblurrer:
                 deconv, res = deconv.clamp_(0.0, 1.0), (luma(res) if want else None)  # luma is linear in RGB
             if self.refiner is not None:
                 parts = [blur, deconv] + ([res + 0.5] if self.refiner.in_channels == 7 else [])
-                deconv = (self.refiner(torch.cat(parts, dim=1) * 2.0 - 1.0) + 1.0) * 0.5
+                run = self.refiner_engine or self.refiner
+                deconv = (run(torch.cat(parts, dim=1) * 2.0 - 1.0).float().clamp_(-1.0, 1.0) + 1.0) * 0.5
             out[todo] = crop(deconv)
             if residual:
                 res_out[todo] = crop(res)

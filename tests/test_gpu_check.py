@@ -20,7 +20,7 @@ def test_gpu_check_rehearsal_on_cpu(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     steps = {r["step"]: r for r in report["steps"]}
     assert {"gpu_tests", "pipeline", "realtime", "train_kernel", "train_bf16_gan", "train_bf16_gan_resume",
-            "train_fp16_double_gan", "streams"} <= set(steps)
+            "train_fp16_double_gan", "streams", "refiner_cost"} <= set(steps)
     failed = {name: r["tail"][-600:] for name, r in steps.items() if r["rc"] != 0}
     assert not failed, failed
     summary = json.loads((tmp_path / "pipeline_summary.json").read_text())

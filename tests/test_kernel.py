@@ -364,3 +364,24 @@ def test_a_kernel_aware_refiner_sees_what_the_trainer_gives_it(photo_bgr, tmp_pa
     torch.testing.assert_close(inp[:, 6:], res * 2)
     torch.testing.assert_close(out, deconv)
     assert res.abs().mean() > 1e-3
+
+
+def test_the_refiner_runs_on_the_fast_runtime(photo_bgr, tmp_path):
+    from deblur.config import GeneratorConfig
+    from deblur.models import build_generator
+
+    torch.manual_seed(0)
+    ref_cfg = GeneratorConfig(name="fpn_mobilenet_v2_dsc", in_channels=7, zero_init_last=False)
+    refiner = build_generator(ref_cfg).eval()
+    with torch.no_grad():
+        refiner.final.weight.mul_(0.05)  # a gentle residual, as a trained refiner's
+    bundled = save_estimator(build_estimator(TINY).eval(), TINY, tmp_path / "bundled.pt", refiner=(refiner, ref_cfg))
+    blurred = _blurred(photo_bgr, linear_kernel(9, 45.0))
+    kw = {"device": "cpu", "gate_px": 0.0}
+    slow = KernelDeblurrer(bundled, **kw)
+    fast = KernelDeblurrer(bundled, runtime="openvino", threads=1, cache_dir=tmp_path, **kw)
+    plain = KernelDeblurrer(bundled, refiner="none", **kw)
+    assert slow.refiner_engine is None and fast.refiner_engine is not None
+    (a,), (b,), (c,) = slow([blurred]), fast([blurred]), plain([blurred])
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.mean() < 1.0 and np.abs(a.astype(int) - c).mean() > 2 * diff.mean()  # bf16 or fp32: the same refiner
