@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=100, help="frames per stream")
     p.add_argument("--simulate-blur", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=0, help="frames per batch (0 = the number of streams)")
     p.add_argument("--device", default="cpu", help="cpu | cuda (bench/gpu_check.sh: 16 streams of 1280x720)")
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -72,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             listing = tmp / f"{n}.streams"
             listing.write_text("\n".join(str(c) for c in copies) + "\n")
             for mode in args.modes:
-                s = run(listing, n, mode == "live", args.threads, args.timeout, tmp / f"{n}_{mode}.json", args.device)
-                row = {"streams": n, "mode": mode, "frames_in": s["frames_in"], "frames_out": s["frames_out"],
+                s = run(listing, args.batch or n, mode == "live", args.threads, args.timeout, tmp / f"{n}_{mode}.json", args.device)
+                row = {"streams": n, "mode": mode, "batch": args.batch or n, "frames_in": s["frames_in"], "frames_out": s["frames_out"],
                        "dropped": s["dropped"], "fps": s["fps"],
                        "per_stream_fps": [r["fps"] for r in s["streams"]],
                        "per_stream_frames_out": [r["frames_out"] for r in s["streams"]],
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Several streams in one pipeline ({dt.date.today()}, {cpu_model()}, "
              f"{'AVX512-BF16' if 'avx512_bf16' in cpu_flags() else 'no AVX512-BF16'}, {args.threads} threads)", "",
              f"`python bench/streams.py {' '.join(argv if argv is not None else sys.argv[1:])}`: {args.size}, "
-             f"{args.frames} frames per stream, shake severity {args.simulate_blur}, defaults (deblurring on), batch = streams.",
+             f"{args.frames} frames per stream, shake severity {args.simulate_blur}, defaults (deblurring on), batch "
+             f"{args.batch or '= streams'}.",
              "", "| streams | mode | frames in / out | dropped | aggregate fps | × one stream | per-stream fps | worst p95 ms |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
