@@ -162,6 +162,10 @@ class ModelConfig:
     # a refiner's 7th input channel: the deconvolution's residual y - k*x in luma, the blurred frame's content
     # where the kernel passes little (the kernel seen as a map of where the deconvolution guessed)
     residual_map: bool = False
+    # a refiner also learns to repair wrong kernels: this fraction of its crops (synthetic blur) is deconvolved with
+    # the true kernel rotated by U(-a, a) degrees and stretched by U(1 - s, 1 + s), (a, s) = true_kernel_perturb
+    true_kernel_prob: float = 0.0
+    true_kernel_perturb: tuple[float, float] = (10.0, 0.3)
     vgg_weights: str = ""  # VGG19 state dict for the 'perceptual' content loss
     # 'detector_perceptual' content loss: layers of the frozen darknet detector (YOLOv3-tiny: 4 = stride 4,
     # 8 = stride 16, 13 = stride 32), their weights (empty = equal) and the distance
@@ -171,6 +175,9 @@ class ModelConfig:
 
     def __post_init__(self):
         check_range("adv_lambda", self.adv_lambda, 0.0)
+        check_range("true_kernel_prob", self.true_kernel_prob, 0.0, 1.0)
+        check_range("true_kernel_perturb[0]", self.true_kernel_perturb[0], 0.0, 180.0)
+        check_range("true_kernel_perturb[1]", self.true_kernel_perturb[1], 0.0, 0.9)
         for k, w in self.content_loss.items():
             check_range(f"content_loss.{k}", w, 0.0)
 

@@ -340,30 +340,42 @@ class KernelDeblurrer:
         res_out = torch.zeros_like(x[:, :1]) if residual else None
         todo = (~sharp).nonzero().flatten()
         if len(todo):
-            blur = x[todo]
-            balance = torch.full((len(todo),), self.cfg.balance, device=x.device)
-            if self.cfg.noise_gain > 0:
-                balance = balance + self.cfg.noise_gain * estimate_noise(blur) ** 2
             used = safe[todo] if refined is None else refined[todo]
-            blur, crop = self._small.pad(blur)
-            want = residual or (self.refiner is not None and self.refiner.in_channels == 7)
-            grey = luma(blur)
-            if self.cfg.channels == "luma":
-                got = wiener_deconvolve(grey, used, balance=balance, residual=want)
-                x_grey, res = got if want else (got, None)
-                deconv = (blur + (x_grey - grey)).clamp_(0.0, 1.0)
-            else:
-                got = wiener_deconvolve(blur, used, balance=balance, residual=want)
-                deconv, res = got if want else (got, None)
-                deconv, res = deconv.clamp_(0.0, 1.0), (luma(res) if want else None)  # luma is linear in RGB
-            if self.refiner is not None:
-                parts = [blur, deconv] + ([res + 0.5] if self.refiner.in_channels == 7 else [])
-                run = self.refiner_engine or self.refiner
-                deconv = (run(torch.cat(parts, dim=1) * 2.0 - 1.0).float().clamp_(-1.0, 1.0) + 1.0) * 0.5
-            out[todo] = crop(deconv)
+            deconv, res = self._deconvolve(x[todo], used, residual)
+            out[todo] = deconv
             if residual:
-                res_out[todo] = crop(res)
+                res_out[todo] = res
         return (out, res_out) if residual else out
+
+    @torch.inference_mode()
+    def deconvolve(self, x: Tensor, kernels: Tensor, residual: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``restore`` with given kernels ((B,k,k), e.g. a refiner's training crops with their true kernels
+        perturbed): no estimate, gate or refinement; the deconvolution (and the refiner) as restore runs them."""
+        deconv, res = self._deconvolve(x.float(), kernels.to(x.device, torch.float32), residual)
+        return (deconv, res) if residual else deconv
+
+    def _deconvolve(self, blur: Tensor, used: Tensor, residual: bool) -> tuple[Tensor, Tensor | None]:
+        """Wiener (luma or RGB, cfg.channels) with kernels ``used``, then the refiner if any -> (deconvolved [0,1],
+        the luma residual y - k*x when ``residual``, else None)."""
+        balance = torch.full((len(blur),), self.cfg.balance, device=blur.device)
+        if self.cfg.noise_gain > 0:
+            balance = balance + self.cfg.noise_gain * estimate_noise(blur) ** 2
+        blur, crop = self._small.pad(blur)
+        want = residual or (self.refiner is not None and self.refiner.in_channels == 7)
+        grey = luma(blur)
+        if self.cfg.channels == "luma":
+            got = wiener_deconvolve(grey, used, balance=balance, residual=want)
+            x_grey, res = got if want else (got, None)
+            deconv = (blur + (x_grey - grey)).clamp_(0.0, 1.0)
+        else:
+            got = wiener_deconvolve(blur, used, balance=balance, residual=want)
+            deconv, res = got if want else (got, None)
+            deconv, res = deconv.clamp_(0.0, 1.0), (luma(res) if want else None)  # luma is linear in RGB
+        if self.refiner is not None:
+            parts = [blur, deconv] + ([res + 0.5] if self.refiner.in_channels == 7 else [])
+            run = self.refiner_engine or self.refiner
+            deconv = (run(torch.cat(parts, dim=1) * 2.0 - 1.0).float().clamp_(-1.0, 1.0) + 1.0) * 0.5
+        return crop(deconv), (crop(res) if residual else None)
 
     # --- uint8 frames -----------------------------------------------------------------------------
     def __call__(self, frames_bgr: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -179,3 +179,23 @@ def test_blur_config_checks():
         BlurConfig(kernel_size=30)
     with pytest.raises(ValueError, match="linear_length"):
         BlurConfig(linear_length=(10, 5))
+
+
+def test_perturb_kernel_rotates_and_stretches_about_the_centre():
+    from deblur.data.blur_synth import perturb_kernel
+
+    def axis(k):  # principal axis angle (degrees, image y down) and RMS length along it
+        ys, xs = np.mgrid[: k.shape[0], : k.shape[1]]
+        cy, cx = (ys * k).sum(), (xs * k).sum()
+        cov = np.cov(np.stack([(xs - cx).ravel(), (ys - cy).ravel()]), aweights=k.ravel())
+        w, v = np.linalg.eigh(cov)
+        return np.degrees(np.arctan2(v[1, 1], v[0, 1])) % 180, np.sqrt(w[1]), (cy, cx)
+
+    k = linear_kernel(21, 30.0)
+    a0, l0, c0 = axis(k)
+    out = perturb_kernel(k, 10.0, 1.3)
+    a1, l1, c1 = axis(out)
+    assert out.shape == k.shape and out.min() >= 0 and abs(out.sum() - 1) < 1e-5
+    assert abs(((a1 - a0 + 90) % 180 - 90) - (-10.0)) < 2.0  # cv2's positive angle turns counter-clockwise on screen
+    assert abs(l1 / l0 - 1.3) < 0.08 and np.allclose(c1, c0, atol=0.3)
+    np.testing.assert_allclose(perturb_kernel(k, 0.0, 1.0), k, atol=1e-6)

@@ -383,3 +383,30 @@ def test_fpn_inception_trains_by_config(photos, tmp_path):
     after = _weights(trainer)
     assert type(trainer.G).__name__ == "FPNInception"
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+
+
+def test_a_refiner_trains_on_perturbed_true_kernels_too(photos, tmp_path):
+    from deblur.config import EstimatorConfig
+    from deblur.data.dataset import collate
+    from deblur.models import build_estimator, save_estimator
+
+    est_cfg = EstimatorConfig(kernel_size=15, width_mult=0.25, depth=7, hidden=16)
+    est = save_estimator(build_estimator(est_cfg).eval(), est_cfg, tmp_path / "est.pt")
+
+    def first_batch(*extra):
+        t = Trainer(tiny_cfg(photos, tmp_path / str(len(extra)) / extra[-1].replace("=", "_") if extra else tmp_path,
+                             "max_steps=1", f"model.estimator={est}", *extra))
+        t.train_set.set_epoch(3)
+        batch = collate([t.train_set[i] for i in (0, 1)])
+        return t, batch, t._to_device(batch, train=True)[0]
+
+    t, batch, estimated = first_batch("model.true_kernel_prob=0.0")
+    assert batch["kernel"].shape[0] == 2 and torch.allclose(batch["kernel"].sum((1, 2)), torch.ones(2))
+    t, batch, exact = first_batch("model.true_kernel_prob=1.0", "model.true_kernel_perturb=[0.0, 0.0]")
+    truth = t.kernel_deblurrer.deconvolve((batch["blur"] + 1) / 2, batch["kernel"])
+    torch.testing.assert_close(exact[:, 3:6], truth * 2 - 1, atol=1e-5, rtol=0)  # the true kernel's deconvolution
+    assert (exact[:, 3:6] - estimated[:, 3:6]).abs().mean() > 1e-3  # not the estimator's
+    t, batch, wrong = first_batch("model.true_kernel_prob=1.0", "model.true_kernel_perturb=[10.0, 0.3]")
+    assert (wrong[:, 3:6] - exact[:, 3:6]).abs().mean() > 1e-4  # perturbed: another kernel
+    val = t._batch([0, 1], t.train_set, 3)[0]  # validation crops always get the estimator's kernels
+    torch.testing.assert_close(val, estimated)

@@ -335,6 +335,21 @@ def fit_kernel(kernel: np.ndarray, size: int) -> np.ndarray:
     return out / out.sum()
 
 
+def perturb_kernel(kernel: np.ndarray, angle: float, scale: float) -> np.ndarray:
+    """``kernel`` rotated by ``angle`` degrees and stretched by ``scale`` about its centre of mass (bilinear,
+    clipped at 0, renormalised): a wrong estimate of the same blur, as a refiner must learn to repair. Same side."""
+    k = np.asarray(kernel, np.float32)
+    total = float(k.sum())
+    if total <= 0:
+        raise ValueError("perturb_kernel: the kernel sums to zero")
+    ys, xs = np.mgrid[: k.shape[0], : k.shape[1]]
+    cy, cx = float((ys * k).sum() / total), float((xs * k).sum() / total)
+    warp = cv2.getRotationMatrix2D((cx, cy), angle, scale)
+    out = np.clip(cv2.warpAffine(k, warp, (k.shape[1], k.shape[0]), flags=cv2.INTER_LINEAR), 0.0, None)
+    s = float(out.sum())
+    return out / s if s > 0 else k / total
+
+
 def _trim(kernel: np.ndarray) -> np.ndarray:
     """Drop all-zero borders symmetrically (keeps the centre, so the result is the same convolution)."""
     k = kernel.shape[0]

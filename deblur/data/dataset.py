@@ -44,6 +44,7 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from configs import did_you_mean
@@ -260,11 +261,15 @@ class _Base(Dataset):
         epoch = 0 if self.cfg.crop == "center" else self.epoch
         return np.random.default_rng([self.seed, epoch, int(index)])
 
-    def _finish(self, blur: np.ndarray, sharp: np.ndarray, name: str, rng: np.random.Generator) -> dict:
+    def _finish(self, blur: np.ndarray, sharp: np.ndarray, name: str, rng: np.random.Generator,
+                kernel: np.ndarray | None = None) -> dict:
         if self._corrupt is not None:
             self._corrupt.set_random_seed(int(rng.integers(2**31)))
             blur = self._corrupt(image=np.ascontiguousarray(blur))["image"]
-        return {"blur": _to_tensor(blur), "sharp": _to_tensor(sharp), "name": name}
+        item = {"blur": _to_tensor(blur), "sharp": _to_tensor(sharp), "name": name}
+        if kernel is not None:  # synthetic blur: the true kernel (a refiner can train on perturbed true kernels)
+            item["kernel"] = torch.from_numpy(np.ascontiguousarray(kernel, dtype=np.float32))
+        return item
 
     def _paired_item(self, blur: np.ndarray, sharp: np.ndarray, name: str, rng: np.random.Generator) -> dict:
         """Same crop (after a random ``scale``), flips and rotation of an aligned blurred/sharp pair."""
@@ -298,7 +303,7 @@ class _Base(Dataset):
             (sharp,) = _geometric([sharp], rng)
         blur, _ = synthesize(sharp, self.cfg.blur, rng, kernel, info, margin=pad)
         sharp = sharp[pad : pad + S, pad : pad + S]
-        return self._finish(blur, np.ascontiguousarray(sharp), name, rng)
+        return self._finish(blur, np.ascontiguousarray(sharp), name, rng, kernel)
 
     def _check_pair_shapes(self, blur: np.ndarray, sharp: np.ndarray, name_a: str, name_b: str) -> None:
         if blur.shape != sharp.shape:
@@ -624,12 +629,22 @@ def build_dataset(cfg: DataConfig, seed: int = 0) -> PairedFolders | SyntheticBl
 
 # ----------------------------------------------------------------------------- batches (DataLoader workers)
 def collate(items: list[dict]) -> dict:
-    """Items -> ``{"blur","sharp": (B,3,S,S) RGB float32 [-1,1], "name": list[str]}``."""
-    return {
+    """Items -> ``{"blur","sharp": (B,3,S,S) RGB float32 [-1,1], "name": list[str]}``, and ``"kernel"`` (B,K,K)
+    when every item has its true kernel (synthetic blur), each zero-padded about its centre to the largest side."""
+    batch = {
         "blur": torch.stack([it["blur"] for it in items]),
         "sharp": torch.stack([it["sharp"] for it in items]),
         "name": [it["name"] for it in items],
     }
+    if items and all("kernel" in it for it in items):
+        side = max(max(it["kernel"].shape) for it in items)
+
+        def centred(k: torch.Tensor) -> torch.Tensor:
+            (top, left), (h, w) = ((side - n) // 2 for n in k.shape), k.shape
+            return F.pad(k, [left, side - w - left, top, side - h - top])
+
+        batch["kernel"] = torch.stack([centred(it["kernel"]) for it in items])
+    return batch
 
 
 class KeyedBatches(Dataset):

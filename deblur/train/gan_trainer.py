@@ -290,19 +290,43 @@ class Trainer:
         dataset.set_epoch(key)
         return self._to_device(collate([dataset[i] for i in indices]))
 
-    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _to_device(self, batch: dict, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """A collated batch (deblur.data.dataset.collate) on the training device, refiner input and layout applied."""
         blur = batch["blur"].to(self.device, non_blocking=True)
         sharp = batch["sharp"].to(self.device, non_blocking=True)
         if self.kernel_deblurrer is not None:  # refiner: [blurred, deconvolved] (B,6,H,W), both RGB [-1,1]
             deconv, res = self.kernel_deblurrer.restore((blur + 1.0) / 2.0, residual=True)
-            parts = [blur, deconv.clone() * 2.0 - 1.0]
+            deconv, res = deconv.clone(), res.clone()
+            swap = self._true_kernel_crops(batch) if train else []
+            if swap:  # these crops: their true kernel, rotated and stretched (a wrong estimate to repair)
+                idx, kernels = zip(*swap)
+                idx = list(idx)
+                got, got_res = self.kernel_deblurrer.deconvolve((blur[idx] + 1.0) / 2.0, torch.stack(kernels), residual=True)
+                deconv[idx], res[idx] = got, got_res
+            parts = [blur, deconv * 2.0 - 1.0]
             if self.gen_cfg.in_channels == 7:  # and the luma residual y - k*x, on the images' scale (x2)
-                parts.append(res.clone() * 2.0)
+                parts.append(res * 2.0)
             blur = torch.cat(parts, dim=1)
         if self.cfg.channels_last:
             blur, sharp = blur.contiguous(memory_format=torch.channels_last), sharp.contiguous(memory_format=torch.channels_last)
         return blur, sharp
+
+    def _true_kernel_crops(self, batch: dict) -> list[tuple[int, torch.Tensor]]:
+        """(crop index, perturbed true kernel) for the crops of a refiner's training batch drawn with probability
+        model.true_kernel_prob; the draw depends on the seed and the step only, so a resumed run repeats it."""
+        m = self.cfg.model
+        if not m.true_kernel_prob or "kernel" not in batch:
+            return []
+        from deblur.data.blur_synth import perturb_kernel
+
+        rng = np.random.default_rng([self.cfg.seed, self.step, 7])
+        angle, stretch = m.true_kernel_perturb
+        out = []
+        for i, k in enumerate(batch["kernel"]):
+            if rng.uniform() < m.true_kernel_prob:
+                wrong = perturb_kernel(k.numpy(), rng.uniform(-angle, angle), rng.uniform(1 - stretch, 1 + stretch))
+                out.append((i, torch.from_numpy(wrong)))
+        return out
 
     def _train_batches(self, epoch: int, start: int):
         """The collated training batches of ``epoch`` from batch ``start`` on, made in ``num_workers``
@@ -468,7 +492,7 @@ class Trainer:
             desc=f"epoch {epoch}", disable=not self.is_main, dynamic_ncols=True, mininterval=2.0,
         )
         for batch in bar:
-            blur, sharp = self._to_device(batch)
+            blur, sharp = self._to_device(batch, train=True)
             logs = self.train_step(blur, sharp)
             self.step += 1
             if self.is_main:
