@@ -102,9 +102,9 @@ def native_bf16(device: str | torch.device = "cpu", runtime: str = "torch") -> b
     if dev.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.get_device_capability(dev)[0] >= 8
     if runtime == "openvino":
-        import openvino as ov
+        from runtime.openvino_core import core
 
-        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 

@@ -236,9 +236,9 @@ class OpenVINOEngine:
     OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
     def __init__(self, onnx_path: Path, threads: int, precision: str) -> None:
-        import openvino as ov
+        from runtime.openvino_core import core
 
-        self.core = ov.Core()
+        self.core = core()  # the process's one Core (runtime/openvino_core.py says why)
         self.onnx_path = onnx_path
         self.config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
@@ -262,9 +262,11 @@ class OpenVINOEngine:
     def _request(self, shape: tuple[int, ...]) -> Any:
         req = self._requests.get(shape)
         if req is None:
+            from runtime.openvino_core import compile_model
+
             model = self._read()
             model.reshape({model.inputs[0].get_any_name(): list(shape)})  # static shapes compile to faster code
-            self.compiled = self.core.compile_model(model, "CPU", self.config)
+            self.compiled = compile_model(model, "CPU", self.config)
             req = self._requests[shape] = self.compiled.create_infer_request()
             logger.info("OpenVINO compiled for input %s: precision %s, %s threads", shape,
                         self.compiled.get_property("INFERENCE_PRECISION_HINT"),

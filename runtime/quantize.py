@@ -1,7 +1,7 @@
 """INT8 post-training quantization (NNCF, OpenVINO backend) of an ONNX export, cached on disk.
 
     path = quantize_onnx(onnx_path, calibration, chw, cache_dir)   # calibration: what the ranges are measured on
-    model = read_packed(ov.Core(), path)                  # an openvino.Model, int8 where NNCF put quantizers
+    model = read_packed(core(), path)                     # an openvino.Model (core: runtime.openvino_core), int8 where NNCF put quantizers
 
 NNCF inserts FakeQuantize nodes with ranges measured on ``samples`` (the calibration set); OpenVINO compiles
 them into int8 kernels (VNNI where the CPU has it, AVX2 otherwise). The MIXED preset (asymmetric activations:
@@ -102,25 +102,27 @@ def quantize_onnx(onnx_path: Path, calibration: Calibration, chw: tuple[int, int
 
     def build(tmp: Path) -> None:
         import nncf
-        import openvino as ov
+
+        from runtime.openvino_core import core, kept_signal_stack
 
         samples = list(calibration.samples(chw))
         if len(samples) < MIN_SAMPLES:
             raise ValueError(f"int8 calibration needs at least {MIN_SAMPLES} samples, got {len(samples)}")
         nncf.set_log_level(logging.WARNING)  # its INFO lines list every node it skips
-        model = ov.Core().read_model(str(onnx_path))
+        model = core().read_model(str(onnx_path))
         model.reshape({model.inputs[0].get_any_name(): list(samples[0].shape)})
         skip = [op.get_friendly_name() for op in model.get_ops() if any(k in op.get_friendly_name() for k in ignored)]
         logger.info("Quantizing %s to int8 on %d calibration samples (%d nodes kept in float)",
                     Path(onnx_path).name, len(samples), len(skip))
-        quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples),
-                                  preset=nncf.QuantizationPreset.MIXED,
-                                  ignored_scope=nncf.IgnoredScope(names=skip, validate=False))
+        with kept_signal_stack():  # NNCF compiles the model to collect statistics
+            quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples),
+                                      preset=nncf.QuantizationPreset.MIXED,
+                                      ignored_scope=nncf.IgnoredScope(names=skip, validate=False))
         write_packed(quantized, tmp)
 
     def verify(path: Path) -> None:
-        import openvino as ov
+        from runtime.openvino_core import core
 
-        read_packed(ov.Core(), path)
+        read_packed(core(), path)
 
     return cached_file(Path(cache_dir), "int8", ".ovir", fields, build, verify)

@@ -86,18 +86,17 @@ def test_int8_engine_is_quantized_close_to_fp32_and_cached(tmp_path, monkeypatch
 
 
 def test_read_packed_rejects_other_files(tmp_path):
-    import openvino as ov
-
+    from runtime.openvino_core import core
     from runtime.quantize import PACK_MAGIC, read_packed
 
     other = tmp_path / "model.onnx"
     other.write_bytes(b"\x08\x07onnx")
     with pytest.raises(ValueError, match="not a packed"):
-        read_packed(ov.Core(), other)
+        read_packed(core(), other)
     cut = tmp_path / "cut.ovir"
     cut.write_bytes(PACK_MAGIC + (5000).to_bytes(8, "little") + b"<xml")
     with pytest.raises(ValueError, match="truncated"):
-        read_packed(ov.Core(), cut)
+        read_packed(core(), cut)
 
 
 def test_calibration_set_is_the_training_corpus_from_pypi():

@@ -206,7 +206,9 @@ def test_threads_and_precision_are_pinned(generator, tmp_path):
         assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
         import openvino as ov
 
-        native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        from runtime.openvino_core import core
+
+        native = "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         assert ov_engine.precision == ("bf16" if native else "fp32")  # 'auto': explicit f32 without native bf16
         assert compiled.get_property("INFERENCE_PRECISION_HINT") == (ov.Type.bf16 if native else ov.Type.f32)
 
@@ -591,3 +593,45 @@ def test_cache_publishes_the_metadata_before_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(cache.os, "replace", spy)
     path = cache.cached_file(tmp_path, "onnx", ".onnx", {"k": 1}, lambda p: Path(p).write_bytes(b"x"), lambda p: None)
     assert published == [".json", ".onnx"] and path.is_file() and path.with_suffix(".json").is_file()
+
+
+_SIGNAL_STACK_SCRIPT = """
+import gc, os, signal, sys
+sys.path.insert(0, {root!r})
+import faulthandler
+faulthandler.enable()  # an alternate signal stack of its own, as under pytest
+import numpy as np, openvino as ov, openvino.opset13 as ops
+from runtime.openvino_core import compile_model, kept_signal_stack, signal_stack
+
+def relu_model():
+    p = ops.parameter([1, 3, 8, 8], np.float32)
+    return ov.Model([ops.relu(p)], [p])
+
+before = signal_stack()
+engines = [compile_model(relu_model(), "CPU", {{"INFERENCE_NUM_THREADS": 1}}) for _ in range(2)]
+assert signal_stack() == before, (before, signal_stack())
+cores = []
+for _ in range(2):  # Cores of their own, destroyed in the order they were made (not the reverse)
+    core = ov.Core()
+    with kept_signal_stack():
+        cores.append((core, core.compile_model(relu_model(), "CPU", {{"INFERENCE_NUM_THREADS": 1}})))
+    assert signal_stack() == before
+del cores[0]
+gc.collect()
+del cores[0]
+gc.collect()
+signal.signal(signal.SIGUSR1, lambda *a: print("handled", flush=True))
+os.kill(os.getpid(), signal.SIGUSR1)  # without kept_signal_stack: SIGSEGV here (the stack was unmapped)
+print("alive", flush=True)
+"""
+
+
+def test_openvino_leaves_the_signal_stack_as_it_found_it(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "signal_stack.py"
+    script.write_text(_SIGNAL_STACK_SCRIPT.format(root=str(Path(__file__).resolve().parents[1])))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.split() == ["handled", "alive"]
