@@ -15,3 +15,14 @@ atexit.register(shutil.rmtree, os.environ["BLURDET_CACHE"], ignore_errors=True)
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def restore_threads():
+    """The pipeline's runner sets torch's process-wide thread count (cfg.threads); put back the test session's."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

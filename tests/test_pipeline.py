@@ -31,12 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """The runner sets torch's process-wide thread count (cfg.threads); put back the test session's."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("restore_threads")  # tests/conftest.py: the runner sets torch's threads
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,7 @@ from pipeline.sources import Frame
 from fakes import FakeCapture, FakeDetector, InvertModel, write_clip
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("restore_threads")  # tests/conftest.py: the runner sets torch's threads
 
 
 @pytest.fixture(scope="module")
