@@ -362,8 +362,8 @@ class KernelDeblurrer:
             balance = balance + self.cfg.noise_gain * estimate_noise(blur) ** 2
         blur, crop = self._small.pad(blur)
         want = residual or (self.refiner is not None and self.refiner.in_channels == 7)
-        grey = luma(blur)
         if self.cfg.channels == "luma":
+            grey = luma(blur)
             got = wiener_deconvolve(grey, used, balance=balance, residual=want)
             x_grey, res = got if want else (got, None)
             deconv = (blur + (x_grey - grey)).clamp_(0.0, 1.0)

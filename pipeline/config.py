@@ -16,6 +16,7 @@ from configs.loader import check_range
 from deblur.kernel_deblur import KernelDeblurConfig
 from deblur.kernel_refine import RefineConfig
 from detect.config import DetectorConfig
+from pipeline.sources import is_streams_file
 from runtime import CPU_ONLY, PRECISIONS, RUNTIMES, check_precision, resolve_device
 
 
@@ -120,7 +121,7 @@ class PipelineConfig:
                 "Fix: amp=auto, amp=bf16 (CPU) or --device cuda."
             )
         if self.save and not self.save.lower().endswith((".mp4", ".mkv", ".mov")) and not (
-                self.save.endswith(("/", "\\")) and self.source.lower().endswith((".streams", ".txt"))):
+                self.save.endswith(("/", "\\")) and is_streams_file(self.source)):
             raise ValueError(f"'save' {self.save!r} must end in .mp4, .mkv or .mov (H.264 video), or, with a .streams "
                              "source, be a folder ending in / (one video per stream). Fix: --save out.mp4")
         check_range("ray_actors", self.ray_actors, 0)

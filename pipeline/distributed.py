@@ -30,7 +30,7 @@ import numpy as np
 
 from configs import load_config, to_dict
 from pipeline.config import PipelineConfig
-from pipeline.sources import STREAMS_EXTS, mask_url, read_streams_file
+from pipeline.sources import is_streams_file, mask_url, read_streams_file
 from runtime.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _ray():
 def stream_specs(cfg: PipelineConfig) -> list[str]:
     """The sources a run reads: the lines of a .streams/.txt file, or the one source."""
     src = cfg.source.strip()
-    return read_streams_file(src) if src.lower().endswith(STREAMS_EXTS) and "://" not in src else [src]
+    return read_streams_file(src) if is_streams_file(src) else [src]
 
 
 def split(n_streams: int, n_parts: int) -> list[list[int]]:
@@ -101,7 +101,6 @@ def run_on_ray(cfg: PipelineConfig) -> dict:
     """Run cfg's streams over Ray actors (see the module docstring); returns the merged summary."""
     ray = _ray()
     specs = stream_specs(cfg)
-    masked = [mask_url(s) for s in specs]
     started_here = not ray.is_initialized()
     if started_here:
         address = "local" if cfg.ray == "local" else cfg.ray
@@ -141,7 +140,7 @@ def run_on_ray(cfg: PipelineConfig) -> dict:
     finally:
         if started_here:
             ray.shutdown()
-    summary = merge(results, cfg, masked)
+    summary = merge(results, cfg)
     if cfg.summary:
         atomic_write_text(cfg.summary, json.dumps(summary, indent=2) + "\n")
     logger.info("Ray: %d frames in, %d out, %d dropped, %.2f fps over %d actor(s), %d restart(s)", summary["frames_in"],
@@ -158,7 +157,7 @@ def _wait(ray, calls: list) -> list[dict]:
         raise RuntimeError(str(e.cause) if getattr(e, "cause", None) else str(e)) from None
 
 
-def merge(parts: list[dict], cfg: PipelineConfig, names: list[str]) -> dict:
+def merge(parts: list[dict], cfg: PipelineConfig) -> dict:
     """One summary from the actors' summaries: totals, a row per stream (by stream number), the restarts."""
     streams = sorted((row for p in parts for row in p["streams"]), key=lambda r: r["stream"])
     p95 = [p["latency_ms"]["p95"] for p in parts if p["latency_ms"]["p95"] is not None]
@@ -176,6 +175,5 @@ def merge(parts: list[dict], cfg: PipelineConfig, names: list[str]) -> dict:
         "ray": {"address": cfg.ray, "actors": len(parts), "restarts": sum(bool(p["ray"]["restarted"]) for p in parts),
                 "parts": [{"part": p["ray"]["part"], "node": p["ray"]["node"], "restarted": p["ray"]["restarted"],
                            "streams": [r["stream"] for r in p["streams"]], "fps": p["fps"]} for p in parts]},
-        "stream_sources": names,
         "config": config,
     }

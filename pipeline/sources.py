@@ -677,7 +677,7 @@ def open_source(
     anyway); images have no frame rate, so asking for it there is an error."""
     spec = str(spec).strip()
     common = {"vid_stride": vid_stride, "queue_size": queue_size}
-    if spec.lower().endswith(STREAMS_EXTS) and "://" not in spec:
+    if is_streams_file(spec):
         return MultiSource(spec, [open_source(line, vid_stride=vid_stride, queue_size=queue_size, realtime=realtime,
                                               reconnect_attempts=reconnect_attempts, reconnect_delay=reconnect_delay,
                                               open_timeout=open_timeout, capture_factory=capture_factory)
@@ -727,6 +727,11 @@ def _open_source(spec: str, common: dict, realtime: bool, reconnect_attempts: in
 
 
 # ------------------------------------------------------------------------------------------------ several streams
+def is_streams_file(spec: str) -> bool:
+    """Whether a --source names a file that lists several sources (``.streams``/``.txt``, not a URL)."""
+    return spec.strip().lower().endswith(STREAMS_EXTS) and "://" not in spec
+
+
 def read_streams_file(path: str) -> list[str]:
     """The sources listed in a .streams/.txt file, one per line. Comments (#) and empty lines are skipped with a
     warning naming the line; a duplicate, or no source at all, is a ValueError naming the line(s)."""

@@ -53,7 +53,7 @@ def test_merge_sums_parts_and_orders_streams():
 
     s = merge([part(0, [{"stream": 2, "frames_in": 3, "frames_out": 3}, {"stream": 0, "frames_in": 4, "frames_out": 4}], True),
                part(1, [{"stream": 1, "frames_in": 5, "frames_out": 5}], False)],
-              PipelineConfig(source="rtsp://u:secret@h/x", ray="local"), ["a", "b", "c"])
+              PipelineConfig(source="rtsp://u:secret@h/x", ray="local"))
     assert [r["stream"] for r in s["streams"]] == [0, 1, 2] and s["frames_in"] == s["frames_out"] == 12
     assert s["fps"] == 10.0 and s["ray"]["restarts"] == 1 and s["latency_ms"]["p95_worst_part"] == 40.0
     assert "secret" not in json.dumps(s)
