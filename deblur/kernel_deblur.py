@@ -33,26 +33,28 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from configs.loader import check_range
 from deblur.archs.fpn_mobilenet_arch import STRIDE
 from deblur.archs.kernel_arch import kernel_extent, kernel_moments
 from deblur.deconv import estimate_noise, wiener_deconvolve
-from deblur.kernel_refine import RefineConfig, refine_kernels, refined_size, resize_kernels
+from deblur.kernel_refine import RefineConfig, refine_kernels, refined_size, refined_tile, resize_kernels
 from deblur.frames import SmallFrames, check_bgr_frames, pad_to
 from deblur.models import DEFAULT_ESTIMATOR, load_estimator, load_generator, load_refiner
 from runtime import compile_module, resolve_device, resolve_runtime
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KernelDeblurConfig", "KernelDeblurrer"]
+__all__ = ["KernelDeblurConfig", "KernelDeblurrer", "shrink", "work_size"]
 
 _GREY = (0.299, 0.587, 0.114)  # RGB -> luma (BT.601), as cv2.COLOR_RGB2GRAY
 _CLIPPED = 0.98  # a pixel whose brightest channel reaches this is a clipped highlight (dark frames' tile choice)
@@ -62,6 +64,26 @@ def luma(x: Tensor) -> Tensor:
     """(B,3,H,W) RGB float [0,1] -> (B,1,H,W) grey (Rec. 601 weights), float32: what the estimator and the
     refinement look at, and the channel the default deconvolution works on."""
     return (x.float() * torch.tensor(_GREY, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def work_size(hw: tuple[int, int], work_side: int) -> tuple[int, int]:
+    """(H, W) scaled so that the long side is ``work_side`` (0, or a frame no larger: unchanged)."""
+    h, w = hw
+    if not work_side or max(h, w) <= work_side:
+        return h, w
+    g = work_side / max(h, w)
+    return max(1, round(h * g)), max(1, round(w * g))
+
+
+def shrink(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B,C,H,W) -> (B,C,*size): bilinear without antialiasing, as the detector's letterbox (and cv2.INTER_LINEAR)
+    resizes, so that a frame passed through at the work size reaches the detector as it would have anyway."""
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _odd(n: float) -> int:
+    n = max(3, math.ceil(n - 1e-6))
+    return n if n % 2 else n + 1
 
 
 def _energy(tiles: Tensor) -> Tensor:
@@ -103,6 +125,11 @@ class KernelDeblurConfig:
     # images it recovered more than the network's kernel alone at every severity of both blurs, paired
     # (docs/results/2026-12-06_kernel_refinement.md)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    # deconvolve (and refine the kernel on) a copy whose long side is work_side px, e.g. the detector's input size:
+    # the kernel is still estimated, and the gate still decides, on full-resolution tiles (where the blur is not
+    # shrunk away), then the kernel is scaled to the copy. 0 = at the input's resolution. Frames are never enlarged.
+    # restore() returns the copy; the uint8 interface (__call__) resizes it back to the input's size
+    work_side: int = 0
 
     def __post_init__(self):
         check_range("crops", self.crops, 1)
@@ -114,6 +141,9 @@ class KernelDeblurConfig:
         check_range("balance", self.balance, 1.0e-8)
         check_range("noise_gain", self.noise_gain, 0.0)
         check_range("temporal", self.temporal, 0.0, 0.99)
+        if self.work_side and self.work_side < 32:
+            raise ValueError(f"'work_side' must be 0 (deconvolve at the input's resolution) or >= 32 (the long side, "
+                             f"px), got {self.work_side}")
 
 
 class KernelDeblurrer:
@@ -284,10 +314,9 @@ class KernelDeblurrer:
             out.append(kern)
         return torch.stack(out)
 
-    def _refine(self, grey: Tensor, kernels: Tensor, shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """refine_kernels, in video (refine.every > 1) warm-started from the last refined kernel between the
-        full refinements."""
-        r = self.cfg.refine
+    def _refine(self, grey: Tensor, kernels: Tensor, shape: tuple[int, int], r: RefineConfig) -> tuple[Tensor, Tensor]:
+        """refine_kernels with ``r``, in video (refine.every > 1) warm-started from the last refined kernel between
+        the full refinements."""
         warm = (r.every > 1 and self._refined is not None and self._refined_shape == shape and self._since < r.every
                 and self._refined.shape[-1] == refined_size(r, kernels.shape[-1], shape))
         if warm:
@@ -304,7 +333,9 @@ class KernelDeblurrer:
     # --- restoration ------------------------------------------------------------------------------
     @torch.inference_mode()
     def restore(self, x: Tensor, residual: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """(B,3,H,W) RGB float [0,1] on the device -> restored, same layout, float32 clamped to [0,1].
+        """(B,3,H,W) RGB float [0,1] on the device -> restored, same layout, float32 clamped to [0,1]; with
+        ``work_side`` smaller than the frame, at ``work_size`` (``last_kernels`` then hold the kernels at that scale),
+        unless every frame passed the gate (then the frames as they came, at their size).
 
         ``residual`` (a refiner's training input): also the deconvolution's luma residual ``y - k * x``
         (B,1,H,W), not clamped; zero for the frames the gate passed through."""
@@ -321,14 +352,31 @@ class KernelDeblurrer:
         safe = torch.where(finite[:, None, None], kernels, torch.zeros_like(kernels))
         extent = kernel_extent(kernel_moments(safe))
         sharp = (extent < self.cfg.gate_px) | ~finite
+        dark = self._dark(grey)
+        r = self.cfg.refine
+        work, scale, passed = work_size(tuple(x.shape[-2:]), self.cfg.work_side), 1.0, x
+        if bool(sharp.all()) and not residual:  # nothing to deblur: the frames as they came, whatever the work size
+            self.last_kernels, self.last_gated = safe, sharp
+            return x.clone()
+        if work != tuple(x.shape[-2:]):  # the kernel scaled to the copy, on a canvas as large as refinement would use
+            scale = max(work) / max(x.shape[-2:])
+            full = tuple(x.shape[-2:])
+            side = _odd(refined_size(r, safe.shape[-1], full) * scale)
+            tile = refined_tile(r, safe.shape[-1], full)  # the same image content as at full resolution
+            r = dataclasses.replace(r, size=side, tile=tile and max(32, 32 * round(tile * scale / 32)))
+            # the copy to deconvolve is shrunk with antialiasing (blurring commutes with a low-pass resampling, not with
+            # aliasing decimation); a frame passed through is shrunk as the detector's letterbox would have
+            passed = shrink(x, work)
+            x = F.interpolate(x, size=work, mode="bilinear", align_corners=False, antialias=True).clamp_(0.0, 1.0)
+            grey, safe = luma(x), resize_kernels(safe, side, scale)
         refined = None
-        if self.cfg.refine.iters:  # the frames the gate lets through (the gate asks the network's kernel only)
+        if r.iters:  # the frames the gate lets through (the gate asks the network's kernel only)
             # but not dark frames: their tiles' gradients are mostly noise, and on 24 synthetic night frames
             # (bench/gate.py's low light, shake 2 and 4) the refinement shrank the network's kernel (median extent
             # 8.7 -> 2.3 px, true 14.2; mean shape error 0.44 -> 0.55)
-            check = (~sharp & ~self._dark(grey)).nonzero().flatten()
+            check = (~sharp & ~dark).nonzero().flatten()
             if len(check):
-                got, ok = self._refine(grey[check], safe[check], tuple(x.shape[-2:]))
+                got, ok = self._refine(grey[check], safe[check], work, r)
                 if not ok.all():
                     self.refine_failed += int((~ok).sum())
                     logger.warning("Kernel refinement failed for %d frame(s) (%d so far): its starting kernel is used",
@@ -336,12 +384,12 @@ class KernelDeblurrer:
                 refined = resize_kernels(safe, got.shape[-1])
                 refined[check] = got
         self.last_kernels, self.last_gated = (safe if refined is None else refined), sharp
-        out = x.clone()
+        out = passed.clone()
         res_out = torch.zeros_like(x[:, :1]) if residual else None
         todo = (~sharp).nonzero().flatten()
         if len(todo):
             used = safe[todo] if refined is None else refined[todo]
-            deconv, res = self._deconvolve(x[todo], used, residual)
+            deconv, res = self._deconvolve(x[todo], used, residual, scale)
             out[todo] = deconv
             if residual:
                 res_out[todo] = res
@@ -354,10 +402,11 @@ class KernelDeblurrer:
         deconv, res = self._deconvolve(x.float(), kernels.to(x.device, torch.float32), residual)
         return (deconv, res) if residual else deconv
 
-    def _deconvolve(self, blur: Tensor, used: Tensor, residual: bool) -> tuple[Tensor, Tensor | None]:
+    def _deconvolve(self, blur: Tensor, used: Tensor, residual: bool, scale: float = 1.0) -> tuple[Tensor, Tensor | None]:
         """Wiener (luma or RGB, cfg.channels) with kernels ``used``, then the refiner if any -> (deconvolved [0,1],
-        the luma residual y - k*x when ``residual``, else None)."""
-        balance = torch.full((len(blur),), self.cfg.balance, device=blur.device)
+        the luma residual y - k*x when ``residual``, else None). ``scale``: of a work-size copy, whose balance is
+        ``balance * scale^2``: the Laplacian prior weighs a detail of a given size more, the smaller the copy."""
+        balance = torch.full((len(blur),), self.cfg.balance * scale * scale, device=blur.device)
         if self.cfg.noise_gain > 0:
             balance = balance + self.cfg.noise_gain * estimate_noise(blur) ** 2
         blur, crop = self._small.pad(blur)
@@ -378,13 +427,18 @@ class KernelDeblurrer:
         return crop(deconv), (crop(res) if residual else None)
 
     # --- uint8 frames -----------------------------------------------------------------------------
-    def __call__(self, frames_bgr: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """list of (H,W,3) BGR uint8 -> deblurred frames, same order, shapes and dtype."""
+    def __call__(self, frames_bgr: Sequence[np.ndarray], full_size: bool = True) -> list[np.ndarray]:
+        """list of (H,W,3) BGR uint8 -> deblurred frames, same order, shapes and dtype. With ``work_side`` smaller
+        than a frame, ``full_size=False`` returns the deconvolved copy at ``work_size`` (what the pipeline's detector
+        gets); else it is resized back. A sharp frame is returned untouched either way."""
         check_bgr_frames(frames_bgr)
         results = []
         for f in frames_bgr:
             x = torch.from_numpy(np.ascontiguousarray(f[..., ::-1])).to(self.device).permute(2, 0, 1)[None].float() / 255.0
-            y = self.restore(x)[0]
+            y = self.restore(x)
+            if y.shape[-2:] != x.shape[-2:] and full_size:  # work_side: back to the input's size
+                y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
+            y = y[0]
             img = (y * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
             results.append(np.ascontiguousarray(img[..., ::-1]))
         return results

@@ -37,7 +37,8 @@ from torch import Tensor
 from configs.loader import check_range
 from deblur.deconv import WienerPlan
 
-__all__ = ["RefineConfig", "center_kernels", "refine_kernels", "refined_size", "resize_kernels", "shape_error"]
+__all__ = ["RefineConfig", "center_kernels", "refine_kernels", "refined_size", "refined_tile", "resize_kernels",
+           "shape_error"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,16 @@ def refined_size(cfg: RefineConfig, k: int, shape: tuple[int, int]) -> int:
     return (k // 2) * max(1, round(max(shape) / 640)) * 2 + 1
 
 
+def refined_tile(cfg: RefineConfig, k: int, shape: tuple[int, int]) -> int:
+    """The side of the tile ``refine_kernels`` works on for ``k``-tap starting kernels on frames of ``shape``:
+    ``cfg.tile``, grown by sqrt(side / k) to a multiple of 32 when an auto ``size`` is larger than ``k`` (large
+    kernels need more image around them); 0 = the whole frame."""
+    size = refined_size(cfg, k, shape)
+    if cfg.tile and not cfg.size and size > k:
+        return 32 * math.ceil(cfg.tile * math.sqrt(size / k) / 32)
+    return cfg.tile
+
+
 def resize_kernels(kernels: Tensor, size: int, scale: float = 1.0) -> Tensor:
     """(B,k,k) -> (B,size,size): the kernel image scaled by ``scale`` about its centre (bilinear), then
     cropped or zero-padded to ``size``, non-negative, summing to 1."""
@@ -131,10 +142,10 @@ def center_kernels(kernels: Tensor) -> Tensor:
     b, k, _ = kernels.shape
     idx = torch.arange(k, device=kernels.device, dtype=kernels.dtype) - k // 2
     mass = kernels.sum((-1, -2)).clamp_min(1e-12)
-    cy = torch.nan_to_num((kernels.sum(-1) * idx).sum(-1) / mass).round().clamp(-k, k).long().tolist()
-    cx = torch.nan_to_num((kernels.sum(-2) * idx).sum(-1) / mass).round().clamp(-k, k).long().tolist()
+    profiles = torch.stack([kernels.sum(-1), kernels.sum(-2)], 1)  # (B,2,k): rows, columns
+    centre = torch.nan_to_num((profiles @ idx) / mass[:, None]).round().clamp(-k, k).long().tolist()  # one sync
     padded = F.pad(kernels, (k, k, k, k))  # a window of the zero-padded kernel: what shifts out is gone, zeros come in
-    out = torch.stack([padded[i, k + cy[i] : 2 * k + cy[i], k + cx[i] : 2 * k + cx[i]] for i in range(b)])
+    out = torch.stack([padded[i, k + cy : 2 * k + cy, k + cx : 2 * k + cx] for i, (cy, cx) in enumerate(centre)])
     s = out.sum((-1, -2), keepdim=True)
     return torch.where(s > 0, out / s.clamp_min(1e-12), kernels)
 
@@ -275,10 +286,7 @@ def refine_kernels(blur: Tensor, kernels: Tensor, cfg: RefineConfig | None = Non
     start = resize_kernels(kernels.float(), size)
     if cfg.iters == 0:
         return start, torch.ones(len(kernels), dtype=torch.bool, device=kernels.device)
-    tile_side = cfg.tile
-    if tile_side and not cfg.size and size > kernels.shape[-1]:  # large auto kernels need more image around them
-        tile_side = 32 * math.ceil(cfg.tile * math.sqrt(size / kernels.shape[-1]) / 32)
-    tile = most_textured_tile(blur.float(), tile_side)
+    tile = most_textured_tile(blur.float(), refined_tile(cfg, kernels.shape[-1], blur.shape[-2:]))
     current = None
     for level in range(cfg.levels - 1, -1, -1):
         scale = 0.5 ** level

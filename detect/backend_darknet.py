@@ -12,16 +12,17 @@ from detect.base import PAD_GRAY, Detector, read_names, xywh_to_xyxy
 from detect.calibration import CALIBRATION
 from detect.config import DetectorConfig
 from detect.darknet import DarknetModel, load_darknet_weights
-import runtime
 from runtime import compile_module, resolve_runtime
 from runtime.quantize import quantization_available
 
 logger = logging.getLogger(__name__)
 
-# precision='auto' with OpenVINO on a CPU without native bf16 runs int8 (calibrated on training-corpus frames,
-# detect/calibration.py): there the alternative is fp32, and int8 is ~1.8x faster. Where bf16 is native it
-# stays bf16, which agrees with fp32 more closely and is nearly as fast. Measured by
-# `python eval_detection.py detector_variants` (README, "Detector precision and input size").
+# precision='auto' with OpenVINO on a CPU runs int8 (calibrated on training-corpus frames, detect/calibration.py).
+# Against independent pseudo ground truth it loses nothing to fp32 at any severity (`python eval_detection.py
+# detector_variants`, docs/results/2026-12-02_detector_precision.md), and it is the fastest precision on every CPU
+# measured: ~1.8x fp32 on an AVX2-only Zen 3; 1.22x bf16 on a Zen 5 and 1.44x bf16 on a Zen 4 at one thread, both
+# with native bf16 (docs/results/2026-12-07_detection_scale.md). bf16 agrees with fp32's own boxes a little more
+# closely: detector.precision=bf16.
 AUTO_INT8 = True
 
 
@@ -99,9 +100,9 @@ class DarknetDetector(Detector):
         )
 
     def _precision(self) -> str:
-        """The engine precision: half -> fp16; a named one as given; auto -> int8 on OpenVINO on a CPU without
-        native bf16 (AUTO_INT8, where NNCF is installed); fp32 for eager torch on the CPU (runtime 'torch' there
-        is the reference, no engine); else runtime.resolve_precision's choice (CUDA fp16, bf16 where native)."""
+        """The engine precision: half -> fp16; a named one as given; auto -> int8 on OpenVINO on a CPU (AUTO_INT8,
+        where NNCF is installed); fp32 for eager torch on the CPU (runtime 'torch' there is the reference, no
+        engine); else runtime.resolve_precision's choice (CUDA fp16, bf16 where native)."""
         cfg = self.cfg
         if self.half:
             return "fp16"
@@ -109,7 +110,7 @@ class DarknetDetector(Detector):
             return cfg.precision
         if self.runtime == "torch" and self.device.type == "cpu":
             return "fp32"
-        if AUTO_INT8 and self.runtime == "openvino" and not runtime.native_bf16("cpu", "openvino"):
+        if AUTO_INT8 and self.runtime == "openvino" and self.device.type == "cpu":
             reason = quantization_available()
             if reason is None:
                 return "int8"

@@ -33,8 +33,8 @@ class DetectorConfig:
     imgsz:     network input side in pixels, a multiple of 32.
     device:    "auto" (CUDA when available, else CPU; runtime.resolve_device decides), "cpu", "cuda" or "cuda:N".
     half:      fp16 inference; CUDA only (the same as precision='fp16').
-    precision: darknet backend only: "auto" (OpenVINO: bf16 where the CPU runs it natively, else int8,
-               calibrated on training-corpus frames; eager torch on the CPU: fp32; CUDA: fp16), "fp32", "bf16",
+    precision: darknet backend only: "auto" (OpenVINO on a CPU: int8, calibrated on training-corpus frames, the
+               fastest on every CPU measured; eager torch on the CPU: fp32; CUDA: fp16), "fp32", "bf16",
                "fp16" or "int8" (runtime openvino): the names of runtime.PRECISIONS.
     threads:   0 = leave torch's intra-op thread count as it was; N > 0 = torch.set_num_threads(N),
                re-applied after every Ultralytics call (Ultralytics lowers it to cpu_count - 1).

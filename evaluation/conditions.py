@@ -64,6 +64,12 @@ def blur_image(sharp_bgr: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return apply_kernel(sharp_bgr, kernel)
 
 
+def shrink_bgr(img_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H,W,3) -> (*size, 3) bilinear (as the detector's letterbox resizes): the reference a work-size copy is scored
+    against."""
+    return cv2.resize(img_bgr, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
 class DeblurMethod:
     """Our generator as a condition: (H,W,3) BGR uint8 -> deblurred, at full resolution unless max_side."""
 
@@ -72,7 +78,11 @@ class DeblurMethod:
         self.max_side = max_side
 
     def __call__(self, blurred_bgr: np.ndarray) -> np.ndarray:
+        """-> the deblurred image; smaller than the input where the kernel-aware deblurrer deconvolves at its
+        ``work_side`` (as the pipeline's detector gets it; the caller scales boxes back)."""
         h, w = blurred_bgr.shape[:2]
+        if getattr(getattr(self.deblurrer, "cfg", None), "work_side", 0) and not self.max_side:
+            return self.deblurrer([blurred_bgr], full_size=False)[0]
         if self.max_side and max(h, w) > self.max_side:
             s = self.max_side / max(h, w)
             small = cv2.resize(blurred_bgr, (max(32, round(w * s)), max(32, round(h * s))), interpolation=cv2.INTER_AREA)

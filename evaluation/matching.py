@@ -61,6 +61,10 @@ class Boxes:
     def __len__(self) -> int:
         return len(self.cls)
 
+    def scaled(self, sx: float, sy: float) -> "Boxes":
+        """The boxes of a resized copy of the image, back in the image's pixels (x times sx, y times sy)."""
+        return Boxes(self.xyxy * np.array([sx, sy, sx, sy], np.float32), self.cls, self.conf)
+
     def select(self, mask: np.ndarray) -> "Boxes":
         return Boxes(self.xyxy[mask], self.cls[mask], self.conf[mask])
 

@@ -34,6 +34,7 @@ from evaluation.conditions import (
     blur_image,
     blur_kernel,
     psnr,
+    shrink_bgr,
     ssim,
     unsharp,
     wiener,
@@ -361,7 +362,8 @@ def _collect(setup: _Setup, progress: bool) -> _Collected:
                 got.dets[sev]["sharp"].append(sharp_boxes)
                 for cond, img in frames.items():
                     got.dets[sev][cond].append(boxes[cond])
-                    got.quality[sev][cond].append((psnr(img, sharp), ssim(img, sharp)))
+                    ref = sharp if img.shape == sharp.shape else shrink_bgr(sharp, img.shape[:2])  # a work-size copy
+                    got.quality[sev][cond].append((psnr(img, ref), ssim(img, ref)))
                 if i in example_idx and sev == example_sev:
                     got.examples.append(_example(setup, sample, sev, gt, sharp, sharp_boxes, frames, boxes))
                 bar.update(1)
@@ -407,7 +409,11 @@ def _conditions(setup: _Setup, sample: Sample, sev: str, sharp: np.ndarray, real
         kernel = blur_kernel(setup.cfg.blur, sample.name, int(sev))
         blurred = blur_image(sharp, kernel)
     frames = {"blurred": blurred, **setup.restore(blurred, kernel)}
-    return frames, dict(zip(frames, setup.detect(list(frames.values()))))
+    boxes = dict(zip(frames, setup.detect(list(frames.values()))))
+    for cond, img in frames.items():  # a deblurrer's smaller work-size copy: its boxes back in image pixels
+        if img.shape[:2] != blurred.shape[:2]:
+            boxes[cond] = boxes[cond].scaled(blurred.shape[1] / img.shape[1], blurred.shape[0] / img.shape[0])
+    return frames, boxes
 
 
 def _example(setup: _Setup, sample: Sample, sev: str, gt: Boxes, sharp: np.ndarray, sharp_boxes: Boxes,

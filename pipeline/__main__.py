@@ -41,14 +41,14 @@ FLAG_KEYS = {
 
 
 def _deblur_size(text: str) -> int | str:
-    if text == "full":
-        return "full"
+    if text in ("full", "detector"):
+        return text
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 'full' or the long side in pixels, e.g. 512") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: give 'full', 'detector' or the long side in pixels, e.g. 512") from None
     if value < 32:
-        raise argparse.ArgumentTypeError(f"{value}: the long side must be at least 32 pixels (or 'full')")
+        raise argparse.ArgumentTypeError(f"{value}: the long side must be at least 32 pixels (or 'full', 'detector')")
     return value
 
 
@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     db = p.add_argument_group("deblur")
     db.add_argument("--no-deblur", action="store_const", const=False, help="run the same pipeline without deblurring")
     db.add_argument("--deblur-weights", metavar="PATH", help="a kernel-estimator file (estimate + Wiener, the default kind), a bundle with a refiner, or an end-to-end generator file ('' = the shipped deblur/weights/kernel_estimator.pt)")
-    db.add_argument("--deblur-size", type=_deblur_size, metavar="full|N",
-                    help="deblur the full frame, or a copy whose long side is N pixels" + d % _P.deblur_size)
+    db.add_argument("--deblur-size", type=_deblur_size, metavar="full|detector|N",
+                    help="deblur the full frame, or a copy whose long side is N pixels (detector: the detector's "
+                         "imgsz); the kernel is still estimated on the full frame" + d % _P.deblur_size)
     db.add_argument("--refine", type=int, metavar="ITERS",
                     help="refine the estimated kernel in closed form, ITERS iterations per pyramid level on every frame "
                          "(10, as predict and the evaluations; ~90 ms per frame on 2 CPU threads; 0 = off)"

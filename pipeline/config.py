@@ -54,7 +54,9 @@ class PipelineConfig:
     # --- deblur
     deblur: bool = True  # False: the same pipeline without the deblurring stage
     deblur_weights: str = ""  # a kernel estimator or a generator file; "" = the shipped kernel estimator
-    deblur_size: int | Literal["full"] = "full"  # deblur the full frame, or a copy whose long side is N
+    # full: deblur the full frame; N or detector (= detector.imgsz): the kernel-aware deblurrer estimates the kernel
+    # on the full frame and deconvolves a copy whose long side is N (its work_side); a generator deblurs such a copy
+    deblur_size: int | Literal["full", "detector"] = "full"
     # options of the kernel-aware deblurrer (deblur.kernel_deblur.KernelDeblurConfig). On video the kernel
     # refinement runs in its video mode: a full refinement every `refine.every` frames, warm-started between
     kernel: KernelDeblurConfig = field(default_factory=lambda: KernelDeblurConfig(refine=PIPELINE_REFINE))
@@ -87,6 +89,13 @@ class PipelineConfig:
     summary: str = ""  # JSON summary: frames in/out, dropped, fps, ms/frame per stage, latency
     log_every: float = 5.0  # seconds between progress log lines (0 = off)
 
+    @property
+    def deblur_side(self) -> int:
+        """The long side deblurring works at: 0 = the full frame (``deblur_size`` full), else N or detector.imgsz."""
+        if self.deblur_size == "full":
+            return 0
+        return self.detector.imgsz if self.deblur_size == "detector" else int(self.deblur_size)
+
     def __post_init__(self) -> None:
         for name in ("vid_stride", "queue_size", "batch"):
             check_range(name, getattr(self, name), 1)
@@ -102,10 +111,10 @@ class PipelineConfig:
         check_range("log_every", self.log_every, 0.0)
         if not self.source.strip():
             raise ValueError("'source' is empty. Give --source demo, cam0, a file, a directory, a glob or a URL.")
-        if self.deblur_size != "full" and (not isinstance(self.deblur_size, int) or self.deblur_size < 32):
-            raise ValueError(
-                f"'deblur_size' must be 'full' or an integer >= 32 (the long side in pixels), got {self.deblur_size!r}"
-            )
+        if self.deblur_size not in ("full", "detector") and (not isinstance(self.deblur_size, int)
+                                                             or isinstance(self.deblur_size, bool) or self.deblur_size < 32):
+            raise ValueError(f"'deblur_size' must be 'full', 'detector' or an integer >= 32 (the long side in pixels), "
+                             f"got {self.deblur_size!r}")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"'runtime' {self.runtime!r} is not available. Valid: {list(RUNTIMES)}")
         on_cpu = self.detector.device == "cpu" or (self.detector.device == "auto" and resolve_device("auto").type == "cpu")

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from deblur.frames import SmallFrames
+from deblur.kernel_deblur import shrink
 from detect import letterbox_tensor, scale_detections
 from pipeline.config import PipelineConfig, machine_threads
 from pipeline.sources import Frame
@@ -39,8 +40,10 @@ class Batch:
     """Frames travelling through the stages together (all the same size).
 
     frames: the input frames (after SimulateBlur: the blurred ones), (H,W,3) uint8 BGR each.
-    blur: (B,3,h,w) RGB float [-1,1] on the device: the deblur input (h,w = the deblur size).
-    restored: (B,3,h,w) RGB float [-1,1] on the device: the deblurred frames (= blur with --no-deblur).
+    blur: (B,3,h,w) RGB float [-1,1] on the device: the deblur input (h,w = the deblur size for a generator; the
+        frame's own for the kernel-aware deblurrer, which estimates on the full frame).
+    restored: (B,3,h',w') RGB float [-1,1] on the device: the deblurred frames (= blur with --no-deblur); h',w' = the
+        deblur size.
     detections: one list of Detection per frame, in original-frame pixels.
     restored_bgr: (H,W,3) uint8 BGR per frame at the original size (only when an output shows images).
     canvases: the annotated output images (Annotate).
@@ -227,14 +230,19 @@ class KernelDeblur:
             return batch
         if not self._states:  # the first batch with another stream: the state so far was stream 0's
             self._states[0] = self.deblurrer.video_state()
-        restored, kernels = torch.empty_like(x01), [None] * len(streams)
+        parts, kernels = [], [None] * len(streams)
         for stream in dict.fromkeys(streams):  # in order of first appearance; each stream's frames in their order
             idx = [i for i, s in enumerate(streams) if s == stream]
             self.deblurrer.set_video_state(self._states.get(stream))
-            restored[idx] = self.deblurrer.restore(x01[idx])
+            parts.append((idx, self.deblurrer.restore(x01[idx])))
             self._states[stream] = self.deblurrer.video_state()
             for j, i in enumerate(idx):
                 kernels[i] = self.deblurrer.last_kernels[j]
+        # a deblurrer with a work size returns sharp streams' frames at their size and the others' at the work size
+        hw = min((tuple(p.shape[-2:]) for _, p in parts), key=lambda s: s[0] * s[1])
+        restored = x01.new_empty((len(streams), 3, *hw))
+        for idx, part in parts:
+            restored[idx] = part if tuple(part.shape[-2:]) == hw else shrink(part, hw)
         size = max(k.shape[-1] for k in kernels)
         batch.restored = restored.mul_(2.0).sub_(1.0)
         batch.kernels = torch.stack([F.pad(k, [(size - k.shape[-1]) // 2] * 4) for k in kernels])
@@ -424,7 +432,9 @@ def build_stages(cfg: PipelineConfig, *, deblur_model: torch.nn.Module | None = 
     amp, deblur = "fp32", Identity()
     if cfg.deblur:
         amp, deblur = _build_deblur(cfg, deblur_model, device, runtime)
-    long_side = None if (not cfg.deblur or cfg.deblur_size == "full") else int(cfg.deblur_size)
+    # a generator deblurs a copy of deblur_side; the kernel-aware deblurrer takes the full frame (its own work_side)
+    long_side = cfg.deblur_side if cfg.deblur and not isinstance(deblur, KernelDeblur) else 0
+    long_side = long_side or None
     channels_last = cfg.channels_last and cfg.deblur and runtime == "torch"
     front: list[tuple[str, Stage]] = []
     if cfg.simulate_blur:
@@ -459,8 +469,9 @@ def _build_deblur(cfg: PipelineConfig, model: torch.nn.Module | None, device: to
                 from deblur.kernel_deblur import KernelDeblurrer
 
                 logger.info("Deblur: kernel estimate + Wiener deconvolution, estimator %s", weights)
+                kernel_cfg = dataclasses.replace(cfg.kernel, work_side=cfg.deblur_side)
                 return "fp32", KernelDeblur(KernelDeblurrer(weights, device=device, runtime=runtime, threads=threads,
-                                                             cfg=cfg.kernel))
+                                                             cfg=kernel_cfg))
             model, gen_cfg = load_generator(weights, device=str(device))
         except FileNotFoundError as e:
             raise FileNotFoundError(
