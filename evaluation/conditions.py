@@ -64,14 +64,10 @@ def blur_image(sharp_bgr: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return apply_kernel(sharp_bgr, kernel)
 
 
-def shrink_bgr(img_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H,W,3) -> (*size, 3) bilinear (as the detector's letterbox resizes): the reference a work-size copy is scored
-    against."""
-    return cv2.resize(img_bgr, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-
-
 class DeblurMethod:
-    """Our generator as a condition: (H,W,3) BGR uint8 -> deblurred, at full resolution unless max_side."""
+    """Our deblurrer as a condition: (H,W,3) BGR uint8 -> deblurred, at full resolution unless max_side (deblurred
+    small, resized back) or a kernel-aware deblurrer's work_side (its work-size copy, as the pipeline's detector gets
+    it)."""
 
     def __init__(self, deblurrer: Callable[[list[np.ndarray]], list[np.ndarray]], max_side: int = 0) -> None:
         self.deblurrer = deblurrer

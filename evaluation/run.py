@@ -34,7 +34,6 @@ from evaluation.conditions import (
     blur_image,
     blur_kernel,
     psnr,
-    shrink_bgr,
     ssim,
     unsharp,
     wiener,
@@ -362,8 +361,9 @@ def _collect(setup: _Setup, progress: bool) -> _Collected:
                 got.dets[sev]["sharp"].append(sharp_boxes)
                 for cond, img in frames.items():
                     got.dets[sev][cond].append(boxes[cond])
-                    ref = sharp if img.shape == sharp.shape else shrink_bgr(sharp, img.shape[:2])  # a work-size copy
-                    got.quality[sev][cond].append((psnr(img, ref), ssim(img, ref)))
+                    if img.shape != sharp.shape:  # a work-size copy: scored at full size, as every other condition
+                        img = cv2.resize(img, (sharp.shape[1], sharp.shape[0]), interpolation=cv2.INTER_LINEAR)
+                    got.quality[sev][cond].append((psnr(img, sharp), ssim(img, sharp)))
                 if i in example_idx and sev == example_sev:
                     got.examples.append(_example(setup, sample, sev, gt, sharp, sharp_boxes, frames, boxes))
                 bar.update(1)
@@ -424,7 +424,8 @@ def _example(setup: _Setup, sample: Sample, sev: str, gt: Boxes, sharp: np.ndarr
     if shown:
         cells.append((shown, frames[shown], boxes[shown]))
     return {"name": sample.name, "severity": sev, "gt": gt,
-            "frames": {c: (_resize_for_grid(img), img.shape[1], boxes_c) for c, img, boxes_c in cells}}
+            "frames": {c: (_resize_for_grid(img), sharp.shape[1], boxes_c) for c, img, boxes_c in cells}}  # boxes: in
+    # the image's pixels, also for a deblurrer's smaller work-size copy (_conditions maps them back)
 
 
 # ---- report -------------------------------------------------------------------------------------------------------

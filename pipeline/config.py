@@ -115,6 +115,9 @@ class PipelineConfig:
                                                              or isinstance(self.deblur_size, bool) or self.deblur_size < 32):
             raise ValueError(f"'deblur_size' must be 'full', 'detector' or an integer >= 32 (the long side in pixels), "
                              f"got {self.deblur_size!r}")
+        if self.kernel.work_side:
+            raise ValueError(f"'kernel.work_side' ({self.kernel.work_side}) is set by 'deblur_size' in the pipeline. "
+                             f"Fix: deblur_size={self.kernel.work_side} (or --deblur-size detector).")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"'runtime' {self.runtime!r} is not available. Valid: {list(RUNTIMES)}")
         on_cpu = self.detector.device == "cpu" or (self.detector.device == "auto" and resolve_device("auto").type == "cpu")

@@ -43,7 +43,7 @@ class Batch:
     blur: (B,3,h,w) RGB float [-1,1] on the device: the deblur input (h,w = the deblur size for a generator; the
         frame's own for the kernel-aware deblurrer, which estimates on the full frame).
     restored: (B,3,h',w') RGB float [-1,1] on the device: the deblurred frames (= blur with --no-deblur); h',w' = the
-        deblur size.
+        deblur size (the frame's own when the kernel-aware deblurrer passed every frame of the batch through).
     detections: one list of Detection per frame, in original-frame pixels.
     restored_bgr: (H,W,3) uint8 BGR per frame at the original size (only when an output shows images).
     canvases: the annotated output images (Annotate).

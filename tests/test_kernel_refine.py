@@ -185,6 +185,28 @@ def test_a_wiener_plan_reused_for_many_kernels_gives_each_kernels_own_result():
         assert torch.allclose(plan(k, 5e-3), wiener_deconvolve(y, k, balance=5e-3, pad=20), atol=1e-6)
 
 
+@pytest.mark.parametrize("work_side", [0, 640])
+def test_video_refinement_keeps_its_canvas_on_large_frames(work_side):
+    """At 1280x720 the auto canvas is 81 px (at work_side 640, 41): the warm-started frames keep that canvas (an
+    auto size computed again from the refined 81-px kernel would grow it to 161 and force a full refinement on every
+    other frame), so frames 2-3 are warm and frame 4 is refined in full."""
+    import cv2
+
+    from deblur.kernel_deblur import KernelDeblurrer
+
+    img = cv2.resize(skdata.chelsea(), (1280, 720), interpolation=cv2.INTER_CUBIC)
+    x = torch.from_numpy(np.ascontiguousarray(apply_kernel(img, linear_kernel(25, 30.0)))).permute(2, 0, 1)[None]
+    deblurrer = KernelDeblurrer(device="cpu", runtime="torch", work_side=work_side,
+                                refine=RefineConfig(iters=2, every=3, warm_iters=1))
+    sides, since = [], []
+    for _ in range(4):
+        deblurrer.restore(x.float() / 255.0)
+        sides.append(deblurrer.last_kernels.shape[-1])
+        since.append(deblurrer._since)
+    assert since == [1, 2, 3, 1]
+    assert sides == [81 if not work_side else 41] * 4
+
+
 def test_the_refined_kernel_grows_with_the_frame_and_reaches_large_blur():
     """refine.size 0 (auto): the estimator's 41 taps up to ~900 px, 81 at 1280x720, 121 at 1920x1080; on a 1280x720
     photo blurred by a 61 px line, started from a 41-tap blob, the refined kernel is 81 px and holds the long line."""

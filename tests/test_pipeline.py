@@ -143,6 +143,9 @@ def test_config_yaml_flags_and_overrides():
         load_config(PipelineConfig, overrides=["simulate_blur=9"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--deblur-size", "huge"])
+    assert config_from_args(build_parser().parse_args(["--deblur-size", "detector"])).deblur_side == 416
+    with pytest.raises(ConfigError, match=r"kernel.work_side.*deblur_size=320"):
+        load_config(PipelineConfig, overrides=["kernel.work_side=320"])
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
