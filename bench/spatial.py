@@ -69,7 +69,7 @@ from stats import paired_interval  # noqa: E402  (bench/stats.py, beside this sc
 
 METHODS = ("oracle_global", "oracle_tiles", "est_global", "est_tiles", "tiles_from_truth")
 REGIONS = ("frame", "centre", "corners")
-BALANCE = 1.0e-2  # KernelDeblurConfig.balance
+BALANCE = 1.0e-2  # KernelDeblurConfig.network_balance (its balance before 2026-12-07)
 
 
 # --- the per-tile deconvolution (kept here: it did not win with estimated kernels, see the module docstring) ---

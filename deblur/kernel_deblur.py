@@ -15,7 +15,8 @@ restored frames, same layout (smaller with ``work_side``: see step 4), clamped t
    through untouched; so does a frame whose kernel is not finite (counted in ``nonfinite``);
 4. Wiener deconvolution of the full-resolution colour frame (deblur.deconv; with ``work_side``, of a copy that
    size, with the kernel scaled to it and refined there), regularised by
-   ``balance + noise_gain * sigma^2`` with sigma the frame's estimated noise. A frame smaller than the kernel
+   ``balance + noise_gain * sigma^2`` (``network_balance`` for a kernel that was not refined) with sigma the
+   frame's estimated noise. A frame smaller than the kernel
    (a 36x64 copy with ``--deblur-size 64``, a 24x32 thumbnail) is deconvolved mirror-padded to the kernel's side
    and cropped back; such frames are counted (``counters()["small_frames"]``) and logged once;
 5. optionally a refiner (``refiner``: a generator exported with ``in_channels=6``) that takes the blurred
@@ -110,9 +111,14 @@ class KernelDeblurConfig:
     dark_luma: float = 0.15
     dark_contrast: float = 0.2  # the standard deviation a dark frame's tile is stretched to (training crops: ~0.2)
     dark_gain: float = 4.0  # ... by at most this gain (more makes the noise of a near-black tile "detail")
-    # Wiener regulariser (Laplacian prior). 1e-2 rather than 2e-3: with estimated (imperfect) kernels it recovered
-    # more detection over ImageNet-C and camera-shake blur together (40 images each; model card)
-    balance: float = 1.0e-2
+    # Wiener regulariser (Laplacian prior) with a refined kernel. 5e-3 rather than 1e-2: on all 167 detection images,
+    # paired, it recovered more at ImageNet-C and shake severities 2-4 (mAP@0.5:0.95 +0.004 to +0.060, PSNR +0.03 to
+    # +0.40 dB; docs/results/2026-12-07_detection_scale.md)
+    balance: float = 5.0e-3
+    # ... with the network's kernel alone (refinement off, skipped on a dark frame, or failed). 1e-2 rather than 2e-3:
+    # with these less exact kernels it recovered more detection over ImageNet-C and shake together (40 images each;
+    # model card)
+    network_balance: float = 1.0e-2
     noise_gain: float = 0.0  # + noise_gain * sigma^2, sigma = the frame's estimated noise in [0,1] units
     temporal: float = 0.0  # kernel smoothing over consecutive calls, 0 = off
     # rgb: deconvolve each colour channel; luma: deconvolve the luma only and add its change to every channel
@@ -140,6 +146,7 @@ class KernelDeblurConfig:
         check_range("dark_contrast", self.dark_contrast, 0.01, 0.5)
         check_range("dark_gain", self.dark_gain, 1.0)
         check_range("balance", self.balance, 1.0e-8)
+        check_range("network_balance", self.network_balance, 1.0e-8)
         check_range("noise_gain", self.noise_gain, 0.0)
         check_range("temporal", self.temporal, 0.0, 0.99)
         if self.work_side and self.work_side < 32:
@@ -376,7 +383,7 @@ class KernelDeblurrer:
             passed = shrink(x, work)
             x = F.interpolate(x, size=work, mode="bilinear", align_corners=False, antialias=True).clamp_(0.0, 1.0)
             grey, safe = luma(x), resize_kernels(safe, side, scale)
-        refined = None
+        refined, is_refined = None, torch.zeros_like(sharp)
         if r.iters:  # the frames the gate lets through (the gate asks the network's kernel only)
             # but not dark frames: their tiles' gradients are mostly noise, and on 24 synthetic night frames
             # (bench/gate.py's low light, shake 2 and 4) the refinement shrank the network's kernel (median extent
@@ -390,13 +397,14 @@ class KernelDeblurrer:
                                    int((~ok).sum()), self.refine_failed)
                 refined = resize_kernels(safe, got.shape[-1])
                 refined[check] = got
+                is_refined[check] = ok
         self.last_kernels, self.last_gated = (safe if refined is None else refined), sharp
         out = passed.clone()
         res_out = torch.zeros_like(x[:, :1]) if residual else None
         todo = (~sharp).nonzero().flatten()
         if len(todo):
             used = safe[todo] if refined is None else refined[todo]
-            deconv, res = self._deconvolve(x[todo], used, residual, scale)
+            deconv, res = self._deconvolve(x[todo], used, residual, scale, is_refined[todo])
             out[todo] = deconv
             if residual:
                 res_out[todo] = res
@@ -409,12 +417,18 @@ class KernelDeblurrer:
         deconv, res = self._deconvolve(x.float(), kernels.to(x.device, torch.float32), residual)
         return (deconv, res) if residual else deconv
 
-    def _deconvolve(self, blur: Tensor, used: Tensor, residual: bool, scale: float = 1.0) -> tuple[Tensor, Tensor | None]:
+    def _deconvolve(self, blur: Tensor, used: Tensor, residual: bool, scale: float = 1.0,
+                    refined: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Wiener (luma or RGB, cfg.channels) with kernels ``used``, then the refiner if any -> (deconvolved [0,1],
-        the luma residual y - k*x when ``residual``, else None). ``scale``: of a work-size copy, deconvolved with
+        the luma residual y - k*x when ``residual``, else None). ``refined`` ((B,) bool; None = none): the frames whose
+        kernel was refined, regularised by ``balance`` (the others by ``network_balance``). ``scale``: of a work-size
+        copy, deconvolved with
         ``balance * scale^2`` (the antialiased copy's noise variance falls by about scale^2; on 20 evaluation images at
         ImageNet-C 3 it recovered more than the unscaled balance: docs/results/2026-12-07_detection_scale.md)."""
-        balance = torch.full((len(blur),), self.cfg.balance * scale * scale, device=blur.device)
+        balance = torch.full((len(blur),), self.cfg.network_balance, device=blur.device)
+        if refined is not None:
+            balance = torch.where(refined.to(blur.device), torch.full_like(balance, self.cfg.balance), balance)
+        balance = balance * (scale * scale)
         if self.cfg.noise_gain > 0:
             balance = balance + self.cfg.noise_gain * estimate_noise(blur) ** 2
         blur, crop = self._small.pad(blur)

@@ -418,3 +418,20 @@ def test_work_side_estimates_at_full_resolution_and_deconvolves_a_copy(photo_bgr
 def test_work_side_is_checked():
     with pytest.raises(ValueError, match="work_side"):
         KernelDeblurrer(OracleEstimator(fit_kernel(np.ones((1, 1), np.float32), 31)), device="cpu", work_side=16)
+
+
+def test_refined_kernels_get_their_own_balance(photo_bgr):
+    """A frame whose kernel was refined is deconvolved with ``balance``, one with the network's kernel alone with
+    ``network_balance`` (the same frame and kernel in one batch, flagged differently, come out as Wiener with each)."""
+    from deblur.deconv import wiener_deconvolve
+
+    kernel = fit_kernel(linear_kernel(11, 30.0), 31)
+    deblurrer = KernelDeblurrer(OracleEstimator(kernel), device="cpu", balance=2e-3, network_balance=3e-2)
+    x = torch.from_numpy(_blurred(photo_bgr, kernel)[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255.0
+    k = torch.from_numpy(kernel)[None]
+    out, _ = deblurrer._deconvolve(torch.cat([x, x]), k.expand(2, -1, -1), False, 1.0, torch.tensor([True, False]))
+    grey = x.mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    for i, balance in enumerate((2e-3, 3e-2)):
+        want = (x + (wiener_deconvolve(grey, k, balance=balance) - grey)).clamp(0, 1)
+        assert torch.allclose(out[i : i + 1], want, atol=1e-5)
+    assert not torch.allclose(out[0], out[1], atol=1e-3)
