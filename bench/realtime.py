@@ -16,7 +16,7 @@ of severity 3, the first N frames) through
 
 Each configuration runs in its own subprocess (clean thread pools, honest peak RSS, sampled with psutil every
 20 ms). Prints a table (fps, ms/frame per stage, p50/p95 latency, peak RSS, speed-up over (a) measured in the
-same run) and writes bench/results/realtime_<date>_<device>.{json,md}.
+same run) and writes bench/results/realtime_<date>_<device>[_<n>].{json,md} (n: the day's nth run).
 
     python bench/realtime.py --sizes 640x360 1280x720 --batches  # (a), (b), (c) defaults, at both sizes
     python bench/realtime.py                                   # CPU, 640x360, 60 frames, all runtimes here
@@ -374,7 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"realtime_{dt.date.today().isoformat()}_{'cuda' if args.device.startswith('cuda') else 'cpu'}"
+    stem = base = f"realtime_{dt.date.today().isoformat()}_{'cuda' if args.device.startswith('cuda') else 'cpu'}"
+    n = 1
+    while (out / f"{stem}.md").exists() or (out / f"{stem}.json").exists():  # a second run that day: keep the first
+        n += 1
+        stem = f"{base}_{n}"
     atomic_write_text(out / f"{stem}.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     header = (f"# Real-time benchmark, {meta['date']}\n\n{device_name} ({args.device}, {os.cpu_count()} cores, "
               f"flags {' '.join(meta['cpu_flags']) or '-'}; load average at the end {load})\n\n"
