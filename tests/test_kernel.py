@@ -426,7 +426,8 @@ def test_refined_kernels_get_their_own_balance(photo_bgr):
     from deblur.deconv import wiener_deconvolve
 
     kernel = fit_kernel(linear_kernel(11, 30.0), 31)
-    deblurrer = KernelDeblurrer(OracleEstimator(kernel), device="cpu", balance=2e-3, network_balance=3e-2)
+    deblurrer = KernelDeblurrer(OracleEstimator(kernel), device="cpu", balance=2e-3, network_balance=3e-2,
+                                channels="luma")
     x = torch.from_numpy(_blurred(photo_bgr, kernel)[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255.0
     k = torch.from_numpy(kernel)[None]
     out, _ = deblurrer._deconvolve(torch.cat([x, x]), k.expand(2, -1, -1), False, 1.0, torch.tensor([True, False]))
