@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
@@ -49,7 +48,7 @@ from configs.loader import check_range
 from deblur.archs.fpn_mobilenet_arch import STRIDE
 from deblur.archs.kernel_arch import kernel_extent, kernel_moments
 from deblur.deconv import estimate_noise, wiener_deconvolve
-from deblur.kernel_refine import RefineConfig, refine_kernels, refined_size, refined_tile, resize_kernels
+from deblur.kernel_refine import RefineConfig, odd_side, refine_kernels, refined_size, refined_tile, resize_kernels
 from deblur.frames import SmallFrames, check_bgr_frames, pad_to
 from deblur.models import DEFAULT_ESTIMATOR, load_estimator, load_generator, load_refiner
 from runtime import compile_module, resolve_device, resolve_runtime
@@ -81,11 +80,6 @@ def shrink(x: Tensor, size: tuple[int, int]) -> Tensor:
     """(B,C,H,W) -> (B,C,*size): bilinear without antialiasing, as the detector's letterbox (and cv2.INTER_LINEAR)
     resizes, so that a frame passed through at the work size reaches the detector as it would have anyway."""
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-def _odd(n: float) -> int:
-    n = max(3, math.ceil(n - 1e-6))
-    return n if n % 2 else n + 1
 
 
 def _energy(tiles: Tensor) -> Tensor:
@@ -365,18 +359,17 @@ class KernelDeblurrer:
         safe = torch.where(finite[:, None, None], kernels, torch.zeros_like(kernels))
         extent = kernel_extent(kernel_moments(safe))
         sharp = (extent < self.cfg.gate_px) | ~finite
-        dark = self._dark(grey)
         r = self.cfg.refine
+        dark = self._dark(grey) if r.iters else None  # on the full frame, before grey becomes the work-size copy's
         full_shape = tuple(x.shape[-2:])
         work, scale, passed = work_size(full_shape, self.cfg.work_side), 1.0, x
         if bool(sharp.all()) and not residual:  # nothing to deblur: the frames as they came, whatever the work size
             self.last_kernels, self.last_gated = safe, sharp
             return x.clone()
-        if work != tuple(x.shape[-2:]):  # the kernel scaled to the copy, on a canvas as large as refinement would use
-            scale = max(work) / max(x.shape[-2:])
-            full = tuple(x.shape[-2:])
-            side = _odd(refined_size(r, safe.shape[-1], full) * scale)
-            tile = refined_tile(r, safe.shape[-1], full)  # the same image content as at full resolution
+        if work != full_shape:  # the kernel scaled to the copy, on a canvas as large as refinement would use
+            scale = max(work) / max(full_shape)
+            side = odd_side(refined_size(r, safe.shape[-1], full_shape) * scale)
+            tile = refined_tile(r, safe.shape[-1], full_shape)  # the same image content as at full resolution
             r = dataclasses.replace(r, size=side, tile=tile and max(32, 32 * round(tile * scale / 32)))
             # the copy to deconvolve is shrunk with antialiasing (blurring commutes with a low-pass resampling, not with
             # aliasing decimation); a frame passed through is shrunk as the detector's letterbox would have

@@ -37,8 +37,8 @@ from torch import Tensor
 from configs.loader import check_range
 from deblur.deconv import WienerPlan
 
-__all__ = ["RefineConfig", "center_kernels", "refine_kernels", "refined_size", "refined_tile", "resize_kernels",
-           "shape_error"]
+__all__ = ["RefineConfig", "center_kernels", "odd_side", "refine_kernels", "refined_size", "refined_tile",
+           "resize_kernels", "shape_error"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ class RefineConfig:
             raise ValueError(f"'refine.tile' must be 0 (the whole frame) or >= 32, got {self.tile}")
 
 
-def _odd(n: float) -> int:
+def odd_side(n: float) -> int:
+    """The smallest odd kernel side >= n (at least 3)."""
     n = max(3, int(math.ceil(n)))
     return n if n % 2 else n + 1
 
@@ -290,7 +291,7 @@ def refine_kernels(blur: Tensor, kernels: Tensor, cfg: RefineConfig | None = Non
     current = None
     for level in range(cfg.levels - 1, -1, -1):
         scale = 0.5 ** level
-        side = _odd(size * scale)
+        side = odd_side(size * scale)
         yl = tile if level == 0 else F.interpolate(tile, scale_factor=scale, mode="area")
         h, w = yl.shape[-2:]
         if min(h, w) < 2 * side:

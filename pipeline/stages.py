@@ -433,8 +433,7 @@ def build_stages(cfg: PipelineConfig, *, deblur_model: torch.nn.Module | None = 
     if cfg.deblur:
         amp, deblur = _build_deblur(cfg, deblur_model, device, runtime)
     # a generator deblurs a copy of deblur_side; the kernel-aware deblurrer takes the full frame (its own work_side)
-    long_side = cfg.deblur_side if cfg.deblur and not isinstance(deblur, KernelDeblur) else 0
-    long_side = long_side or None
+    long_side = (cfg.deblur_side if cfg.deblur and not isinstance(deblur, KernelDeblur) else 0) or None
     channels_last = cfg.channels_last and cfg.deblur and runtime == "torch"
     front: list[tuple[str, Stage]] = []
     if cfg.simulate_blur:

@@ -424,6 +424,7 @@ def test_refined_kernels_get_their_own_balance(photo_bgr):
     """A frame whose kernel was refined is deconvolved with ``balance``, one with the network's kernel alone with
     ``network_balance`` (the same frame and kernel in one batch, flagged differently, come out as Wiener with each)."""
     from deblur.deconv import wiener_deconvolve
+    from deblur.kernel_deblur import luma
 
     kernel = fit_kernel(linear_kernel(11, 30.0), 31)
     deblurrer = KernelDeblurrer(OracleEstimator(kernel), device="cpu", balance=2e-3, network_balance=3e-2,
@@ -431,7 +432,7 @@ def test_refined_kernels_get_their_own_balance(photo_bgr):
     x = torch.from_numpy(_blurred(photo_bgr, kernel)[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255.0
     k = torch.from_numpy(kernel)[None]
     out, _ = deblurrer._deconvolve(torch.cat([x, x]), k.expand(2, -1, -1), False, 1.0, torch.tensor([True, False]))
-    grey = x.mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    grey = luma(x)
     for i, balance in enumerate((2e-3, 3e-2)):
         want = (x + (wiener_deconvolve(grey, k, balance=balance) - grey)).clamp(0, 1)
         assert torch.allclose(out[i : i + 1], want, atol=1e-5)
