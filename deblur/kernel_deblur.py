@@ -51,7 +51,7 @@ from deblur.deconv import estimate_noise, wiener_deconvolve
 from deblur.kernel_refine import RefineConfig, odd_side, refine_kernels, refined_size, refined_tile, resize_kernels
 from deblur.frames import SmallFrames, check_bgr_frames, pad_to
 from deblur.models import DEFAULT_ESTIMATOR, load_estimator, load_generator, load_refiner
-from runtime import compile_module, resolve_device, resolve_runtime
+from runtime import compile_module, keep_large_allocations, resolve_device, resolve_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,10 @@ _CLIPPED = 0.98  # a pixel whose brightest channel reaches this is a clipped hig
 def luma(x: Tensor) -> Tensor:
     """(B,3,H,W) RGB float [0,1] -> (B,1,H,W) grey (Rec. 601 weights), float32: what the estimator and the
     refinement look at, and the channel the default deconvolution works on."""
-    return (x.float() * torch.tensor(_GREY, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    x = x.float()
+    # three scaled adds rather than a weighted sum over the channel axis: 4x faster on a channels_last frame (the
+    # pipeline's layout), 2x on a contiguous one (python bench/hotpath.py)
+    return (x[:, 0:1] * _GREY[0]).add_(x[:, 1:2], alpha=_GREY[1]).add_(x[:, 2:3], alpha=_GREY[2])
 
 
 def work_size(hw: tuple[int, int], work_side: int) -> tuple[int, int]:
@@ -164,6 +167,7 @@ class KernelDeblurrer:
                  cfg: KernelDeblurConfig | None = None, runtime: str = "torch", threads: int = 0,
                  cache_dir: str | os.PathLike | None = None, **options) -> None:
         self.device = resolve_device(device)
+        keep_large_allocations()  # its frame-sized temporaries reuse freed memory (runtime/memory.py)
         if isinstance(estimator, nn.Module):
             self.estimator = estimator.to(self.device).eval()
         else:
@@ -392,12 +396,15 @@ class KernelDeblurrer:
                 refined[check] = got
                 is_refined[check] = ok
         self.last_kernels, self.last_gated = (safe if refined is None else refined), sharp
+        used = safe if refined is None else refined
+        if not bool(sharp.any()):  # every frame deblurred: no copies in and out of the batch
+            out, res_out = self._deconvolve(x, used, residual, scale, is_refined, grey)
+            return (out, res_out) if residual else out
         out = passed.clone()
         res_out = torch.zeros_like(x[:, :1]) if residual else None
         todo = (~sharp).nonzero().flatten()
         if len(todo):
-            used = safe[todo] if refined is None else refined[todo]
-            deconv, res = self._deconvolve(x[todo], used, residual, scale, is_refined[todo])
+            deconv, res = self._deconvolve(x[todo], used[todo], residual, scale, is_refined[todo], grey[todo])
             out[todo] = deconv
             if residual:
                 res_out[todo] = res
@@ -411,26 +418,29 @@ class KernelDeblurrer:
         return (deconv, res) if residual else deconv
 
     def _deconvolve(self, blur: Tensor, used: Tensor, residual: bool, scale: float = 1.0,
-                    refined: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                    refined: Tensor | None = None, grey: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Wiener (luma or RGB, cfg.channels) with kernels ``used``, then the refiner if any -> (deconvolved [0,1],
         the luma residual y - k*x when ``residual``, else None). ``refined`` ((B,) bool; None = none): the frames whose
         kernel was refined, regularised by ``balance`` (the others by ``network_balance``). ``scale``: of a work-size
         copy, deconvolved with
         ``balance * scale^2`` (the antialiased copy's noise variance falls by about scale^2; on 20 evaluation images at
-        ImageNet-C 3 it recovered more than the unscaled balance: docs/results/2026-12-07_detection_scale.md)."""
+        ImageNet-C 3 it recovered more than the unscaled balance: docs/results/2026-12-07_detection_scale.md).
+        ``grey``: ``luma(blur)`` when the caller has it."""
         balance = torch.full((len(blur),), self.cfg.network_balance, device=blur.device)
         if refined is not None:
             balance = torch.where(refined.to(blur.device), torch.full_like(balance, self.cfg.balance), balance)
         balance = balance * (scale * scale)
         if self.cfg.noise_gain > 0:
             balance = balance + self.cfg.noise_gain * estimate_noise(blur) ** 2
-        blur, crop = self._small.pad(blur)
+        padded, crop = self._small.pad(blur)
+        if padded is not blur:
+            blur, grey = padded, None
         want = residual or (self.refiner is not None and self.refiner.in_channels == 7)
         if self.cfg.channels == "luma":
-            grey = luma(blur)
+            grey = luma(blur) if grey is None else grey
             got = wiener_deconvolve(grey, used, balance=balance, residual=want)
             x_grey, res = got if want else (got, None)
-            deconv = (blur + (x_grey - grey)).clamp_(0.0, 1.0)
+            deconv = blur.add(x_grey.sub_(grey)).clamp_(0.0, 1.0)  # x_grey: a fresh result, changed in place
         else:
             got = wiener_deconvolve(blur, used, balance=balance, residual=want)
             deconv, res = got if want else (got, None)

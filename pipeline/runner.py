@@ -58,6 +58,7 @@ from detect import PAD_GRAY
 from pipeline.config import PipelineConfig
 from pipeline.sources import EndOfStream, Frame, Source, mask_url, open_source
 from pipeline.stages import Batch, Stages, build_stages, stage_threads
+from runtime import keep_large_allocations
 from runtime.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def run_pipeline(
 
         check_display()  # before anything heavy, and long before any cv2.imshow
     apply_threads(stage_threads(cfg))
+    keep_large_allocations()  # frame-sized temporaries reuse freed memory instead of faulting in fresh pages
     source = source or open_source(
         cfg.source, vid_stride=cfg.vid_stride, queue_size=cfg.queue_size, realtime=cfg.realtime,
         reconnect_attempts=cfg.reconnect_attempts, reconnect_delay=cfg.reconnect_delay,

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime.cache import CACHE_ENV, default_cache_dir, remove_entry, weights_digest
+from runtime.memory import keep_large_allocations
 from runtime.quantize import Calibration, quantize_onnx
 
 logger = logging.getLogger(__name__)
@@ -52,8 +53,9 @@ _WARNED_ALIASES: set[str] = set()  # deprecated precision names this process has
 
 __all__ = [
     "AUTO_ORDER", "CACHE_ENV", "DEVICE_CHOICES", "PRECISIONS", "PRECISION_ALIASES", "RUNTIMES", "TORCH_DTYPES",
-    "CompiledModule", "available_runtimes", "check_precision", "compile_module", "default_cache_dir", "native_bf16",
-    "resolve_amp", "resolve_device", "resolve_precision", "resolve_runtime", "weights_digest",
+    "CompiledModule", "available_runtimes", "check_precision", "compile_module", "default_cache_dir",
+    "keep_large_allocations", "native_bf16", "resolve_amp", "resolve_device", "resolve_precision", "resolve_runtime",
+    "weights_digest",
 ]
 
 

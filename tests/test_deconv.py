@@ -138,3 +138,35 @@ def test_residual_is_the_blurred_image_less_the_deconvolution_blurred_again(name
     delta[2, 2] = 1
     _, res_delta = wiener_deconvolve(blur, delta, residual=True)
     assert res_delta.abs().mean() < 0.2 * res.abs().mean()
+
+
+def test_fft_sizes_are_the_smallest_even_5_smooth():
+    # an odd FFT length (729 for a 640-px frame padded by 41 px each side) ran 1.6x slower than the even 750
+    from deblur.deconv import _fast_len
+
+    def even_smooth(m):
+        if m % 2:
+            return False
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    for n in range(1, 2500):
+        got = _fast_len(n)
+        assert got >= n and even_smooth(got), (n, got)
+        assert not any(even_smooth(m) for m in range(n, got)), (n, got)
+    assert (_fast_len(722), _fast_len(2002)) == (750, 2048)
+
+
+@pytest.mark.parametrize("k", [1, 3, 41])
+def test_transfer_function_equals_the_padded_kernels_fft(k):
+    # the plan transforms only the kernel's rows along the width; the result must be the whole grid's FFT
+    import torch.nn.functional as F
+
+    from deblur.deconv import WienerPlan
+
+    plan = WienerPlan(torch.rand(2, 1, 60, 90, dtype=torch.float64), k)
+    kern = torch.rand(2, k, k, dtype=torch.float64)
+    otf = F.pad(kern, (0, plan.wp - k, 0, plan.hp - k)).roll((-(k // 2), -(k // 2)), dims=(-2, -1))
+    torch.testing.assert_close(plan._otf(kern), torch.fft.rfft2(otf))

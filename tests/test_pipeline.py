@@ -92,6 +92,18 @@ def test_saved_video_shows_input_left_and_output_right(clip, tmp_path):
     assert np.abs(right[region] - (255 - src[region])).mean() < 12  # InvertModel: colours inverted
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_preprocess_gives_rgb_in_the_layout_asked(channels_last):
+    # NCHW-contiguous unless channels_last: the kernel deblurrer's full-frame ops run 2-4x slower on the frames'
+    # pixel-interleaved strides
+    bgr = make_frame(0)
+    x = Preprocess(torch.device("cpu"), channels_last=channels_last)(Batch([Frame(0, 0.0, bgr)])).blur
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert x.is_contiguous(memory_format=layout)
+    want = torch.from_numpy(bgr[..., ::-1].copy()).permute(2, 0, 1).float() * (2 / 255) - 1
+    torch.testing.assert_close(x[0], want)
+
+
 def test_no_deblur_and_deblur_size(clip, tmp_path):
     det = FakeDetector()
     s = run_pipeline(
