@@ -4,6 +4,10 @@
           2^a 3^b 5^c, odd allowed) and today's (``deblur.deconv._fast_len``: the smallest even one)
   luma    RGB -> luma as a weighted sum over the channel axis (old) and as three scaled adds
           (``deblur.kernel_deblur.luma``), on a contiguous and on a channels_last (pixel-interleaved) frame
+  filter  the Wiener filter applied to a spectrum: conj(K) / (|K|^2 + lam |L|^2) with the real denominator
+          promoted to complex and |K|^2 reduced over the real view (old), and from real and imaginary parts (now)
+  pad     BORDER_REFLECT padding by 41 px a side and on to the FFT size: two whole-image gathers (old), and a copy
+          plus mirrored strips (``deblur.deconv._reflect_pad``)
   malloc  ``(x + 1) * 0.5`` on a frame, in a fresh process with glibc's default allocator policy
           (BLURDET_MALLOC=default) and with ``runtime.keep_large_allocations()``
 
@@ -30,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from deblur.deconv import _fast_len  # noqa: E402
+from deblur.deconv import _fast_len, _reflect_index, _reflect_pad  # noqa: E402
 from deblur.kernel_deblur import _GREY, luma  # noqa: E402
 from runtime import keep_large_allocations  # noqa: E402
 from machine import cpu_flags, cpu_model  # noqa: E402  (bench/machine.py, beside this script)
@@ -91,6 +95,30 @@ def main(argv=None) -> int:
             if name == "old":
                 old = (f"{hp}x{wp}", ms)
         print(f"| {size} | fft forward + inverse | {old[0]} | {old[1]:.2f} | {hp}x{wp} | {ms:.2f} |")
+        k_f = torch.randn(1, hp, wp // 2 + 1, dtype=torch.complex64)
+        y_f = torch.randn(1, 1, hp, wp // 2 + 1, dtype=torch.complex64)
+        lap2, lam = torch.rand(hp, wp // 2 + 1), torch.tensor([0.01])
+
+        def filter_old():
+            power = torch.view_as_real(k_f).square().sum(-1)
+            return y_f * (k_f.conj() / torch.addcmul(power, lam[:, None, None], lap2))[:, None]
+
+        def filter_new():
+            inv = torch.addcmul(torch.addcmul(k_f.real.square(), k_f.imag, k_f.imag), lam[:, None, None], lap2)
+            inv = inv.reciprocal_()
+            return y_f * torch.complex(k_f.real * inv, k_f.imag * inv.neg())[:, None]
+
+        print(f"| {size} | Wiener filter on the spectrum | complex division | {median_ms(filter_old):.2f} | "
+              f"real and imaginary parts | {median_ms(filter_new):.2f} |")
+        y = torch.rand(1, 1, h, w)
+        pads = (41, hp - h - 41, 41, wp - w - 41)
+
+        def pad_old():
+            g = y.index_select(-2, _reflect_index(h, pads[0], pads[1], y.device))
+            return g.index_select(-1, _reflect_index(w, pads[2], pads[3], y.device))
+
+        print(f"| {size} | reflect padding | two gathers | {median_ms(pad_old):.2f} | copy and strips | "
+              f"{median_ms(lambda: _reflect_pad(y, *pads)):.2f} |")
         for layout in (torch.contiguous_format, torch.channels_last):
             x = torch.rand(1, 3, h, w).contiguous(memory_format=layout)
             before = median_ms(lambda: (x * grey).sum(1, keepdim=True))

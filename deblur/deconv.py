@@ -51,6 +51,45 @@ def _reflect_index(n: int, before: int, after: int, device: torch.device) -> Ten
     return torch.where(i < n, i, 2 * n - 1 - i)
 
 
+def _reflect_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
+    """Pad the last two axes with ``cv2.BORDER_REFLECT``: the image copied once and its mirrored border strips,
+    rather than two whole-image gathers (10x the time at 1280x720); pads wider than the image fold as often as
+    needed (the gathers, ``_reflect_index``)."""
+    h, w = x.shape[-2:]
+    if max(top, bottom) > h or max(left, right) > w:
+        x = x.index_select(-2, _reflect_index(h, top, bottom, x.device))
+        return x.index_select(-1, _reflect_index(w, left, right, x.device))
+    out = x.new_empty((*x.shape[:-2], h + top + bottom, w + left + right))
+    out[..., top : top + h, left : left + w] = x
+    rows = out[..., top : top + h, :]
+    if left:
+        rows[..., :left] = x[..., :left].flip(-1)
+    if right:
+        rows[..., left + w :] = x[..., w - right :].flip(-1)
+    if top:
+        out[..., :top, :] = out[..., top : 2 * top, :].flip(-2)
+    if bottom:
+        out[..., top + h :, :] = out[..., top + h - bottom : top + h, :].flip(-2)
+    return out
+
+
+_LAPLACIANS: dict[tuple, Tensor] = {}  # |OTF(L)|^2 per (hp, wp, dtype, device): a video's frames share one
+
+
+def _laplacian_power(hp: int, wp: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """|OTF|^2 of the 3x3 Laplacian on an (hp, wp) grid, (hp, wp//2+1); the last few grids are kept."""
+    key = (hp, wp, dtype, str(device))
+    got = _LAPLACIANS.get(key)
+    if got is None:
+        fy = torch.fft.fftfreq(hp, device=device, dtype=dtype)[:, None]
+        fx = torch.fft.rfftfreq(wp, device=device, dtype=dtype)[None, :]
+        got = (4.0 - 2.0 * torch.cos(2 * math.pi * fy) - 2.0 * torch.cos(2 * math.pi * fx)) ** 2
+        if len(_LAPLACIANS) >= 8:
+            _LAPLACIANS.pop(next(iter(_LAPLACIANS)))
+        _LAPLACIANS[key] = got
+    return got
+
+
 def _blur_radius(kernel: Tensor) -> Tensor:
     """RMS distance (px) of the kernel's mass from its centroid, (B|1,k,k) -> (B|1,); at least 0.5."""
     mass = kernel.detach().abs()
@@ -185,13 +224,9 @@ class WienerPlan:
         self.hp, self.wp = hp, wp = _fast_len(h + 2 * p), _fast_len(w + 2 * p)
         self.dtype, device = _compute_dtype(blur), blur.device
         with torch.autocast(device.type, enabled=False):
-            y = blur.to(self.dtype)
-            y = y.index_select(-2, _reflect_index(h, p, hp - h - p, device))
-            self.y = y.index_select(-1, _reflect_index(w, p, wp - w - p, device))
+            self.y = _reflect_pad(blur.to(self.dtype), p, hp - h - p, p, wp - w - p)
             self.y_f = torch.fft.rfft2(self.y)
-            fy = torch.fft.fftfreq(hp, device=device, dtype=self.dtype)[:, None]
-            fx = torch.fft.rfftfreq(wp, device=device, dtype=self.dtype)[None, :]
-            self.lap2 = (4.0 - 2.0 * torch.cos(2 * math.pi * fy) - 2.0 * torch.cos(2 * math.pi * fx)) ** 2  # |OTF(L)|^2
+            self.lap2 = _laplacian_power(hp, wp, self.dtype, device)  # |OTF(L)|^2
 
     def __call__(self, kernel: Tensor, balance: float | Tensor = 2e-3, noise_gain: float = 0.0,
                  taper: bool = True, residual: bool = False) -> Tensor | tuple[Tensor, Tensor]:
@@ -213,9 +248,12 @@ class WienerPlan:
             lam = torch.as_tensor(balance, dtype=dtype, device=device).reshape(-1)  # (1,) or (B,)
             if noise_gain > 0:
                 lam = lam + noise_gain * estimate_noise(self.blur).to(dtype) ** 2
-            # |K|^2 + lam |L|^2, from the spectrum's real view (no square root, as abs() would take)
-            power = torch.view_as_real(k_f).square().sum(-1)
-            filt = k_f.conj() / torch.addcmul(power, lam[:, None, None], self.lap2)  # (B|1, hp, wf)
+            # filter conj(K) / (|K|^2 + lam |L|^2), from real and imaginary parts: a complex tensor divided by a
+            # real one first converts it to complex, and |K|^2 as a reduction over the real view was slow too
+            # (together 2.2x the time at 1280x720, python bench/hotpath.py)
+            power = torch.addcmul(k_f.real.square(), k_f.imag, k_f.imag)
+            inv = torch.addcmul(power, lam[:, None, None], self.lap2).reciprocal_()  # (B|1, hp, wf)
+            filt = torch.complex(k_f.real * inv, k_f.imag * inv.neg())
             x_f = y_f * filt[:, None]
             out = torch.fft.irfft2(x_f, s=(hp, wp))[..., p : p + h, p : p + w].to(self.blur.dtype)
             if not residual:

@@ -170,3 +170,15 @@ def test_transfer_function_equals_the_padded_kernels_fft(k):
     kern = torch.rand(2, k, k, dtype=torch.float64)
     otf = F.pad(kern, (0, plan.wp - k, 0, plan.hp - k)).roll((-(k // 2), -(k // 2)), dims=(-2, -1))
     torch.testing.assert_close(plan._otf(kern), torch.fft.rfft2(otf))
+
+
+@pytest.mark.parametrize("pads", [(2, 3, 1, 4), (5, 5, 7, 7), (0, 0, 0, 0), (6, 1, 0, 9), (12, 11, 15, 20)],
+                         ids=["narrow", "whole", "none", "folded", "folded_twice"])
+def test_reflect_padding_is_cv2s_border_reflect(pads):
+    from deblur.deconv import _reflect_pad
+
+    img = np.random.default_rng(0).random((5, 7), dtype=np.float32)
+    top, bottom, left, right = pads
+    want = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_REFLECT)
+    got = _reflect_pad(torch.from_numpy(img)[None, None], top, bottom, left, right)[0, 0].numpy()
+    np.testing.assert_array_equal(got, want)
