@@ -101,14 +101,19 @@ def letterbox_tensor(
     orig_hw: tuple[int, int] | None = None,
     auto: bool = False,
     stride: int = 32,
+    signed: bool = False,
 ) -> tuple[torch.Tensor, LetterboxInfo]:
     """``letterbox`` on the device: (B,3,h,w) RGB float [0,1] -> ((B,3,h',w') padded with PAD_GRAY / 255,
     LetterboxInfo). orig_hw: the frames' original (H, W) when x01 holds them at another size (a deblur
-    resolution): the geometry, and so the boxes scale_boxes maps back, refer to the original frame."""
+    resolution): the geometry, and so the boxes scale_boxes maps back, refer to the original frame.
+    signed: x01 is in [-1,1] (the pipeline's frames); it is mapped to [0,1] after the resize, on the fewer pixels
+    (bilinear resizing commutes with that affine map)."""
     h0, w0 = orig_hw or tuple(x01.shape[2:])
     new_h, new_w, top, bottom, left, right, gain = _letterbox_geometry(h0, w0, new_shape, auto, stride)
     if (new_h, new_w) != tuple(x01.shape[2:]):
         x01 = F.interpolate(x01, size=(new_h, new_w), mode="bilinear", align_corners=False)
+    if signed:
+        x01 = x01.add(1.0).mul_(0.5)
     if top or bottom or left or right:
         x01 = F.pad(x01, (left, right, top, bottom), value=PAD_GRAY / 255.0)
     return x01.contiguous(), LetterboxInfo(gain=gain, pad_x=float(left), pad_y=float(top), orig_h=h0, orig_w=w0)

@@ -139,9 +139,12 @@ class Preprocess:
         # the frames' pixel-interleaved strides, and the deblurrer's full-frame ops run 2-4x slower on those)
         x = x.permute(0, 3, 1, 2)[:, [2, 1, 0]].float()
         h, w = scaled_size(x.shape[2], x.shape[3], self.long_side)
-        if (h, w) != tuple(x.shape[2:]):
+        resized = (h, w) != tuple(x.shape[2:])
+        if resized:
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        x = x.mul_(2.0 / 255.0).sub_(1.0).clamp_(-1.0, 1.0)  # RGB [-1,1]
+        x = x.mul_(2.0 / 255.0).sub_(1.0)  # RGB [-1,1]
+        if resized:  # antialiased bilinear can overshoot a little
+            x = x.clamp_(-1.0, 1.0)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         batch.blur = x
@@ -293,9 +296,9 @@ class Detect:
 
     def run(self, x: torch.Tensor, frame_size: tuple[int, int]) -> list[list["Detection"]]:
         """(B,3,h,w) RGB [-1,1] -> one list of Detection per frame, in original-frame pixels."""
-        x01 = x.float().add(1.0).mul_(0.5)  # RGB [0,1]
         imgsz, stride = self.detector.imgsz, self.detector.stride
-        x, info = letterbox_tensor(x01, (imgsz, imgsz), orig_hw=frame_size, auto=self.rect, stride=stride)
+        x, info = letterbox_tensor(x.float(), (imgsz, imgsz), orig_hw=frame_size, auto=self.rect, stride=stride,
+                                   signed=True)  # resized, then mapped to RGB [0,1]
         return [scale_detections(d, info) for d in self.detector(x)]
 
     def __call__(self, batch: Batch) -> Batch:

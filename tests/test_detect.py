@@ -147,6 +147,10 @@ def test_letterbox_tensor_is_the_numpy_letterbox_on_the_device(hw, auto):
     # a tensor at another size (a deblur resolution) letterboxed for the original frame size
     half = torch.nn.functional.interpolate(x01, size=(h // 2, w // 2), mode="bilinear", align_corners=False)
     assert letterbox_tensor(half, (416, 416), orig_hw=(h, w), auto=auto, stride=32)[1] == want_info
+    # the pipeline's [-1,1] frames: resized first, then mapped to [0,1], the same image (padding included)
+    signed, info = letterbox_tensor(x01 * 2 - 1, (416, 416), auto=auto, stride=32, signed=True)
+    assert info == want_info
+    torch.testing.assert_close(signed, got, atol=1e-6, rtol=0)
 
 
 def test_scale_detections_maps_back_like_scale_boxes():
