@@ -13,6 +13,7 @@ kernel and a tensor ``balance``, so a network that predicts the kernel trains en
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -73,21 +74,14 @@ def _reflect_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Ten
     return out
 
 
-_LAPLACIANS: dict[tuple, Tensor] = {}  # |OTF(L)|^2 per (hp, wp, dtype, device): a video's frames share one
-
-
-def _laplacian_power(hp: int, wp: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """|OTF|^2 of the 3x3 Laplacian on an (hp, wp) grid, (hp, wp//2+1); the last few grids are kept."""
-    key = (hp, wp, dtype, str(device))
-    got = _LAPLACIANS.get(key)
-    if got is None:
+@functools.lru_cache(maxsize=8)  # a video's frames share one grid (thread-safe; at most 8 grids kept)
+def _laplacian_power(hp: int, wp: int, dtype: torch.dtype, device: str) -> Tensor:
+    """|OTF|^2 of the 3x3 Laplacian on an (hp, wp) grid, (hp, wp//2+1). Built outside inference mode whatever the
+    caller's, so that a later call with a differentiable ``balance`` can save it for the backward pass."""
+    with torch.inference_mode(False), torch.no_grad():
         fy = torch.fft.fftfreq(hp, device=device, dtype=dtype)[:, None]
         fx = torch.fft.rfftfreq(wp, device=device, dtype=dtype)[None, :]
-        got = (4.0 - 2.0 * torch.cos(2 * math.pi * fy) - 2.0 * torch.cos(2 * math.pi * fx)) ** 2
-        if len(_LAPLACIANS) >= 8:
-            _LAPLACIANS.pop(next(iter(_LAPLACIANS)))
-        _LAPLACIANS[key] = got
-    return got
+        return (4.0 - 2.0 * torch.cos(2 * math.pi * fy) - 2.0 * torch.cos(2 * math.pi * fx)) ** 2
 
 
 def _blur_radius(kernel: Tensor) -> Tensor:
@@ -226,7 +220,7 @@ class WienerPlan:
         with torch.autocast(device.type, enabled=False):
             self.y = _reflect_pad(blur.to(self.dtype), p, hp - h - p, p, wp - w - p)
             self.y_f = torch.fft.rfft2(self.y)
-            self.lap2 = _laplacian_power(hp, wp, self.dtype, device)  # |OTF(L)|^2
+            self.lap2 = _laplacian_power(hp, wp, self.dtype, str(device))  # |OTF(L)|^2
 
     def __call__(self, kernel: Tensor, balance: float | Tensor = 2e-3, noise_gain: float = 0.0,
                  taper: bool = True, residual: bool = False) -> Tensor | tuple[Tensor, Tensor]:

@@ -211,6 +211,8 @@ class KernelDeblurrer:
         self._refined: Tensor | None = None  # video refinement: the last refined kernel (1,k,k)
         self._refined_shape: tuple[int, int] | None = None  # ... and its frame size
         self._since = 0  # frames since the last full refinement
+        self._job = None  # refine.background: (future of the running full refinement, its frame's shape)
+        self._pool = None  # ... and its thread
 
     def reset(self) -> None:
         """Forget the temporal state (the smoother's previous kernel, video refinement's last refined kernel): the
@@ -219,8 +221,9 @@ class KernelDeblurrer:
         self._previous = self._previous_shape = None
         self._refined = self._refined_shape = None
         self._since = 0
+        self._job = None  # a running background refinement finishes unread
 
-    _STATE = ("_previous", "_previous_shape", "_refined", "_refined_shape", "_since")
+    _STATE = ("_previous", "_previous_shape", "_refined", "_refined_shape", "_since", "_job")
 
     @property
     def stateful(self) -> bool:
@@ -322,17 +325,18 @@ class KernelDeblurrer:
 
     def _refine(self, grey: Tensor, kernels: Tensor, shape: tuple, r: RefineConfig) -> tuple[Tensor, Tensor]:
         """refine_kernels with ``r``, in video (refine.every > 1) warm-started from the last refined kernel between
-        the full refinements. ``shape``: the frame's size and the size refined at (a work-size copy's may be the same
-        for two frame sizes)."""
+        the full refinements (run in a background thread with ``refine.background``). ``shape``: the frame's size and
+        the size refined at (a work-size copy's may be the same for two frame sizes)."""
         size = refined_size(r, kernels.shape[-1], shape[-2:])
+        # the canvas and tile of the full refinement (an auto size would grow again from the refined canvas)
+        warm_cfg = dataclasses.replace(r, levels=1, iters=r.warm_iters, fine_iters=-1, size=size,
+                                       tile=refined_tile(r, kernels.shape[-1], shape[-2:]))
+        if r.every > 1 and r.background:
+            return self._refine_background(grey, kernels, shape, r, size, warm_cfg)
         warm = (r.every > 1 and self._refined is not None and self._refined_shape == shape and self._since < r.every
                 and self._refined.shape[-1] == size)
         if warm:
-            start = self._refined.expand(len(kernels), -1, -1)
-            # the canvas and tile of the full refinement (an auto size would grow again from the refined canvas)
-            refined, ok = refine_kernels(grey, start, dataclasses.replace(
-                r, levels=1, iters=r.warm_iters, fine_iters=-1, size=size,
-                tile=refined_tile(r, kernels.shape[-1], shape[-2:])))
+            refined, ok = refine_kernels(grey, self._refined.expand(len(kernels), -1, -1), warm_cfg)
             self._since += len(kernels)
         else:
             refined, ok = refine_kernels(grey, kernels, r)
@@ -340,6 +344,39 @@ class KernelDeblurrer:
         if ok[-1]:
             self._refined, self._refined_shape = refined[-1:].clone(), shape
         return refined, ok
+
+    def _refine_background(self, grey: Tensor, kernels: Tensor, shape: tuple, r: RefineConfig, size: int,
+                           warm_cfg: RefineConfig) -> tuple[Tensor, Tensor]:
+        """The video mode with the full refinements in a background thread: a finished one becomes the warm start;
+        every ``every`` frames (and on a new frame size) the last frame of the batch goes to the thread, unless a
+        refinement is still running there. Each frame gets ``warm_iters`` iterations from the last finished
+        refinement, or from its network kernel until one has finished."""
+        job = self._job
+        if job is not None and job[0].done():
+            self._job = None
+            if job[1] == shape:
+                got, ok = job[0].result()
+                if bool(ok[-1]):
+                    self._refined, self._refined_shape = got[-1:], shape
+        usable = self._refined is not None and self._refined_shape == shape and self._refined.shape[-1] == size
+        if self._job is None and (not usable or self._since >= r.every):
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="kernel-refine")
+            self._job = (self._pool.submit(refine_kernels, grey[-1:].clone(), kernels[-1:].clone(), r), shape)
+            self._since = 0
+        self._since += len(kernels)
+        start = self._refined.expand(len(kernels), -1, -1) if usable else kernels
+        return refine_kernels(grey, start, warm_cfg)
+
+    def close(self) -> None:
+        """Stop the background refinement thread (refine.background), waiting for a running refinement; the
+        deblurrer stays usable (a later frame starts a new thread)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._job = None
 
     # --- restoration ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -366,7 +403,7 @@ class KernelDeblurrer:
         r = self.cfg.refine
         dark = self._dark(grey) if r.iters else None  # on the full frame, before grey becomes the work-size copy's
         full_shape = tuple(x.shape[-2:])
-        work, scale, passed = work_size(full_shape, self.cfg.work_side), 1.0, x
+        work, scale, full = work_size(full_shape, self.cfg.work_side), 1.0, x
         if bool(sharp.all()) and not residual:  # nothing to deblur: the frames as they came, whatever the work size
             self.last_kernels, self.last_gated = safe, sharp
             return x.clone()
@@ -376,8 +413,7 @@ class KernelDeblurrer:
             tile = refined_tile(r, safe.shape[-1], full_shape)  # the same image content as at full resolution
             r = dataclasses.replace(r, size=side, tile=tile and max(32, 32 * round(tile * scale / 32)))
             # the copy to deconvolve is shrunk with antialiasing (blurring commutes with a low-pass resampling, not with
-            # aliasing decimation); a frame passed through is shrunk as the detector's letterbox would have
-            passed = shrink(x, work)
+            # aliasing decimation)
             x = F.interpolate(x, size=work, mode="bilinear", align_corners=False, antialias=True).clamp_(0.0, 1.0)
             grey, safe = luma(x), resize_kernels(safe, side, scale)
         refined, is_refined = None, torch.zeros_like(sharp)
@@ -400,7 +436,8 @@ class KernelDeblurrer:
         if not bool(sharp.any()):  # every frame deblurred: no copies in and out of the batch
             out, res_out = self._deconvolve(x, used, residual, scale, is_refined, grey)
             return (out, res_out) if residual else out
-        out = passed.clone()
+        # a frame passed through at a work size is shrunk as the detector's letterbox would have
+        out = full.clone() if full is x else shrink(full, work)
         res_out = torch.zeros_like(x[:, :1]) if residual else None
         todo = (~sharp).nonzero().flatten()
         if len(todo):

@@ -66,6 +66,10 @@ class RefineConfig:
     # milliseconds, not one frame). 1 = a full refinement on every frame (images, the evaluations)
     every: int = 1
     warm_iters: int = 1
+    # video: run the full refinements in a background thread (on the frame that was due), so no frame waits for one:
+    # frames go on warm-starting from the last finished one, and until the first finishes, from the network's kernel.
+    # Which frame a result reaches depends on timing (the pipeline's live default; evaluations keep it off)
+    background: bool = False
     grow: int = 2  # at finer levels the kernel stays within the coarser level's support dilated by this (px)
 
     def __post_init__(self):

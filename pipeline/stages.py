@@ -110,6 +110,7 @@ class Preprocess:
         self._pinned: list[torch.Tensor] = []  # two host buffers, used in turn
         self._events: list[Any] = []
         self._turn = 0
+        self._rgb: torch.Tensor | None = None  # BGR -> RGB channel index on the device
 
     def _upload(self, batch_bhwc: np.ndarray) -> torch.Tensor:
         """(B,H,W,3) uint8 -> the same on the device."""
@@ -135,9 +136,14 @@ class Preprocess:
     def __call__(self, batch: Batch) -> Batch:
         frames_bhwc = np.stack([f.bgr for f in batch.frames])  # (B,H,W,3) uint8 BGR
         x = self._upload(frames_bhwc)
-        # (B,3,H,W) RGB float [0,255], NCHW-contiguous: the channel gather does the layout change (a flip would keep
-        # the frames' pixel-interleaved strides, and the deblurrer's full-frame ops run 2-4x slower on those)
-        x = x.permute(0, 3, 1, 2)[:, [2, 1, 0]].float()
+        x = x.permute(0, 3, 1, 2)  # (B,3,H,W) BGR uint8, pixel-interleaved strides (channels_last)
+        if self.channels_last:
+            x = x.flip(1).float()  # RGB float [0,255], still channels_last, as the generator takes it
+        else:  # NCHW-contiguous: the channel gather changes the layout on the way (the kernel deblurrer's full-frame
+            # ops run 2-4x slower on interleaved strides); an index tensor on the device, so CUDA does not sync
+            if self._rgb is None or self._rgb.device != x.device:
+                self._rgb = torch.tensor([2, 1, 0], device=x.device)
+            x = x.index_select(1, self._rgb).float()
         h, w = scaled_size(x.shape[2], x.shape[3], self.long_side)
         resized = (h, w) != tuple(x.shape[2:])
         if resized:

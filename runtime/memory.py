@@ -20,12 +20,14 @@ import ctypes.util
 import logging
 import os
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_large_allocations"]
+__all__ = ["MMAP_THRESHOLD", "MMAP_THRESHOLD_OLD_GLIBC", "TRIM_THRESHOLD", "keep_large_allocations"]
 
 logger = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
-MMAP_THRESHOLD = 256 << 20  # allocations above this still get their own mapping (a 4K frame's float batch is less)
+# allocations above this still get their own mapping (a 4K frame's float batch is less); glibc releases before 2.35
+# refuse more than 32 MiB (HEAP_MAX_SIZE / 2), which still holds a 1920x1080 float frame (25 MB)
+MMAP_THRESHOLD, MMAP_THRESHOLD_OLD_GLIBC = 256 << 20, 32 << 20
 TRIM_THRESHOLD = 512 << 20  # free memory at the heap's top beyond this goes back to the system
 _done: bool | None = None
 
@@ -44,7 +46,9 @@ def keep_large_allocations() -> bool:
     except (OSError, AttributeError):  # not glibc: its own allocator policy stays
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _done = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    mmap = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) or bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_OLD_GLIBC))
+    trim = bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    _done = mmap and trim
     if not _done:
-        logger.debug("mallopt refused the thresholds; the allocator keeps its defaults")
+        logger.debug("mallopt refused a threshold (mmap %s, trim %s); the allocator keeps its default there", mmap, trim)
     return _done

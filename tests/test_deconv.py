@@ -182,3 +182,14 @@ def test_reflect_padding_is_cv2s_border_reflect(pads):
     want = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_REFLECT)
     got = _reflect_pad(torch.from_numpy(img)[None, None], top, bottom, left, right)[0, 0].numpy()
     np.testing.assert_array_equal(got, want)
+
+
+def test_balance_stays_differentiable_after_an_inference_call_on_the_same_grid():
+    # the Laplacian's spectrum is kept per grid; one made under inference mode must not break a later backward pass
+    blur = _t(apply_kernel(SHARP, KERNELS["linear9"]))
+    kernel = torch.from_numpy(KERNELS["linear9"])
+    with torch.inference_mode():
+        wiener_deconvolve(blur, kernel)
+    balance = torch.full((1,), 1e-2, requires_grad=True)
+    wiener_deconvolve(blur, kernel, balance=balance).square().mean().backward()
+    assert balance.grad is not None and torch.isfinite(balance.grad).all() and balance.grad.abs().item() > 0

@@ -151,6 +151,39 @@ def test_video_refinement_warm_starts_between_full_refinements():
     assert deblurrer._refined is None and deblurrer._since == 0
 
 
+def test_background_refinement_reaches_the_warm_start_without_holding_up_a_frame():
+    """refine.background: frame 1 hands its full refinement to the thread and gets one iteration from the network's
+    kernel; once the refinement has finished, later frames warm-start from it and reach the synchronous video mode's
+    shape; a frame never waits (its call returns before a full refinement could finish); close() ends the thread."""
+    import time
+
+    from deblur.kernel_deblur import KernelDeblurrer
+
+    x = torch.from_numpy(np.ascontiguousarray(apply_kernel(skdata.chelsea(), shake_kernel(3, 5)))).permute(2, 0, 1)
+    x = x[None].float() / 255.0
+    truth = resize_kernels(torch.from_numpy(shake_kernel(3, 5))[None], 41)
+    sync = KernelDeblurrer(device="cpu", runtime="torch", refine=RefineConfig(iters=10, every=4))
+    sync.restore(x)
+    full_error = float(shape_error(sync.last_kernels, truth))
+    t0 = time.perf_counter()
+    sync.restore(x)  # a warm frame, for the time of one
+    warm_s = time.perf_counter() - t0
+    back = KernelDeblurrer(device="cpu", runtime="torch", refine=RefineConfig(iters=10, every=4, background=True))
+    back.restore(x)
+    assert back._job is not None and back._refined is None  # handed over, nothing finished yet
+    back._job[0].result()  # (the test waits for it; the pipeline does not)
+    t0 = time.perf_counter()
+    back.restore(x)  # adopts the finished refinement and warm-starts from it
+    assert time.perf_counter() - t0 < 3 * warm_s + 0.05
+    assert back._refined is not None and back._job is None
+    error = float(shape_error(back.last_kernels, truth))
+    assert error < full_error + 0.05, (error, full_error)
+    back.restore(x), back.restore(x), back.restore(x)
+    assert back._job is not None  # every 4 frames the next one goes to the thread
+    back.close()
+    assert back._pool is None and back._job is None
+
+
 def test_strongest_takes_the_top_fraction_of_each_orientation_bin():
     """The vectorised gradient selection equals the per-bin definition: in each of the bins, the gradients at or
     above the bin's (keep / bins) quantile of the sampled magnitudes, never a zero one."""

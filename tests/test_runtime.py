@@ -645,7 +645,7 @@ from runtime import keep_large_allocations
 on = keep_large_allocations()
 libc = ctypes.CDLL("libc.so.6")
 libc.sbrk.restype = ctypes.c_void_p
-x = torch.empty(40 << 20, dtype=torch.uint8)  # above glibc's largest dynamic mmap threshold (32 MiB)
+x = torch.empty(30 << 20, dtype=torch.uint8)  # above glibc's default mmap threshold, below the lowest one we set
 print(on, x.data_ptr() < libc.sbrk(0))  # below the program break: from the heap, not a fresh mapping
 """
 
