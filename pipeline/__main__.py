@@ -82,13 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="deblur the full frame, or a copy whose long side is N pixels (detector: the detector's "
                          "imgsz); the kernel is still estimated on the full frame" + d % _P.deblur_size)
     db.add_argument("--refine", type=int, metavar="ITERS",
-                    help="refine the estimated kernel in closed form, ITERS iterations per pyramid level on every frame "
-                         "(10, as predict and the evaluations; ~90 ms per frame on 2 CPU threads; 0 = off)"
-                         + d % _P.kernel.refine.iters)
+                    help="refine the estimated kernel in closed form: ITERS iterations per pyramid level in each full "
+                         "refinement (0 = off: the network's kernel, the fastest)" + d % _P.kernel.refine.iters)
     db.add_argument("--refine-every", type=int, metavar="N",
-                    help="kernel refinement in its video mode: a full refinement every N frames, one warm-started "
-                         "iteration on the frames between (8 kept 92 %% of the PSNR gain on a drifting blur; "
-                         "bench/temporal.py); turns refinement on" + d % _P.kernel.refine.every)
+                    help="kernel refinement's video mode: a full refinement every N frames (in a background thread "
+                         "unless kernel.refine.background=false), warm-started iterations on every frame; 1 = a full "
+                         "refinement on every frame, as predict and the evaluations (~100 ms a 640x360 frame); "
+                         "turns refinement on" + d % _P.kernel.refine.every)
     db.add_argument("--amp", choices=PRECISIONS, help="deblur precision: auto = fp16 on CUDA, bf16 on CPUs with "
                     "native bf16, else fp32" + d % _P.amp)
     db.add_argument("--runtime", choices=RUNTIMES, help="runtime of the deblurrer and the darknet detector: torch, "

@@ -29,11 +29,13 @@ def machine_threads() -> int:
         return os.cpu_count() or 1
 
 
-# The pipeline's kernel refinement: off by default, because it would cost the real-time target on a 2-core CPU
-# (the demo clip with shake 3 on an AVX-512 EPYC: 27.9 fps without, 16.5 with --refine-every 8, which gains
-# +4 dB on a drifting blur: python -m pipeline --source demo --simulate-blur 3 --max-frames 200 --summary S.json
-# with and without it; python bench/temporal.py --size 640x360)
-PIPELINE_REFINE = RefineConfig(iters=0)
+# The pipeline's kernel refinement: the video mode with its full refinements in a background thread, every 16 frames,
+# and two warm-started iterations on every frame. On bench/temporal.py's drifting blur (640x360, 1 thread) it gained
+# +3.29 dB [2.83, 3.63] over no refinement (+0.06 dB) for 31 against 18 ms a frame; the synchronous --refine-every 8
+# gained +3.68 dB at 24 ms a frame on average but stalls a frame for each full refinement: on a live 640x360 feed
+# (25 fps, shake 3) it dropped 17 of 150 frames (p95 latency 118 ms), this default none (p50 52, p95 89 ms);
+# no refinement (--refine 0): none, p50 37 ms. docs/results/2026-12-07_hot_path.md
+PIPELINE_REFINE = RefineConfig(every=16, warm_iters=2, background=True)
 
 
 @dataclass(frozen=True)
