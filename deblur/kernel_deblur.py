@@ -330,7 +330,7 @@ class KernelDeblurrer:
         size = refined_size(r, kernels.shape[-1], shape[-2:])
         # the canvas and tile of the full refinement (an auto size would grow again from the refined canvas)
         warm_cfg = dataclasses.replace(r, levels=1, iters=r.warm_iters, fine_iters=-1, size=size,
-                                       tile=refined_tile(r, kernels.shape[-1], shape[-2:]))
+                                       tile=r.warm_tile or refined_tile(r, kernels.shape[-1], shape[-2:]))
         if r.every > 1 and r.background:
             return self._refine_background(grey, kernels, shape, r, size, warm_cfg)
         warm = (r.every > 1 and self._refined is not None and self._refined_shape == shape and self._since < r.every

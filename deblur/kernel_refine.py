@@ -66,6 +66,7 @@ class RefineConfig:
     # milliseconds, not one frame). 1 = a full refinement on every frame (images, the evaluations)
     every: int = 1
     warm_iters: int = 1
+    warm_tile: int = 0  # the tile side of the warm-started iterations (0 = the full refinement's tile)
     # video: run the full refinements in a background thread (on the frame that was due), so no frame waits for one:
     # frames go on warm-starting from the last finished one, and until the first finishes, from the network's kernel.
     # Which frame a result reaches depends on timing (the pipeline's live default; evaluations keep it off)
@@ -90,6 +91,8 @@ class RefineConfig:
                              f"number >= 3, got {self.size}")
         if self.tile and self.tile < 32:
             raise ValueError(f"'refine.tile' must be 0 (the whole frame) or >= 32, got {self.tile}")
+        if self.warm_tile and self.warm_tile < 32:
+            raise ValueError(f"'refine.warm_tile' must be 0 (the full refinement's tile) or >= 32, got {self.warm_tile}")
 
 
 def odd_side(n: float) -> int:
