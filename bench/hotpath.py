@@ -1,7 +1,7 @@
 """The deblurrer's hot-path choices, each against what it replaced, in one run on this machine.
 
   fft     forward + inverse real 2-D FFT of a frame padded by 41 px a side, at the old FFT size (smallest
-          2^a 3^b 5^c, odd allowed) and today's (``deblur.deconv._fast_len``: the smallest even one)
+          2^a 3^b 5^c, odd allowed) and today's (``deblur.deconv._fast_len``: a >= 2, b <= 4, c <= 2)
   luma    RGB -> luma as a weighted sum over the channel axis (old) and as three scaled adds
           (``deblur.kernel_deblur.luma``), on a contiguous and on a channels_last (pixel-interleaved) frame
   filter  the Wiener filter applied to a spectrum: conj(K) / (|K|^2 + lam |L|^2) with the real denominator

@@ -262,13 +262,19 @@ def most_textured_tile(grey: Tensor, tile: int) -> Tensor:
         return grey
     th, tw = min(tile, h), min(tile, w)
     gx, gy = _gradients(grey)
-    energy = (gx.abs() + gy.abs())[:, 0].double()
+    energy = (gx.abs() + gy.abs())[:, 0]
     step = max(8, tile // 2)
-    integral = F.pad(energy.cumsum(-1).cumsum(-2), (1, 0, 1, 0))  # (B,H+1,W+1): sums of any window in 4 reads
     ys = torch.arange(0, h - th + 1, step, device=grey.device)
     xs = torch.arange(0, w - tw + 1, step, device=grey.device)
-    score = (integral[:, ys[:, None] + th, xs[None, :] + tw] - integral[:, ys[:, None], xs[None, :] + tw]
-             - integral[:, ys[:, None] + th, xs[None, :]] + integral[:, ys[:, None], xs[None, :]])  # (B,ny,nx)
+    if th % step == 0 and tw % step == 0:  # the usual case: a tile is whole step x step blocks; sum the blocks
+        # (an integral image of the frame in float64 cost 4 ms of every 1280x720 frame)
+        nby, nbx = (len(ys) - 1) + th // step, (len(xs) - 1) + tw // step
+        blocks = energy[:, : nby * step, : nbx * step].reshape(b, nby, step, nbx, step).sum((2, 4))
+        score = F.avg_pool2d(blocks[:, None], (th // step, tw // step), stride=1)[:, 0]  # (B,ny,nx), up to a factor
+    else:
+        integral = F.pad(energy.double().cumsum(-1).cumsum(-2), (1, 0, 1, 0))  # (B,H+1,W+1): any window in 4 reads
+        score = (integral[:, ys[:, None] + th, xs[None, :] + tw] - integral[:, ys[:, None], xs[None, :] + tw]
+                 - integral[:, ys[:, None] + th, xs[None, :]] + integral[:, ys[:, None], xs[None, :]])  # (B,ny,nx)
     nx = len(xs)
     best = score.flatten(1).argmax(1).tolist()
     out = []
