@@ -22,6 +22,7 @@ same run) and writes bench/results/realtime_<date>_<device>[_<n>].{json,md} (n: 
     python bench/realtime.py                                   # CPU, 640x360, 60 frames, all runtimes here
     python bench/realtime.py --frames 24 --runtimes openvino onnxruntime --batches 1 4 --deblur-size 320
     python bench/realtime.py --device cuda --size 1280x720 --batches 1 8 16 --frames 300
+    python bench/realtime.py --batches 1 --live --kernel-options "refine.iters=0"   # without kernel refinement too
 
 Without the shipped weights (deblur/weights/kernel_estimator.pt absent) the untrained identity-initialised
 generator is used: speed does not depend on the weights.
@@ -233,6 +234,12 @@ def child_pipeline(spec: dict) -> dict:
         save=spec.get("save", ""), realtime=spec.get("realtime", False),
         detector=DetectorConfig(device=spec["device"], imgsz=spec["imgsz"], half=spec["device"] != "cpu"),
     )
+    if spec.get("kernel"):  # deblur.kernel options of this row (e.g. refine.iters=0)
+        import dataclasses
+
+        from configs import load_config
+
+        cfg = load_config(PipelineConfig, overrides=[f"kernel.{o}" for o in spec["kernel"]], data=dataclasses.asdict(cfg))
     s = run_pipeline(cfg)
     return {
         "name": spec["name"], "kind": "pipeline" if spec["deblur"] else "detect only", "runtime": s["runtime"] or spec["runtime"],
@@ -290,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-latency", type=float, default=200.0, help="ms a batch may wait to fill")
     p.add_argument("--weights", default="", help="deblurrer of the --runtimes rows: a generator or a kernel estimator "
                    "(default: the shipped generator, else an untrained identity)")
+    p.add_argument("--kernel-options", nargs="+", default=[], metavar="'KEY=VALUE ...'",
+                   help="more (c) rows (and (d) rows with --live), each with these kernel-deblurrer options "
+                        "(deblur.kernel keys), e.g. 'refine.iters=0': the defaults' cost, within one run")
     p.add_argument("--live", nargs="*", type=int, default=None, metavar="BATCH",
                    help="also play the clip in real time as a live feed (--realtime: newest frame wins) through the "
                         "auto runtime at these batch sizes (default 1): live fps, drops and honest latency")
@@ -340,9 +350,15 @@ def main(argv: list[str] | None = None) -> int:
             b = max(args.batches or [1])
             specs.append({**common, "name": f"(c) {auto}, batch {b}, deblur {side}", "kind": "pipeline", "deblur": True,
                           "runtime": auto, "batch": b, "deblur_size": side})
+        for opts in args.kernel_options:
+            specs.append({**common, "name": f"(c) {auto}, batch 1, {opts}", "kind": "pipeline", "deblur": True,
+                          "runtime": auto, "batch": 1, "kernel": opts.split()})
         for b in ([] if args.live is None else args.live or [1]):
             specs.append({**common, "name": f"(d) live {auto}, batch {b}", "kind": "pipeline", "deblur": True,
                           "runtime": auto, "batch": b, "realtime": True})
+            for opts in args.kernel_options:
+                specs.append({**common, "name": f"(d) live {auto}, batch {b}, {opts}", "kind": "pipeline",
+                              "deblur": True, "runtime": auto, "batch": b, "realtime": True, "kernel": opts.split()})
 
     print(f"# bench/realtime.py: {' '.join(args.sizes)}, {args.frames} frames, shake {args.simulate_blur}, device {args.device} "
           f"({device_name}), {args.threads} threads; deblur weights: {weights_desc}; auto -> {auto}", flush=True)

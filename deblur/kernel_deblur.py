@@ -323,14 +323,22 @@ class KernelDeblurrer:
             out.append(kern)
         return torch.stack(out)
 
-    def _refine(self, grey: Tensor, kernels: Tensor, shape: tuple, r: RefineConfig) -> tuple[Tensor, Tensor]:
+    def _count_failed(self, n: int, where: str = "") -> None:
+        self.refine_failed += n
+        logger.warning("Kernel refinement failed for %d frame(s)%s (%d so far): its starting kernel is used", n, where,
+                       self.refine_failed)
+
+    def _refine(self, grey: Tensor, kernels: Tensor, shape: tuple, r: RefineConfig) -> tuple[Tensor, Tensor, Tensor]:
         """refine_kernels with ``r``, in video (refine.every > 1) warm-started from the last refined kernel between
         the full refinements (run in a background thread with ``refine.background``). ``shape``: the frame's size and
-        the size refined at (a work-size copy's may be the same for two frame sizes)."""
+        the size refined at (a work-size copy's may be the same for two frame sizes). -> (kernels, ok: the refinement
+        did not fail, refined: the kernel is a refined one, deconvolved with ``balance``)."""
         size = refined_size(r, kernels.shape[-1], shape[-2:])
         # the canvas and tile of the full refinement (an auto size would grow again from the refined canvas)
-        warm_cfg = dataclasses.replace(r, levels=1, iters=r.warm_iters, fine_iters=-1, size=size,
-                                       tile=r.warm_tile or refined_tile(r, kernels.shape[-1], shape[-2:]))
+        tile = refined_tile(r, kernels.shape[-1], shape[-2:])
+        if r.warm_tile:  # never more than the full refinement's tile (on a work-size copy that one is scaled down)
+            tile = min(r.warm_tile, tile) if tile else r.warm_tile
+        warm_cfg = dataclasses.replace(r, levels=1, iters=r.warm_iters, fine_iters=-1, size=size, tile=tile)
         if r.every > 1 and r.background:
             return self._refine_background(grey, kernels, shape, r, size, warm_cfg)
         warm = (r.every > 1 and self._refined is not None and self._refined_shape == shape and self._since < r.every
@@ -343,10 +351,10 @@ class KernelDeblurrer:
             self._since = len(kernels)
         if ok[-1]:
             self._refined, self._refined_shape = refined[-1:].clone(), shape
-        return refined, ok
+        return refined, ok, ok
 
     def _refine_background(self, grey: Tensor, kernels: Tensor, shape: tuple, r: RefineConfig, size: int,
-                           warm_cfg: RefineConfig) -> tuple[Tensor, Tensor]:
+                           warm_cfg: RefineConfig) -> tuple[Tensor, Tensor, Tensor]:
         """The video mode with the full refinements in a background thread: every ``every`` frames (and on a new
         frame size) the last frame of the batch goes to the thread, unless a refinement is still running there. Each
         frame gets ``warm_iters`` iterations from the previous frame's kernel, and a finished full refinement
@@ -358,10 +366,15 @@ class KernelDeblurrer:
         job = self._job
         if job is not None and job[0].done():
             self._job = None
-            if job[1] == shape:
+            try:
                 got, ok = job[0].result()
-                if bool(ok[-1]):
-                    self._refined, self._refined_shape = got[-1:], shape
+            except Exception as e:  # noqa: BLE001 - the stream goes on with its warm-started kernels
+                got, ok = None, torch.zeros(1, dtype=torch.bool)
+                logger.warning("Background kernel refinement raised %s: %s", type(e).__name__, e)
+            if not bool(ok[-1]):
+                self._count_failed(1, " in the background")
+            elif job[1] == shape:
+                self._refined, self._refined_shape = got[-1:], shape
         usable = self._refined is not None and self._refined_shape == shape and self._refined.shape[-1] == size
         if self._job is None and (not usable or self._since >= r.every):
             if self._pool is None:
@@ -375,13 +388,14 @@ class KernelDeblurrer:
         refined, ok = refine_kernels(grey, start, warm_cfg)
         if usable and ok[-1]:  # the next frame goes on from this one (camera motion drifts between full refinements)
             self._refined = refined[-1:].clone()
-        return refined, ok
+        # the network's kernel with no iteration on it (warm_iters 0, no refined start yet) is not a refined one
+        return refined, ok, ok & (usable or r.warm_iters > 0)
 
     def close(self) -> None:
         """Stop the background refinement thread (refine.background), waiting for a running refinement; the
         deblurrer stays usable (a later frame starts a new thread)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._job = None
 
@@ -430,14 +444,12 @@ class KernelDeblurrer:
             # 8.7 -> 2.3 px, true 14.2; mean shape error 0.44 -> 0.55)
             check = (~sharp & ~dark).nonzero().flatten()
             if len(check):
-                got, ok = self._refine(grey[check], safe[check], full_shape + work, r)
+                got, ok, was_refined = self._refine(grey[check], safe[check], full_shape + work, r)
                 if not ok.all():
-                    self.refine_failed += int((~ok).sum())
-                    logger.warning("Kernel refinement failed for %d frame(s) (%d so far): its starting kernel is used",
-                                   int((~ok).sum()), self.refine_failed)
+                    self._count_failed(int((~ok).sum()))
                 refined = resize_kernels(safe, got.shape[-1])
                 refined[check] = got
-                is_refined[check] = ok
+                is_refined[check] = was_refined
         self.last_kernels, self.last_gated = (safe if refined is None else refined), sharp
         used = safe if refined is None else refined
         if not bool(sharp.any()):  # every frame deblurred: no copies in and out of the batch

@@ -66,7 +66,7 @@ class RefineConfig:
     # milliseconds, not one frame). 1 = a full refinement on every frame (images, the evaluations)
     every: int = 1
     warm_iters: int = 1
-    warm_tile: int = 0  # the tile side of the warm-started iterations (0 = the full refinement's tile)
+    warm_tile: int = 0  # the tile side of the warm-started iterations, at most the full refinement's (0 = that one)
     # video: run the full refinements in a background thread (on the frame that was due), so no frame waits for one:
     # frames go on warm-starting from the last finished one, and until the first finishes, from the network's kernel.
     # Which frame a result reaches depends on timing (the pipeline's live default; evaluations keep it off)

@@ -97,6 +97,9 @@ def run_pipeline(
     with _signals(stop), contextlib.ExitStack() as stack:  # closes the sinks (video trailer, JSON lines), the source
         stack.enter_context(source.hold())  # opened now (a bad input fails before any model is built), read later
         stages = build_stages(cfg, deblur_model=deblur_model, detector=detector)
+        for _, stage in stages.front + stages.back:
+            if callable(getattr(stage, "close", None)):
+                stack.callback(stage.close)  # e.g. the kernel deblurrer's background refinement thread
         loop = Loop(cfg, source, stages, open_sinks(cfg, source, stack), stop)
         loop.run()
     t_end = time.perf_counter()

@@ -264,6 +264,10 @@ class KernelDeblur:
         self.deblurrer.reset()
         self._states.clear()
 
+    def close(self) -> None:
+        """At the end of a run: stop the deblurrer's background refinement thread (refine.background)."""
+        self.deblurrer.close()
+
     def counters(self) -> dict[str, int]:
         """KernelDeblurrer.counters(): nonfinite, small_frames, refine_failed (reported in the run summary)."""
         return self.deblurrer.counters()

@@ -184,6 +184,30 @@ def test_background_refinement_reaches_the_warm_start_without_holding_up_a_frame
     assert back._pool is None and back._job is None
 
 
+def test_a_background_refinement_that_raises_is_counted_and_the_stream_goes_on(monkeypatch):
+    import threading
+
+    import deblur.kernel_deblur as kd
+
+    real = kd.refine_kernels
+
+    def broken_in_the_thread(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("simulated failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kd, "refine_kernels", broken_in_the_thread)
+    x = torch.from_numpy(np.ascontiguousarray(apply_kernel(skdata.chelsea(), shake_kernel(3, 5)))).permute(2, 0, 1)
+    x = x[None].float() / 255.0
+    deblurrer = kd.KernelDeblurrer(device="cpu", runtime="torch", refine=RefineConfig(iters=2, every=4, background=True))
+    deblurrer.restore(x)
+    assert isinstance(deblurrer._job[0].exception(), RuntimeError)  # (waits for it)
+    out = deblurrer.restore(x)  # reads the failed job: counted, not raised
+    assert deblurrer.counters()["refine_failed"] == 1 and torch.isfinite(out).all()
+    assert deblurrer._refined is None  # nothing adopted; a new job was handed over
+    deblurrer.close()
+
+
 def test_strongest_takes_the_top_fraction_of_each_orientation_bin():
     """The vectorised gradient selection equals the per-bin definition: in each of the bins, the gradients at or
     above the bin's (keep / bins) quantile of the sampled magnitudes, never a zero one."""
