@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -213,6 +214,8 @@ class KernelDeblurrer:
         self._since = 0  # frames since the last full refinement
         self._job = None  # refine.background: (future of the running full refinement, its frame's shape)
         self._pool = None  # ... and its thread
+        self._last_ms = 0.0  # the last restore() call's time (refine.budget_ms)
+        self.skipped_warm = 0  # frames that reused the previous kernel without warm iterations (refine.budget_ms)
 
     def reset(self) -> None:
         """Forget the temporal state (the smoother's previous kernel, video refinement's last refined kernel): the
@@ -246,8 +249,10 @@ class KernelDeblurrer:
         """Frames handled specially, warmup() excluded: passed through for a non-finite kernel (nonfinite),
         deblurred padded because they are smaller than the kernel (small_frames), deconvolved with the refinement's
         starting kernel (the network's, or in video the last refined one) because the refinement failed
-        (refine_failed)."""
-        return {"nonfinite": self.nonfinite, "small_frames": self._small.count, "refine_failed": self.refine_failed}
+        (refine_failed), given the previous frame's kernel without warm iterations for lack of time (refine_skipped,
+        refine.budget_ms)."""
+        return {"nonfinite": self.nonfinite, "small_frames": self._small.count, "refine_failed": self.refine_failed,
+                "refine_skipped": self.skipped_warm}
 
     # --- kernels ----------------------------------------------------------------------------------
     def _grid(self, img: Tensor) -> Tensor:
@@ -376,6 +381,12 @@ class KernelDeblurrer:
             elif job[1] == shape:
                 self._refined, self._refined_shape = got[-1:], shape
         usable = self._refined is not None and self._refined_shape == shape and self._refined.shape[-1] == size
+        if usable and r.budget_ms and self._last_ms > r.budget_ms:
+            # behind time: the previous frame's kernel as it is (this frame is then quicker, and the next one catches up)
+            self._since += len(kernels)
+            self.skipped_warm += len(kernels)
+            done = torch.ones(len(kernels), dtype=torch.bool, device=kernels.device)
+            return self._refined.expand(len(kernels), -1, -1).clone(), done, done
         if self._job is None and (not usable or self._since >= r.every):
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
@@ -400,8 +411,16 @@ class KernelDeblurrer:
         self._job = None
 
     # --- restoration ------------------------------------------------------------------------------
-    @torch.inference_mode()
     def restore(self, x: Tensor, residual: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``_restore``, timed (refine.budget_ms)."""
+        t0 = time.perf_counter()
+        try:
+            return self._restore(x, residual)
+        finally:
+            self._last_ms = (time.perf_counter() - t0) * 1e3
+
+    @torch.inference_mode()
+    def _restore(self, x: Tensor, residual: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """(B,3,H,W) RGB float [0,1] on the device -> restored, same layout, float32 clamped to [0,1]; with
         ``work_side`` smaller than the frame, at ``work_size`` (``last_kernels`` then hold the kernels at that scale),
         unless every frame passed the gate (then the frames as they came, at their size; not with ``residual``).
@@ -534,3 +553,4 @@ class KernelDeblurrer:
         self([np.full((height, width, 3), 128, np.uint8)])
         self.reset()
         self.nonfinite, self._small.count, self.refine_failed = counts["nonfinite"], counts["small_frames"], counts["refine_failed"]
+        self.skipped_warm = counts["refine_skipped"]

@@ -71,6 +71,10 @@ class RefineConfig:
     # frames go on warm-starting from the last finished one, and until the first finishes, from the network's kernel.
     # Which frame a result reaches depends on timing (the pipeline's live default; evaluations keep it off)
     background: bool = False
+    # video, background mode: a frame whose predecessor's restore() took longer than this (ms) reuses the previous
+    # frame's kernel without warm iterations, so a live feed keeps up on a loaded machine (0 = never). The pipeline
+    # sets it from a live source's frame rate
+    budget_ms: float = 0.0
     grow: int = 2  # at finer levels the kernel stays within the coarser level's support dilated by this (px)
 
     def __post_init__(self):
@@ -86,6 +90,7 @@ class RefineConfig:
         check_range("refine.every", self.every, 1, 1000)
         check_range("refine.warm_iters", self.warm_iters, 0, 50)
         check_range("refine.orient_bins", self.orient_bins, 1, 16)
+        check_range("refine.budget_ms", self.budget_ms, 0.0)
         if self.size and (self.size < 3 or self.size % 2 == 0):
             raise ValueError(f"'refine.size' must be 0 (auto: from the estimator's side and the frame size) or an odd "
                              f"number >= 3, got {self.size}")

@@ -100,6 +100,8 @@ def run_pipeline(
         for _, stage in stages.front + stages.back:
             if callable(getattr(stage, "close", None)):
                 stack.callback(stage.close)  # e.g. the kernel deblurrer's background refinement thread
+            if getattr(source, "live", False) and callable(getattr(stage, "keep_up_with", None)):
+                stage.keep_up_with(getattr(source, "fps", None) or 30.0)  # a camera that does not say: 30 fps
         loop = Loop(cfg, source, stages, open_sinks(cfg, source, stack), stop)
         loop.run()
     t_end = time.perf_counter()

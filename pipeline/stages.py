@@ -264,12 +264,22 @@ class KernelDeblur:
         self.deblurrer.reset()
         self._states.clear()
 
+    def keep_up_with(self, fps: float) -> None:
+        """A live source at ``fps``: unless refine.budget_ms is set, frames skip the refinement's warm iterations
+        after a frame that took more than 0.8 of the frame interval (the deblurrer falls behind otherwise)."""
+        r = self.deblurrer.cfg.refine
+        if r.iters and r.background and not r.budget_ms:
+            self.deblurrer.cfg = dataclasses.replace(
+                self.deblurrer.cfg, refine=dataclasses.replace(r, budget_ms=800.0 / fps))
+            logger.info("Kernel refinement keeps up with %.1f fps: warm iterations skipped after a frame over %.0f ms",
+                        fps, 800.0 / fps)
+
     def close(self) -> None:
         """At the end of a run: stop the deblurrer's background refinement thread (refine.background)."""
         self.deblurrer.close()
 
     def counters(self) -> dict[str, int]:
-        """KernelDeblurrer.counters(): nonfinite, small_frames, refine_failed (reported in the run summary)."""
+        """KernelDeblurrer.counters(): nonfinite, small_frames, refine_failed, refine_skipped (in the run summary)."""
         return self.deblurrer.counters()
 
 

@@ -208,6 +208,26 @@ def test_a_background_refinement_that_raises_is_counted_and_the_stream_goes_on(m
     deblurrer.close()
 
 
+def test_a_frame_after_a_slow_one_reuses_the_kernel_without_warm_iterations():
+    """refine.budget_ms (a live feed): once a refined kernel is there, a frame whose predecessor took longer than the
+    budget gets that kernel as it is (counted as refine_skipped); without a budget every frame iterates."""
+    from deblur.kernel_deblur import KernelDeblurrer
+
+    x = torch.from_numpy(np.ascontiguousarray(apply_kernel(skdata.chelsea(), shake_kernel(3, 5)))).permute(2, 0, 1)
+    x = x[None].float() / 255.0
+    for budget, skipped in ((1e-3, 3), (0.0, 0)):  # (the frame that adopts the full refinement skips too)
+        deblurrer = KernelDeblurrer(device="cpu", runtime="torch",
+                                    refine=RefineConfig(iters=2, every=16, background=True, budget_ms=budget))
+        deblurrer.restore(x)
+        deblurrer._job[0].result()
+        deblurrer.restore(x)  # adopts the full refinement: a kernel to go on from
+        before = deblurrer._refined.clone()
+        deblurrer.restore(x), deblurrer.restore(x)
+        assert deblurrer.counters()["refine_skipped"] == skipped
+        assert torch.equal(deblurrer.last_kernels[0], before[0]) == bool(skipped)
+        deblurrer.close()
+
+
 def test_strongest_takes_the_top_fraction_of_each_orientation_bin():
     """The vectorised gradient selection equals the per-bin definition: in each of the bins, the gradients at or
     above the bin's (keep / bins) quantile of the sampled magnitudes, never a zero one."""

@@ -574,7 +574,8 @@ def test_frames_smaller_than_the_kernel_at_deblur_size_64(tmp_path, caplog):
     clip = write_clip(tmp_path / "c.mp4", n=5, h=64, w=112)
     s = run_pipeline(PipelineConfig(runtime="torch", source=str(clip), deblur_size=64, simulate_blur=5),
                      detector=FakeDetector())
-    assert s["frames_out"] == 5 and s["deblur_counters"] == {"nonfinite": 0, "small_frames": 5, "refine_failed": 0}
+    assert s["frames_out"] == 5 and s["deblur_counters"] == {"nonfinite": 0, "small_frames": 5, "refine_failed": 0,
+                                                                   "refine_skipped": 0}
     assert len([r for r in caplog.records if "smaller than the estimator's 41-tap kernel" in r.getMessage()]) == 1
 
 
@@ -643,7 +644,7 @@ def test_the_shipped_defaults_on_real_frames(tmp_path):
     assert s["frames_in"] == s["frames_out"] == 4 and s["dropped"] == 0 and s["source_kind"] == "video"
     assert s["runtime"] == "openvino" and s["detector_runtime"].startswith("openvino")
     assert {"preprocess", "deblur", "detect"} <= set(s["ms_per_frame"]) and s["warmup_s"] > 0
-    assert s["deblur_counters"] == {"nonfinite": 0, "small_frames": 0, "refine_failed": 0}
+    assert s["deblur_counters"] == {"nonfinite": 0, "small_frames": 0, "refine_failed": 0, "refine_skipped": 0}
     lines = _lines(tmp_path / "d.jsonl")
     assert [r["index"] for r in lines] == [0, 40, 80, 120]
     for r in (lines[1], lines[3]):
