@@ -381,19 +381,19 @@ class KernelDeblurrer:
             elif job[1] == shape:
                 self._refined, self._refined_shape = got[-1:], shape
         usable = self._refined is not None and self._refined_shape == shape and self._refined.shape[-1] == size
-        if usable and r.budget_ms and self._last_ms > r.budget_ms:
-            # behind time: the previous frame's kernel as it is (this frame is then quicker, and the next one catches up)
+        if r.budget_ms and self._last_ms > r.budget_ms and (usable or self._job is not None):
+            # behind time: the previous frame's kernel as it is (this frame is then quicker, and the next one catches
+            # up); before the first full refinement has finished, the network's (deconvolved as such)
+            if self._job is None and self._since >= r.every:
+                self._submit(grey, kernels, shape, r)
             self._since += len(kernels)
             self.skipped_warm += len(kernels)
             done = torch.ones(len(kernels), dtype=torch.bool, device=kernels.device)
+            if not usable:
+                return resize_kernels(kernels, size), done, ~done
             return self._refined.expand(len(kernels), -1, -1).clone(), done, done
         if self._job is None and (not usable or self._since >= r.every):
-            if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="kernel-refine")
-            self._job = (self._pool.submit(refine_kernels, grey[-1:].clone(), kernels[-1:].clone(), r), shape)
-            self._since = 0
+            self._submit(grey, kernels, shape, r)
         self._since += len(kernels)
         start = self._refined.expand(len(kernels), -1, -1) if usable else kernels
         refined, ok = refine_kernels(grey, start, warm_cfg)
@@ -401,6 +401,15 @@ class KernelDeblurrer:
             self._refined = refined[-1:].clone()
         # the network's kernel with no iteration on it (warm_iters 0, no refined start yet) is not a refined one
         return refined, ok, ok & (usable or r.warm_iters > 0)
+
+    def _submit(self, grey: Tensor, kernels: Tensor, shape: tuple, r: RefineConfig) -> None:
+        """Hand the batch's last frame to the background refinement thread (started on first use)."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="kernel-refine")
+        self._job = (self._pool.submit(refine_kernels, grey[-1:].clone(), kernels[-1:].clone(), r), shape)
+        self._since = 0
 
     def close(self) -> None:
         """Stop the background refinement thread (refine.background), waiting for a running refinement; the
