@@ -228,6 +228,37 @@ def test_a_frame_after_a_slow_one_reuses_the_kernel_without_warm_iterations():
         deblurrer.close()
 
 
+def test_a_slow_frame_before_the_first_full_refinement_gives_the_network_kernel_as_such(monkeypatch):
+    """refine.budget_ms while the first full refinement is still running: the next frame skips its warm iterations
+    and is deconvolved with the network's kernel as an unrefined one (network_balance)."""
+    import threading
+
+    import deblur.kernel_deblur as kd
+
+    real, release = kd.refine_kernels, threading.Event()
+
+    def slow_in_the_thread(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kd, "refine_kernels", slow_in_the_thread)
+    x = torch.from_numpy(np.ascontiguousarray(apply_kernel(skdata.chelsea(), shake_kernel(3, 5)))).permute(2, 0, 1)
+    x = x[None].float() / 255.0
+    deblurrer = kd.KernelDeblurrer(device="cpu", runtime="torch",
+                                   refine=RefineConfig(iters=2, every=16, background=True, budget_ms=1e-3))
+    deblurrer.restore(x)  # hands the full refinement over (it waits), two iterations from the network's kernel
+    seen = []
+    real_deconvolve = deblurrer._deconvolve
+    monkeypatch.setattr(deblurrer, "_deconvolve", lambda *a, **k: seen.append(a[4].clone()) or real_deconvolve(*a, **k))
+    deblurrer.restore(x)  # over budget, nothing refined yet: the network's kernel as it is
+    assert deblurrer.counters()["refine_skipped"] == 1 and deblurrer._refined is None
+    assert seen and not bool(seen[0].any())  # not deconvolved as a refined kernel
+    torch.testing.assert_close(deblurrer.last_kernels, resize_kernels(deblurrer.estimate(x), 41))
+    release.set()
+    deblurrer.close()
+
+
 def test_strongest_takes_the_top_fraction_of_each_orientation_bin():
     """The vectorised gradient selection equals the per-bin definition: in each of the bins, the gradients at or
     above the bin's (keep / bins) quantile of the sampled magnitudes, never a zero one."""
