@@ -39,7 +39,7 @@ from deblur.data.dataset import SyntheticBlur  # noqa: E402
 from deblur.deconv import wiener_deconvolve  # noqa: E402
 from deblur.evaluate import make_kernel  # noqa: E402
 from deblur.kernel_deblur import KernelDeblurrer, luma  # noqa: E402
-from deblur.kernel_refine import RefineConfig, refine_kernels, shape_error  # noqa: E402
+from deblur.kernel_refine import RefineConfig, odd_side, refine_kernels, shape_error  # noqa: E402
 from deblur.metrics import psnr  # noqa: E402
 from stats import paired_interval  # noqa: E402  (bench/stats.py, beside this script)
 
@@ -57,18 +57,13 @@ def true_kernel(name: str, family: str, severity: int, large: bool = False) -> n
     seed = _seed(name, family, severity)
     if family == "trajectory":
         length = LARGE[severity] if large else 3.0 + 7.0 * (severity - 1)
-        return trajectory_kernel(_odd(length + 2), 1.0, seed, max_len=length)
+        return trajectory_kernel(odd_side(length + 2), 1.0, seed, max_len=length)
     if family == "linear":
         length = LARGE[severity] if large else 3.0 + 8.0 * (severity - 1)
         return linear_kernel(length, float(np.random.default_rng(seed).uniform(0, 180)))
     if large:
         raise ValueError(f"--large: family {family!r} has no large form; use --families trajectory linear")
     return make_kernel(name, family, severity)
-
-
-def _odd(n: float) -> int:
-    n = int(np.ceil(n))
-    return n if n % 2 else n + 1
 
 
 def refine_setting(text: str) -> RefineConfig:
