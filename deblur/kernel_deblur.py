@@ -381,20 +381,19 @@ class KernelDeblurrer:
             elif job[1] == shape:
                 self._refined, self._refined_shape = got[-1:], shape
         usable = self._refined is not None and self._refined_shape == shape and self._refined.shape[-1] == size
-        if r.budget_ms and self._last_ms > r.budget_ms and (usable or self._job is not None):
-            # behind time: the previous frame's kernel as it is (this frame is then quicker, and the next one catches
-            # up); before the first full refinement has finished, the network's (deconvolved as such)
-            if self._job is None and self._since >= r.every:
-                self._submit(grey, kernels, shape, r)
-            self._since += len(kernels)
+        # behind time (refine.budget_ms): no warm iterations this frame, once there is a kernel to go on from or a
+        # full refinement under way
+        skip = bool(r.budget_ms) and self._last_ms > r.budget_ms and (usable or self._job is not None)
+        if self._job is None and (not usable or self._since >= r.every):
+            self._submit(grey, kernels, shape, r)
+        self._since += len(kernels)
+        if skip:  # the previous frame's kernel as it is (this frame is then quicker, and the next one catches up);
+            # before the first full refinement has finished, the network's (deconvolved as such)
             self.skipped_warm += len(kernels)
             done = torch.ones(len(kernels), dtype=torch.bool, device=kernels.device)
             if not usable:
                 return resize_kernels(kernels, size), done, ~done
             return self._refined.expand(len(kernels), -1, -1).clone(), done, done
-        if self._job is None and (not usable or self._since >= r.every):
-            self._submit(grey, kernels, shape, r)
-        self._since += len(kernels)
         start = self._refined.expand(len(kernels), -1, -1) if usable else kernels
         refined, ok = refine_kernels(grey, start, warm_cfg)
         if usable and ok[-1]:  # the next frame goes on from this one (camera motion drifts between full refinements)

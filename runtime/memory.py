@@ -8,9 +8,10 @@ mmap threshold above the frame sizes (and a trim threshold above it, so the heap
 each frame) lets the heap reuse the memory; peak memory stays what the largest frame needs. The measurement:
 ``python bench/hotpath.py``.
 
-``keep_large_allocations()`` is called by the entry points (the pipeline, the evaluations, predict, the
-benchmarks) before their first frame. It changes this process's allocator for all later allocations, and does
-nothing where the C library is not glibc (macOS, Windows, musl) or ``BLURDET_MALLOC=default`` is set.
+``keep_large_allocations()`` is called by ``pipeline.runner.run_pipeline`` and by ``KernelDeblurrer``'s constructor
+(so the evaluations, predict and the benchmarks that deblur get it too), before their first frame. It changes this
+process's allocator for all later allocations, and does nothing where the C library is not glibc (macOS, Windows,
+musl) or ``BLURDET_MALLOC=default`` is set.
 """
 
 from __future__ import annotations
