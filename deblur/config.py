@@ -162,6 +162,10 @@ class ModelConfig:
     # a refiner's 7th input channel: the deconvolution's residual y - k*x in luma, the blurred frame's content
     # where the kernel passes little (the kernel seen as a map of where the deconvolution guessed)
     residual_map: bool = False
+    # the refiner's first stage refines its kernels in closed form, as predict, the evaluation and the pipeline do
+    # (deblur.kernel_refine.RefineConfig's defaults), so it trains on the deconvolutions it will see; off, it sees the
+    # network's unrefined kernels (blurrier deconvolutions) and learns a fix that undoes the refinement's gain
+    estimator_refine: bool = False
     # a refiner also learns to repair wrong kernels: this fraction of its crops (synthetic blur) is deconvolved with
     # the true kernel rotated by U(-a, a) degrees and stretched by U(1 - s, 1 + s), (a, s) = true_kernel_perturb
     true_kernel_prob: float = 0.0

@@ -135,6 +135,11 @@ class KernelDeblurConfig:
     # shrunk away), then the kernel is scaled to the copy. 0 = at the input's resolution. Frames are never enlarged.
     # restore() returns the copy; the uint8 interface (__call__) resizes it back to the input's size
     work_side: int = 0
+    # with work_side: refine the kernel on the full-resolution frame's tile, where the blur has its detail, then scale
+    # it to the copy ("full"), or refine it on the copy ("work"; cheaper: its tile shrinks with the copy). On 40
+    # evaluation images at ImageNet-C and shake 2-4, paired, "full" lost 0.00-0.03 mAP@0.5 to full-resolution
+    # deconvolution where "work" lost up to 0.14 (docs/results/2026-12-07_detection_scale.md)
+    work_refine: Literal["work", "full"] = "full"
 
     def __post_init__(self):
         check_range("crops", self.crops, 1)
@@ -455,15 +460,21 @@ class KernelDeblurrer:
         if bool(sharp.all()) and not residual:  # nothing to deblur: the frames as they came, whatever the work size
             self.last_kernels, self.last_gated = safe, sharp
             return x.clone()
+        late_scale = 0.0  # work_refine "full": the refined kernels are scaled to the copy after refinement
         if work != full_shape:  # the kernel scaled to the copy, on a canvas as large as refinement would use
             scale = max(work) / max(full_shape)
             side = odd_side(refined_size(r, safe.shape[-1], full_shape) * scale)
-            tile = refined_tile(r, safe.shape[-1], full_shape)  # the same image content as at full resolution
-            r = dataclasses.replace(r, size=side, tile=tile and max(32, 32 * round(tile * scale / 32)))
+            if self.cfg.work_refine == "full" and r.iters:
+                late_scale, refine_grey, refine_safe = scale, grey, safe
+            else:
+                tile = refined_tile(r, safe.shape[-1], full_shape)  # the same image content as at full resolution
+                r = dataclasses.replace(r, size=side, tile=tile and max(32, 32 * round(tile * scale / 32)))
             # the copy to deconvolve is shrunk with antialiasing (blurring commutes with a low-pass resampling, not with
             # aliasing decimation)
             x = F.interpolate(x, size=work, mode="bilinear", align_corners=False, antialias=True).clamp_(0.0, 1.0)
             grey, safe = luma(x), resize_kernels(safe, side, scale)
+        if not late_scale:
+            refine_grey, refine_safe = grey, safe
         refined, is_refined = None, torch.zeros_like(sharp)
         if r.iters:  # the frames the gate lets through (the gate asks the network's kernel only)
             # but not dark frames: their tiles' gradients are mostly noise, and on 24 synthetic night frames
@@ -471,9 +482,11 @@ class KernelDeblurrer:
             # 8.7 -> 2.3 px, true 14.2; mean shape error 0.44 -> 0.55)
             check = (~sharp & ~dark).nonzero().flatten()
             if len(check):
-                got, ok, was_refined = self._refine(grey[check], safe[check], full_shape + work, r)
+                got, ok, was_refined = self._refine(refine_grey[check], refine_safe[check], full_shape + work, r)
                 if not ok.all():
                     self._count_failed(int((~ok).sum()))
+                if late_scale:
+                    got = resize_kernels(got, safe.shape[-1], late_scale)
                 refined = resize_kernels(safe, got.shape[-1])
                 refined[check] = got
                 is_refined[check] = was_refined
@@ -505,14 +518,15 @@ class KernelDeblurrer:
         """Wiener (luma or RGB, cfg.channels) with kernels ``used``, then the refiner if any -> (deconvolved [0,1],
         the luma residual y - k*x when ``residual``, else None). ``refined`` ((B,) bool; None = none): the frames whose
         kernel was refined, regularised by ``balance`` (the others by ``network_balance``). ``scale``: of a work-size
-        copy, deconvolved with
-        ``balance * scale^2`` (the antialiased copy's noise variance falls by about scale^2; on 20 evaluation images at
-        ImageNet-C 3 it recovered more than the unscaled balance: docs/results/2026-12-07_detection_scale.md).
-        ``grey``: ``luma(blur)`` when the caller has it."""
+        copy, deconvolved with ``balance * scale^4``: the antialiased copy's noise variance falls by about scale^2, and
+        its content's power at a given frequency of the copy rises by about 1/scale^2. With the kernel refined at full
+        resolution, on 40 evaluation images (long side ~768 px, copies at 416: scale^4 ~ 0.09) a balance of 0.25 and
+        0.5 x scale^2 recovered more detection and PSNR than scale^2 at ImageNet-C and shake 2-4
+        (docs/results/2026-12-07_detection_scale.md). ``grey``: ``luma(blur)`` when the caller has it."""
         balance = torch.full((len(blur),), self.cfg.network_balance, device=blur.device)
         if refined is not None:
             balance = torch.where(refined.to(blur.device), torch.full_like(balance, self.cfg.balance), balance)
-        balance = balance * (scale * scale)
+        balance = balance * scale**4
         if self.cfg.noise_gain > 0:
             balance = balance + self.cfg.noise_gain * estimate_noise(blur) ** 2
         padded, crop = self._small.pad(blur)

@@ -41,12 +41,12 @@ FLAG_KEYS = {
 
 
 def _deblur_size(text: str) -> int | str:
-    if text in ("full", "detector"):
+    if text in ("auto", "full", "detector"):
         return text
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 'full', 'detector' or the long side in pixels, e.g. 512") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: give 'auto', 'full', 'detector' or the long side in pixels, e.g. 512") from None
     if value < 32:
         raise argparse.ArgumentTypeError(f"{value}: the long side must be at least 32 pixels (or 'full', 'detector')")
     return value
@@ -78,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     db = p.add_argument_group("deblur")
     db.add_argument("--no-deblur", action="store_const", const=False, help="run the same pipeline without deblurring")
     db.add_argument("--deblur-weights", metavar="PATH", help="a kernel-estimator file (estimate + Wiener, the default kind), a bundle with a refiner, or an end-to-end generator file ('' = the shipped deblur/weights/kernel_estimator.pt)")
-    db.add_argument("--deblur-size", type=_deblur_size, metavar="full|detector|N",
+    db.add_argument("--deblur-size", type=_deblur_size, metavar="auto|full|detector|N",
                     help="deblur the full frame, or a copy whose long side is N pixels (detector: the detector's "
-                         "imgsz); the kernel is still estimated on the full frame" + d % _P.deblur_size)
+                         "imgsz; the kernel is still estimated and refined on the full frame); auto: detector unless "
+                         "--show or --save needs the full frame" + d % _P.deblur_size)
     db.add_argument("--refine", type=int, metavar="ITERS",
                     help="refine the estimated kernel in closed form: ITERS iterations per pyramid level in each full "
                          "refinement (0 = off: the network's kernel, the fastest)" + d % _P.kernel.refine.iters)

@@ -60,9 +60,12 @@ class PipelineConfig:
     # --- deblur
     deblur: bool = True  # False: the same pipeline without the deblurring stage
     deblur_weights: str = ""  # a kernel estimator or a generator file; "" = the shipped kernel estimator
-    # full: deblur the full frame; N or detector (= detector.imgsz): the kernel-aware deblurrer estimates the kernel
-    # on the full frame and deconvolves a copy whose long side is N (its work_side); a generator deblurs such a copy
-    deblur_size: int | Literal["full", "detector"] = "full"
+    # full: deblur the full frame; N or detector (= detector.imgsz): the kernel-aware deblurrer estimates and refines
+    # the kernel on the full frame and deconvolves a copy whose long side is N (its work_side); a generator deblurs
+    # such a copy. auto: detector when no sink shows or saves the deblurred frames, else full. At the detector's
+    # scale detection stayed within 0.02 mAP@0.5 of full-resolution deconvolution on the evaluation images
+    # (docs/results/2026-12-07_detection_scale.md), at a fraction of the FFT work on HD frames
+    deblur_size: int | Literal["auto", "full", "detector"] = "auto"
     # options of the kernel-aware deblurrer (deblur.kernel_deblur.KernelDeblurConfig). On video the kernel
     # refinement runs in its video mode: a full refinement every `refine.every` frames, warm-started between
     kernel: KernelDeblurConfig = field(default_factory=lambda: KernelDeblurConfig(refine=PIPELINE_REFINE))
@@ -97,9 +100,12 @@ class PipelineConfig:
 
     @property
     def deblur_side(self) -> int:
-        """The long side deblurring works at: 0 = the full frame (``deblur_size`` full), else N or detector.imgsz."""
-        if self.deblur_size == "full":
+        """The long side deblurring works at: 0 = the full frame (``deblur_size`` full, or auto with --show or
+        --save), else N or detector.imgsz."""
+        if self.deblur_size == "full" or (self.deblur_size == "auto" and (self.show or self.save)):
             return 0
+        if self.deblur_size == "auto":
+            return self.detector.imgsz
         return self.detector.imgsz if self.deblur_size == "detector" else int(self.deblur_size)
 
     def __post_init__(self) -> None:
@@ -117,9 +123,9 @@ class PipelineConfig:
         check_range("log_every", self.log_every, 0.0)
         if not self.source.strip():
             raise ValueError("'source' is empty. Give --source demo, cam0, a file, a directory, a glob or a URL.")
-        if self.deblur_size not in ("full", "detector") and (not isinstance(self.deblur_size, int)
+        if self.deblur_size not in ("auto", "full", "detector") and (not isinstance(self.deblur_size, int)
                                                              or isinstance(self.deblur_size, bool) or self.deblur_size < 32):
-            raise ValueError(f"'deblur_size' must be 'full', 'detector' or an integer >= 32 (the long side in pixels), "
+            raise ValueError(f"'deblur_size' must be 'auto', 'full', 'detector' or an integer >= 32 (the long side in pixels), "
                              f"got {self.deblur_size!r}")
         if self.kernel.work_side:
             raise ValueError(f"'kernel.work_side' ({self.kernel.work_side}) is set by 'deblur_size' in the pipeline. "

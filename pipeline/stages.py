@@ -98,7 +98,7 @@ class Preprocess:
 
     On CUDA the uint8 batch is copied into pinned host memory, uploaded non-blocking on its own
     CUDA stream and converted (and resized) on the GPU. long_side resizes on the device
-    (bilinear, antialiased) so the long side is that many pixels; None keeps the full frame.
+    (bilinear, antialiased) so the long side is that many pixels (never enlarging); None keeps the full frame.
     """
 
     def __init__(self, device: torch.device, long_side: int | None = None, channels_last: bool = True) -> None:
@@ -144,7 +144,9 @@ class Preprocess:
             if self._rgb is None or self._rgb.device != x.device:
                 self._rgb = torch.tensor([2, 1, 0], device=x.device)
             x = x.index_select(1, self._rgb).float()
-        h, w = scaled_size(x.shape[2], x.shape[3], self.long_side)
+        # frames are never enlarged (a frame no longer than long_side keeps its size, as in the kernel deblurrer)
+        small = not self.long_side or max(x.shape[2], x.shape[3]) <= self.long_side
+        h, w = tuple(x.shape[2:]) if small else scaled_size(x.shape[2], x.shape[3], self.long_side)
         resized = (h, w) != tuple(x.shape[2:])
         if resized:
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
@@ -474,7 +476,8 @@ def build_stages(cfg: PipelineConfig, *, deblur_model: torch.nn.Module | None = 
     runtimes = (runtime if cfg.deblur else "torch", getattr(detector, "runtime", "torch"))
     per_shape = device.type == "cuda" or any(r in SHAPE_SPECIALISED_RUNTIMES for r in runtimes)
     logger.info("Pipeline: device=%s deblur=%s amp=%s deblur_size=%s batch=%d max_latency=%.0f ms threads=%d",
-                device, cfg.deblur, amp, cfg.deblur_size, cfg.batch, cfg.max_latency, stage_threads(cfg))
+                device, cfg.deblur, amp, f"{cfg.deblur_size} (long side {cfg.deblur_side or 'of the frame'})"
+                if cfg.deblur_size == "auto" else cfg.deblur_size, cfg.batch, cfg.max_latency, stage_threads(cfg))
     return Stages(front, back, Annotate(side_by_side=cfg.deblur) if need_images else None, detector, device, amp,
                   runtime, per_shape)
 

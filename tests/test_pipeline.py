@@ -156,6 +156,11 @@ def test_config_yaml_flags_and_overrides():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--deblur-size", "huge"])
     assert config_from_args(build_parser().parse_args(["--deblur-size", "detector"])).deblur_side == 416
+    # auto (the default): the detector's scale, unless a sink shows or saves the deblurred frames
+    assert config_from_args(build_parser().parse_args([])).deblur_side == 416
+    assert config_from_args(build_parser().parse_args(["--imgsz", "320"])).deblur_side == 320
+    assert config_from_args(build_parser().parse_args(["--save", "o.mp4"])).deblur_side == 0
+    assert config_from_args(build_parser().parse_args(["--show"])).deblur_side == 0
     with pytest.raises(ConfigError, match=r"kernel.work_side.*deblur_size=320"):
         load_config(PipelineConfig, overrides=["kernel.work_side=320"])
 

@@ -410,3 +410,23 @@ def test_a_refiner_trains_on_perturbed_true_kernels_too(photos, tmp_path):
     assert (wrong[:, 3:6] - exact[:, 3:6]).abs().mean() > 1e-4  # perturbed: another kernel
     val = t._batch([0, 1], t.train_set, 3)[0]  # validation crops always get the estimator's kernels
     torch.testing.assert_close(val, estimated)
+
+
+def test_a_refiner_can_train_on_refined_kernels_as_inference_sees_them(photos, tmp_path):
+    from deblur.config import EstimatorConfig
+    from deblur.data.dataset import collate
+    from deblur.kernel_deblur import KernelDeblurrer
+    from deblur.kernel_refine import RefineConfig
+    from deblur.models import build_estimator, save_estimator
+
+    est_cfg = EstimatorConfig(kernel_size=15, width_mult=0.25, depth=7, hidden=16)
+    est = save_estimator(build_estimator(est_cfg).eval(), est_cfg, tmp_path / "est.pt")
+    t = Trainer(tiny_cfg(photos, tmp_path / "run", "max_steps=1", f"model.estimator={est}", "model.estimator_refine=true"))
+    t.train_set.set_epoch(3)
+    batch = collate([t.train_set[i] for i in (0, 1)])
+    got = t._to_device(batch)[0][:, 3:6]
+    blurred = (batch["blur"] + 1) / 2
+    refined = KernelDeblurrer(est, gate_px=0.0, refiner="none").restore(blurred)  # predict's default: refinement on
+    unrefined = KernelDeblurrer(est, gate_px=0.0, refiner="none", refine=RefineConfig(iters=0)).restore(blurred)
+    torch.testing.assert_close(got, refined * 2 - 1, atol=1e-5, rtol=0)
+    assert (refined - unrefined).abs().mean() > 1e-4
