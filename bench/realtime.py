@@ -264,8 +264,8 @@ def table(rows: list[dict], baseline_fps: dict[str, float]) -> str:
         deb = ms.get("deblur")
         deb_s = f"{deb:.1f} ({1000 / deb:.1f})" if deb and r["kind"] != "detect only" else "-"
         rt = r["runtime"] if r["kind"] == "baseline" else f"{r['runtime'] if r['kind'] != 'detect only' else '-'} / {r.get('detector_runtime')}"
-        if r.get("deblur_size") not in (None, "full"):
-            rt += f", deblur at long side {r['deblur_size']}"
+        if r.get("deblur_size") not in (None, "full") and r["kind"] != "detect only":
+            rt += f", deblur size {r['deblur_size']}"
         base = baseline_fps.get(r.get("size")) if baseline_fps else None
         speed = f"{r['fps'] / base:.2f}x" if base else "-"
         lines.append(
@@ -289,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="runtimes for (b)/(c) (default: every one available for the device, torch_compile excluded)")
     p.add_argument("--batches", nargs="*", type=int, default=[1, 4],
                    help="batch sizes of the --runtimes rows with the --weights deblurrer (none: only (a), (b), (c) defaults)")
-    p.add_argument("--deblur-size", type=int, nargs="*", default=[],
-                   help="also run the fastest runtime with the deblurrer at these long sides (e.g. 320)")
+    p.add_argument("--deblur-size", type=lambda v: int(v) if v.isdigit() else v, nargs="*", default=[],
+                   help="also run the fastest runtime with the deblurrer at these sizes: full, detector or a long side "
+                        "(e.g. full 320); the other rows use the default, auto")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (torch, onnxruntime, openvino)")
     p.add_argument("--imgsz", type=int, default=416, help="detector input side (default 416)")
     p.add_argument("--amp", default="auto", help="pipeline amp (auto: fp16 CUDA, bf16 only where native, else fp32)")
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         clip, w, h = make_clip(args.source, tmp / f"clip_{size}.mp4", args.frames, size, args.simulate_blur, 0)
         common = {"clip": str(clip), "frames": args.frames, "threads": args.threads, "weights": weights,
                   "device": args.device, "imgsz": args.imgsz, "amp": args.amp, "max_latency": args.max_latency,
-                  "deblur_size": "full", "size": f"{w}x{h}"}
+                  "deblur_size": "auto", "size": f"{w}x{h}"}
         if args.save:
             common["save"] = str(tmp / "out.mp4")
         if not args.skip_baseline:
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                               "batch": b})
         for side in args.deblur_size:
             b = max(args.batches or [1])
-            specs.append({**common, "name": f"(c) {auto}, batch {b}, deblur {side}", "kind": "pipeline", "deblur": True,
+            specs.append({**common, "name": f"(c) {auto}, batch {b}, deblur size {side}", "kind": "pipeline", "deblur": True,
                           "runtime": auto, "batch": b, "deblur_size": side})
         for opts in args.kernel_options:
             specs.append({**common, "name": f"(c) {auto}, batch 1, {opts}", "kind": "pipeline", "deblur": True,

@@ -123,8 +123,9 @@ class KernelDeblurConfig:
     # (a third of the FFT work; colour keeps the blurred chroma). luma: the same detection recovery as rgb on
     # 40 images of each blur family, at a fraction of the cost (model card)
     channels: Literal["rgb", "luma"] = "luma"
-    # the refiner run after the deconvolution: "" = the one bundled in the estimator file (if any), "none" = no
-    # refiner, or the path of a refiner generator (in_channels 6)
+    # the refiner run after the deconvolution: "" = the one bundled in the estimator file (if any), "auto" = the
+    # bundled one on CUDA and none on a CPU (the pipeline's default: on a CPU it costs the real-time budget),
+    # "none" = no refiner, or the path of a refiner generator (in_channels 6)
     refiner: str = ""
     # closed-form refinement of the network's kernel (deblur.kernel_refine; iters 0 = off). On all 167 detection
     # images it recovered more than the network's kernel alone at every severity of both blurs, paired
@@ -190,12 +191,13 @@ class KernelDeblurrer:
             self.engine = compile_module(self.estimator, None, self.runtime, self.device, "fp32",
                                          cache_dir=cache_dir, threads=threads)
         self.refiner = None
-        if self.cfg.refiner not in ("", "none"):
+        if self.cfg.refiner not in ("", "auto", "none"):
             self.refiner, gen_cfg = load_generator(self.cfg.refiner, device=self.device)
             if gen_cfg.in_channels not in (6, 7):
                 raise ValueError(f"refiner {self.cfg.refiner} is a plain generator (in_channels {gen_cfg.in_channels}); "
                                  "a refiner is trained with model.estimator set (configs/deblur_train_refiner.yaml)")
-        elif self.cfg.refiner == "" and not isinstance(estimator, nn.Module):
+        elif (self.cfg.refiner == "" or (self.cfg.refiner == "auto" and self.device.type == "cuda")) \
+                and not isinstance(estimator, nn.Module):
             bundled = load_refiner(estimator if estimator is not None else DEFAULT_ESTIMATOR, device=self.device)
             self.refiner = bundled[0] if bundled is not None else None
         self.refiner_engine = None  # runtime.CompiledModule of the refiner (OpenVINO bf16 where the CPU has it, fp16 on CUDA)

@@ -36,7 +36,7 @@ FLAG_KEYS = {
     "deblur_size": "deblur_size", "no_deblur": "deblur", "deblur_weights": "deblur_weights", "amp": "amp",
     "simulate_blur": "simulate_blur", "blur_seed": "blur_seed", "vid_stride": "vid_stride", "max_frames": "max_frames",
     "threads": "threads", "runtime": "runtime", "queue_size": "queue_size", "realtime": "realtime",
-    "refine": "kernel.refine.iters", "refine_every": "kernel.refine.every", "ray": "ray",
+    "refine": "kernel.refine.iters", "refine_every": "kernel.refine.every", "refiner": "kernel.refiner", "ray": "ray",
 }
 
 
@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "unless kernel.refine.background=false), warm-started iterations on every frame; 1 = a full "
                          "refinement on every frame, as predict and the evaluations (~100 ms a 640x360 frame); "
                          "turns refinement on" + d % _P.kernel.refine.every)
+    db.add_argument("--refiner", nargs="?", const="", metavar="PATH",
+                    help="run the refiner (an FPN-MobileNetV2 on the blurred and deconvolved frames) after the "
+                         "deconvolution on any device: the one bundled with the deblur weights, or PATH; by default "
+                         "it runs on CUDA only (kernel.refiner=auto), none = never")
     db.add_argument("--amp", choices=PRECISIONS, help="deblur precision: auto = fp16 on CUDA, bf16 on CPUs with "
                     "native bf16, else fp32" + d % _P.amp)
     db.add_argument("--runtime", choices=RUNTIMES, help="runtime of the deblurrer and the darknet detector: torch, "

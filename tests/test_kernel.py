@@ -385,6 +385,10 @@ def test_the_refiner_runs_on_the_fast_runtime(photo_bgr, tmp_path):
     (a,), (b,), (c,) = slow([blurred]), fast([blurred]), plain([blurred])
     diff = np.abs(a.astype(int) - b.astype(int))
     assert diff.mean() < 1.0 and np.abs(a.astype(int) - c).mean() > 2 * diff.mean()  # bf16 or fp32: the same refiner
+    # refiner "auto" (the pipeline's): the bundled refiner on CUDA only; on this CPU, the plain deconvolution
+    auto = KernelDeblurrer(bundled, refiner="auto", **kw)
+    assert auto.refiner is None and slow.refiner is not None
+    assert np.array_equal(auto([blurred])[0], c)
 
 
 def test_work_side_estimates_at_full_resolution_and_deconvolves_a_copy(photo_bgr):

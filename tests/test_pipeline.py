@@ -161,6 +161,10 @@ def test_config_yaml_flags_and_overrides():
     assert config_from_args(build_parser().parse_args(["--imgsz", "320"])).deblur_side == 320
     assert config_from_args(build_parser().parse_args(["--save", "o.mp4"])).deblur_side == 0
     assert config_from_args(build_parser().parse_args(["--show"])).deblur_side == 0
+    # the refiner: bundled on CUDA only by default; --refiner runs it anywhere, --refiner PATH another one
+    assert config_from_args(build_parser().parse_args([])).kernel.refiner == "auto"
+    assert config_from_args(build_parser().parse_args(["--refiner"])).kernel.refiner == ""
+    assert config_from_args(build_parser().parse_args(["--refiner", "r.pt"])).kernel.refiner == "r.pt"
     with pytest.raises(ConfigError, match=r"kernel.work_side.*deblur_size=320"):
         load_config(PipelineConfig, overrides=["kernel.work_side=320"])
 
