@@ -166,6 +166,12 @@ class ModelConfig:
     # (deblur.kernel_refine.RefineConfig's defaults), so it trains on the deconvolutions it will see; off, it sees the
     # network's unrefined kernels (blurrier deconvolutions) and learns a fix that undoes the refinement's gain
     estimator_refine: bool = False
+    # the refiner's crop of the first stage's output (0 = all of it): the first stage runs on the larger training
+    # crops (e.g. image_size 512), where the kernel estimate and the deconvolution are as good as on a video frame,
+    # and the refiner learns on a random (validation: centred) crop of this side. On 256-px crops the first stage
+    # gained +0.2 dB over the blurred crops against ~+3 dB on the evaluation's frames, and a refiner trained there
+    # over-corrected good deconvolutions (docs/results/2026-12-07_refiner.md)
+    refiner_crop: int = 0
     # a refiner also learns to repair wrong kernels: this fraction of its crops (synthetic blur) is deconvolved with
     # the true kernel rotated by U(-a, a) degrees and stretched by U(1 - s, 1 + s), (a, s) = true_kernel_perturb
     true_kernel_prob: float = 0.0
@@ -180,6 +186,9 @@ class ModelConfig:
     def __post_init__(self):
         check_range("adv_lambda", self.adv_lambda, 0.0)
         check_range("true_kernel_prob", self.true_kernel_prob, 0.0, 1.0)
+        check_range("refiner_crop", self.refiner_crop, 0)
+        if self.refiner_crop and self.refiner_crop % 32:
+            raise ValueError(f"'refiner_crop' must be a multiple of 32 (the generator's stride), got {self.refiner_crop}")
         check_range("true_kernel_perturb[0]", self.true_kernel_perturb[0], 0.0, 180.0)
         check_range("true_kernel_perturb[1]", self.true_kernel_perturb[1], 0.0, 0.9)
         for k, w in self.content_loss.items():

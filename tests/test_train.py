@@ -1,5 +1,6 @@
 """The trainer on CPU with tiny crops: exact resume, atomic checkpoints, bad input, export, DDP, Ctrl-C."""
 
+import dataclasses
 import math
 import os
 import signal
@@ -430,3 +431,32 @@ def test_a_refiner_can_train_on_refined_kernels_as_inference_sees_them(photos, t
     unrefined = KernelDeblurrer(est, gate_px=0.0, refiner="none", refine=RefineConfig(iters=0)).restore(blurred)
     torch.testing.assert_close(got, refined * 2 - 1, atol=1e-5, rtol=0)
     assert (refined - unrefined).abs().mean() > 1e-4
+
+
+def test_a_refiners_crop_is_cut_from_the_first_stage_on_the_larger_crop(photos, tmp_path):
+    """model.refiner_crop: the first stage deconvolves the 128-px crop; the refiner gets a 64-px window of it and of
+    the sharp crop, the same window for both: centred in validation, random per crop in training; and a run trains."""
+    from deblur.config import EstimatorConfig
+    from deblur.data.dataset import collate
+    from deblur.models import build_estimator, save_estimator
+
+    est_cfg = EstimatorConfig(kernel_size=15, width_mult=0.25, depth=7, hidden=16)
+    est = save_estimator(build_estimator(est_cfg).eval(), est_cfg, tmp_path / "est.pt")
+    t = Trainer(tiny_cfg(photos, tmp_path / "run", "max_steps=2", f"model.estimator={est}", "image_size=128",
+                         "model.refiner_crop=64", "model.zero_init_last=true"))
+    t.train_set.set_epoch(3)
+    batch = collate([t.train_set[i] for i in (0, 1)])
+    full_in, full_sharp = t._to_device(batch)
+    t.cfg = load_config(TrainConfig, data=dataclasses.asdict(t.cfg), overrides=["model.refiner_crop=0"])
+    whole_in, whole_sharp = t._to_device(batch)
+    assert full_in.shape == (2, 6, 64, 64) and whole_in.shape == (2, 6, 128, 128)
+    torch.testing.assert_close(full_in, whole_in[..., 32:96, 32:96])
+    torch.testing.assert_close(full_sharp, whole_sharp[..., 32:96, 32:96])
+    t.cfg = load_config(TrainConfig, data=dataclasses.asdict(t.cfg), overrides=["model.refiner_crop=64"])
+    got_in, got_sharp = t._to_device(batch, train=True)
+    for i in range(2):  # each crop: one window, found in the whole sharp crop, holds the matching input
+        hits = [(y, x) for y in range(65) for x in range(65)
+                if torch.equal(whole_sharp[i, :, y:y + 64, x:x + 64], got_sharp[i])]
+        assert hits and any(torch.equal(whole_in[i, :3, y:y + 64, x:x + 64], got_in[i, :3]) for y, x in hits)
+    t.fit()
+    assert t.step == 2

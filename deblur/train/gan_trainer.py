@@ -309,9 +309,27 @@ class Trainer:
             if self.gen_cfg.in_channels == 7:  # and the luma residual y - k*x, on the images' scale (x2)
                 parts.append(res * 2.0)
             blur = torch.cat(parts, dim=1)
+            blur, sharp = self._refiner_crop(blur, sharp, train)
         if self.cfg.channels_last:
             blur, sharp = blur.contiguous(memory_format=torch.channels_last), sharp.contiguous(memory_format=torch.channels_last)
         return blur, sharp
+
+    def _refiner_crop(self, x: torch.Tensor, sharp: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """model.refiner_crop: the same window of the refiner's input and the sharp crop, random per crop in training
+        (seeded by the step, so a resumed run repeats it) and centred in validation."""
+        c = self.cfg.model.refiner_crop
+        h, w = x.shape[-2:]
+        if not c or (c >= h and c >= w):
+            return x, sharp
+        c_h, c_w = min(c, h), min(c, w)
+        if not train:
+            top, left = [(h - c_h) // 2] * len(x), [(w - c_w) // 2] * len(x)
+        else:
+            rng = np.random.default_rng([self.cfg.seed, self.step, 11])
+            top, left = rng.integers(0, h - c_h + 1, len(x)), rng.integers(0, w - c_w + 1, len(x))
+        xs = torch.stack([x[i, :, t:t + c_h, l:l + c_w] for i, (t, l) in enumerate(zip(top, left))])
+        ss = torch.stack([sharp[i, :, t:t + c_h, l:l + c_w] for i, (t, l) in enumerate(zip(top, left))])
+        return xs, ss
 
     def _true_kernel_crops(self, batch: dict) -> list[tuple[int, torch.Tensor]]:
         """(crop index, perturbed true kernel) for the crops of a refiner's training batch drawn with probability
