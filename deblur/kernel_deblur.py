@@ -14,8 +14,8 @@ restored frames, same layout (smaller with ``work_side``: see step 4), clamped t
 3. blur gating: a kernel shorter than ``gate_px`` (long axis, px) means a sharp frame, which passes
    through untouched; so does a frame whose kernel is not finite (counted in ``nonfinite``);
 4. Wiener deconvolution of the full-resolution colour frame (deblur.deconv; with ``work_side``, of a copy that
-   size, with the kernel scaled to it and refined there), regularised by
-   ``balance + noise_gain * sigma^2`` (``network_balance`` for a kernel that was not refined) with sigma the
+   size, with the kernel refined at full resolution and scaled to it, and the balance scaled by scale^4),
+   regularised by ``balance + noise_gain * sigma^2`` (``network_balance`` for a kernel that was not refined) with sigma the
    frame's estimated noise. A frame smaller than the kernel
    (a 36x64 copy with ``--deblur-size 64``, a 24x32 thumbnail) is deconvolved mirror-padded to the kernel's side
    and cropped back; such frames are counted (``counters()["small_frames"]``) and logged once;
@@ -131,9 +131,10 @@ class KernelDeblurConfig:
     # images it recovered more than the network's kernel alone at every severity of both blurs, paired
     # (docs/results/2026-12-06_kernel_refinement.md)
     refine: RefineConfig = field(default_factory=RefineConfig)
-    # deconvolve (and refine the kernel on) a copy whose long side is work_side px, e.g. the detector's input size:
-    # the kernel is still estimated, and the gate still decides, on full-resolution tiles (where the blur is not
-    # shrunk away), then the kernel is scaled to the copy. 0 = at the input's resolution. Frames are never enlarged.
+    # deconvolve a copy whose long side is work_side px, e.g. the detector's input size: the kernel is still
+    # estimated, and the gate still decides, on full-resolution tiles (where the blur is not shrunk away), then the
+    # kernel is scaled to the copy (refined before or after: work_refine). 0 = at the input's resolution. Frames are
+    # never enlarged.
     # restore() returns the copy; the uint8 interface (__call__) resizes it back to the input's size
     work_side: int = 0
     # with work_side: refine the kernel on the full-resolution frame's tile, where the blur has its detail, then scale
