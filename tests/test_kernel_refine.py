@@ -313,6 +313,16 @@ def test_video_refinement_keeps_its_canvas_on_large_frames(work_side):
         since.append(deblurrer._since)
     assert since == [1, 2, 3, 1]
     assert sides == [81 if not work_side else 41] * 4
+    # in the background mode too: the finished full refinement is taken up and no other one is started before
+    # `every` frames (a kernel refined at full resolution was once compared with the copy's canvas, found unusable,
+    # and a full refinement ran after every other)
+    deblurrer = KernelDeblurrer(device="cpu", runtime="torch", work_side=work_side,
+                                refine=RefineConfig(iters=2, every=3, warm_iters=1, background=True))
+    deblurrer.restore(x.float() / 255.0)
+    deblurrer._job[0].result()  # the first full refinement, finished
+    deblurrer.restore(x.float() / 255.0)
+    assert deblurrer._job is None and deblurrer._refined.shape[-1] == 81
+    deblurrer.close()
 
 
 def test_the_refined_kernel_grows_with_the_frame_and_reaches_large_blur():
