@@ -120,9 +120,11 @@ class KernelDeblurConfig:
     noise_gain: float = 0.0  # + noise_gain * sigma^2, sigma = the frame's estimated noise in [0,1] units
     temporal: float = 0.0  # kernel smoothing over consecutive calls, 0 = off
     # rgb: deconvolve each colour channel; luma: deconvolve the luma only and add its change to every channel
-    # (a third of the FFT work; colour keeps the blurred chroma). luma: the same detection recovery as rgb on
-    # 40 images of each blur family, at a fraction of the cost (model card)
-    channels: Literal["rgb", "luma"] = "luma"
+    # (a third of the FFT work; colour keeps the blurred chroma). On all 167 detection images, paired, rgb gained
+    # +0.16 to +0.48 dB PSNR at ImageNet-C and shake 2-4 and +0.003 to +0.034 mAP@0.5:0.95 on shake, with
+    # ImageNet-C detection within 0.01 (docs/results/2026-12-07_detection_scale.md): the default for images and the
+    # evaluations. The pipeline runs luma (real time)
+    channels: Literal["rgb", "luma"] = "rgb"
     # the refiner run after the deconvolution: "" = the one bundled in the estimator file (if any), "auto" = the
     # bundled one on CUDA and none on a CPU (the pipeline's default: on a CPU it costs the real-time budget),
     # "none" = no refiner, or the path of a refiner generator (in_channels 6)

@@ -69,7 +69,9 @@ class PipelineConfig:
     # options of the kernel-aware deblurrer (deblur.kernel_deblur.KernelDeblurConfig). On video the kernel
     # refinement runs in its video mode: a full refinement every `refine.every` frames, warm-started between
     # The bundled refiner runs on CUDA only (refiner auto): on a CPU it costs the real-time budget (--refiner: on)
-    kernel: KernelDeblurConfig = field(default_factory=lambda: KernelDeblurConfig(refine=PIPELINE_REFINE, refiner="auto"))
+    # and the luma alone is deconvolved (a third of the FFT work of rgb, the library's default for images)
+    kernel: KernelDeblurConfig = field(default_factory=lambda: KernelDeblurConfig(refine=PIPELINE_REFINE, refiner="auto",
+                                                                                  channels="luma"))
     amp: str = "auto"  # a name in runtime.PRECISIONS; auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32
     channels_last: bool = True
     runtime: str = "auto"  # auto (the fastest correct here: openvino on CPUs) | torch | torch_compile | onnxruntime | openvino; also the darknet detector's

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from configs import ConfigError, load_config
+from deblur.kernel_deblur import KernelDeblurConfig
 from detect.config import DetectorConfig
 from pipeline.__main__ import build_parser, config_from_args, main
 from pipeline.config import PipelineConfig
@@ -165,6 +166,9 @@ def test_config_yaml_flags_and_overrides():
     assert config_from_args(build_parser().parse_args([])).kernel.refiner == "auto"
     assert config_from_args(build_parser().parse_args(["--refiner"])).kernel.refiner == ""
     assert config_from_args(build_parser().parse_args(["--refiner", "r.pt"])).kernel.refiner == "r.pt"
+    # the pipeline deconvolves the luma (a third of the FFT work); images and the evaluations every channel
+    assert config_from_args(build_parser().parse_args([])).kernel.channels == "luma"
+    assert KernelDeblurConfig().channels == "rgb"
     with pytest.raises(ConfigError, match=r"kernel.work_side.*deblur_size=320"):
         load_config(PipelineConfig, overrides=["kernel.work_side=320"])
 
