@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:
 from machine import cpu_flags, cpu_model  # noqa: E402  (bench/machine.py, beside this script)
 
 from runtime.files import atomic_write_text  # noqa: E402
+from pipeline.__main__ import _deblur_size  # noqa: E402  (the CLI's own parsing of --deblur-size)
 
 TARGETS_CPU = {"e2e_fps": 25.0, "deblur_fps": 50.0, "speedup": 10.0, "peak_rss_mb": 2048.0}
 TARGETS_CUDA = {"e2e_fps": 300.0, "peak_rss_mb": 2048.0}
@@ -213,6 +214,13 @@ def child_baseline(spec: dict) -> dict:
     }
 
 
+def _size_label(cfg) -> str:
+    """deblur_size as set, with what auto resolved to (a sink such as --save makes it the full frame)."""
+    if cfg.deblur_size != "auto":
+        return str(cfg.deblur_size)
+    return f"auto ({cfg.deblur_side or 'full'})"
+
+
 def child_pipeline(spec: dict) -> dict:
     from detect import DetectorConfig
     from pipeline.config import PipelineConfig
@@ -223,7 +231,7 @@ def child_pipeline(spec: dict) -> dict:
         s = run_pipeline(cfg)
         return {
             "name": spec["name"], "kind": "pipeline", "runtime": s["runtime"], "detector_runtime": s.get("detector_runtime"),
-            "amp": s["amp"], "batch": cfg.batch, "deblur_size": cfg.deblur_size, "frames": s["frames_out"], "fps": s["fps"],
+            "amp": s["amp"], "batch": cfg.batch, "deblur_size": _size_label(cfg), "frames": s["frames_out"], "fps": s["fps"],
             "ms_per_frame": s["ms_per_frame"], "latency_ms": {k: s["latency_ms"][k] for k in ("p50", "p95")},
             "warmup_s": s["warmup_s"], "live": False, "dropped": s["dropped"], "size": spec["size"],
         }
@@ -244,7 +252,7 @@ def child_pipeline(spec: dict) -> dict:
     return {
         "name": spec["name"], "kind": "pipeline" if spec["deblur"] else "detect only", "runtime": s["runtime"] or spec["runtime"],
         "detector_runtime": s.get("detector_runtime"), "amp": s["amp"], "batch": spec["batch"],
-        "deblur_size": spec["deblur_size"], "frames": s["frames_out"], "fps": s["fps"], "ms_per_frame": s["ms_per_frame"],
+        "deblur_size": _size_label(cfg), "frames": s["frames_out"], "fps": s["fps"], "ms_per_frame": s["ms_per_frame"],
         "latency_ms": {k: s["latency_ms"][k] for k in ("p50", "p95")}, "warmup_s": s["warmup_s"],
         "live": spec.get("realtime", False), "dropped": s["dropped"], "size": spec["size"],
     }
@@ -289,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="runtimes for (b)/(c) (default: every one available for the device, torch_compile excluded)")
     p.add_argument("--batches", nargs="*", type=int, default=[1, 4],
                    help="batch sizes of the --runtimes rows with the --weights deblurrer (none: only (a), (b), (c) defaults)")
-    p.add_argument("--deblur-size", type=lambda v: int(v) if v.isdigit() else v, nargs="*", default=[],
+    p.add_argument("--deblur-size", type=_deblur_size, nargs="*", default=[],
                    help="also run the fastest runtime with the deblurrer at these sizes: full, detector or a long side "
                         "(e.g. full 320); the other rows use the default, auto")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (torch, onnxruntime, openvino)")

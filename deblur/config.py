@@ -282,6 +282,14 @@ class TrainConfig:
         for name in ("log_every", "image_every", "save_every"):
             check_range(name, getattr(self, name), 1)
         object.__setattr__(self, "amp", check_precision(self.amp, key="amp", int8=False))  # 'none' -> 'fp32', warned
+        m = self.model
+        if (m.refiner_crop or m.estimator_refine) and not m.estimator:
+            raise ValueError("'model.refiner_crop' and 'model.estimator_refine' are options of a refiner: set "
+                             "model.estimator (configs/deblur_train_refiner.yaml) or leave them at 0 / false")
+        smallest = min(self.image_size or self.train.size, self.image_size or self.val.size)
+        if m.refiner_crop and m.refiner_crop >= smallest:
+            raise ValueError(f"'model.refiner_crop' ({m.refiner_crop}) must be smaller than the training crops "
+                             f"({smallest} px: image_size or train/val.size), or 0 for all of them")
 
 
 # ----------------------------------------------------------------------------- kernel estimator

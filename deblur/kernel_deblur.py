@@ -14,7 +14,8 @@ restored frames, same layout (smaller with ``work_side``: see step 4), clamped t
 3. blur gating: a kernel shorter than ``gate_px`` (long axis, px) means a sharp frame, which passes
    through untouched; so does a frame whose kernel is not finite (counted in ``nonfinite``);
 4. Wiener deconvolution of the full-resolution colour frame (deblur.deconv; with ``work_side``, of a copy that
-   size, with the kernel refined at full resolution and scaled to it, and the balance scaled by scale^4),
+   size, with the kernel refined at full resolution (``work_refine``) and scaled to it, and the balance scaled by scale^4, or scale^2
+   for the network's kernel alone),
    regularised by ``balance + noise_gain * sigma^2`` (``network_balance`` for a kernel that was not refined) with sigma the
    frame's estimated noise. A frame smaller than the kernel
    (a 36x64 copy with ``--deblur-size 64``, a 24x32 thumbnail) is deconvolved mirror-padded to the kernel's side
@@ -127,7 +128,7 @@ class KernelDeblurConfig:
     channels: Literal["rgb", "luma"] = "rgb"
     # the refiner run after the deconvolution: "" = the one bundled in the estimator file (if any), "auto" = the
     # bundled one on CUDA and none on a CPU (the pipeline's default: on a CPU it costs the real-time budget),
-    # "none" = no refiner, or the path of a refiner generator (in_channels 6)
+    # "none" = no refiner, or the path of a refiner generator (in_channels 6 or 7)
     refiner: str = ""
     # closed-form refinement of the network's kernel (deblur.kernel_refine; iters 0 = off). On all 167 detection
     # images it recovered more than the network's kernel alone at every severity of both blurs, paired
@@ -525,15 +526,17 @@ class KernelDeblurrer:
         """Wiener (luma or RGB, cfg.channels) with kernels ``used``, then the refiner if any -> (deconvolved [0,1],
         the luma residual y - k*x when ``residual``, else None). ``refined`` ((B,) bool; None = none): the frames whose
         kernel was refined, regularised by ``balance`` (the others by ``network_balance``). ``scale``: of a work-size
-        copy, deconvolved with ``balance * scale^4``: the antialiased copy's noise variance falls by about scale^2, and
-        its content's power at a given frequency of the copy rises by about 1/scale^2. With the kernel refined at full
-        resolution, on 40 evaluation images (long side ~768 px, copies at 416: scale^4 ~ 0.09) a balance of 0.25 and
-        0.5 x scale^2 recovered more detection and PSNR than scale^2 at ImageNet-C and shake 2-4
-        (docs/results/2026-12-07_detection_scale.md). ``grey``: ``luma(blur)`` when the caller has it."""
-        balance = torch.full((len(blur),), self.cfg.network_balance, device=blur.device)
+        copy, deconvolved with ``balance * scale^4`` for a refined kernel: the antialiased copy's noise variance falls
+        by about scale^2, and its content's power at a given frequency of the copy rises by about 1/scale^2. With the
+        kernel refined at full resolution, on 40 evaluation images (long side ~768 px, copies at 416: scale^4 ~ 0.09)
+        a balance of 0.25 and 0.5 x scale^2 recovered more detection and PSNR than scale^2 at ImageNet-C and shake
+        2-4, and at 1280x720 (bench/temporal.py) scale^4 gained 0.17 dB more than scale^2 and 0.04 dB less than
+        scale^3. The network's own kernel, less exact, keeps ``network_balance * scale^2``: at 1280x720 it gained
+        0.36 dB more than scale^4 (docs/results/2026-12-07_detection_scale.md). ``grey``: ``luma(blur)`` when the
+        caller has it."""
+        balance = torch.full((len(blur),), self.cfg.network_balance * scale**2, device=blur.device)
         if refined is not None:
-            balance = torch.where(refined.to(blur.device), torch.full_like(balance, self.cfg.balance), balance)
-        balance = balance * scale**4
+            balance = torch.where(refined.to(blur.device), torch.full_like(balance, self.cfg.balance * scale**4), balance)
         if self.cfg.noise_gain > 0:
             balance = balance + self.cfg.noise_gain * estimate_noise(blur) ** 2
         padded, crop = self._small.pad(blur)

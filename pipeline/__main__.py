@@ -48,7 +48,7 @@ def _deblur_size(text: str) -> int | str:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give 'auto', 'full', 'detector' or the long side in pixels, e.g. 512") from None
     if value < 32:
-        raise argparse.ArgumentTypeError(f"{value}: the long side must be at least 32 pixels (or 'full', 'detector')")
+        raise argparse.ArgumentTypeError(f"{value}: the long side must be at least 32 pixels (or 'auto', 'full', 'detector')")
     return value
 
 
@@ -90,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "unless kernel.refine.background=false), warm-started iterations on every frame; 1 = a full "
                          "refinement on every frame, as predict and the evaluations (~100 ms a 640x360 frame); "
                          "turns refinement on" + d % _P.kernel.refine.every)
-    db.add_argument("--refiner", nargs="?", const="", metavar="PATH",
-                    help="run the refiner (an FPN-MobileNetV2 on the blurred and deconvolved frames) after the "
-                         "deconvolution on any device: the one bundled with the deblur weights, or PATH; by default "
-                         "it runs on CUDA only (kernel.refiner=auto), none = never")
+    db.add_argument("--refiner", action="store_const", const="",
+                    help="run the refiner bundled with the deblur weights (an FPN-MobileNetV2 on the blurred and "
+                         "deconvolved frames) on any device; by default it runs on CUDA only (kernel.refiner=auto). "
+                         "Another refiner: kernel.refiner=PATH; never: kernel.refiner=none")
     db.add_argument("--amp", choices=PRECISIONS, help="deblur precision: auto = fp16 on CUDA, bf16 on CPUs with "
                     "native bf16, else fp32" + d % _P.amp)
     db.add_argument("--runtime", choices=RUNTIMES, help="runtime of the deblurrer and the darknet detector: torch, "

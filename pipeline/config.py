@@ -62,14 +62,14 @@ class PipelineConfig:
     deblur_weights: str = ""  # a kernel estimator or a generator file; "" = the shipped kernel estimator
     # full: deblur the full frame; N or detector (= detector.imgsz): the kernel-aware deblurrer estimates and refines
     # the kernel on the full frame and deconvolves a copy whose long side is N (its work_side); a generator deblurs
-    # such a copy. auto: detector when no sink shows or saves the deblurred frames, else full. At the detector's
-    # scale detection stayed within 0.02 mAP@0.5 of full-resolution deconvolution on the evaluation images
-    # (docs/results/2026-12-07_detection_scale.md), at a fraction of the FFT work on HD frames
+    # such a copy. auto: detector when no sink shows or saves the deblurred frames, else full (a generator: full).
+    # At the detector's scale detection stayed within 0.02 mAP@0.5 of full-resolution deconvolution on the
+    # evaluation images (docs/results/2026-12-07_detection_scale.md), at a fraction of the FFT work on HD frames
     deblur_size: int | Literal["auto", "full", "detector"] = "auto"
     # options of the kernel-aware deblurrer (deblur.kernel_deblur.KernelDeblurConfig). On video the kernel
-    # refinement runs in its video mode: a full refinement every `refine.every` frames, warm-started between
-    # The bundled refiner runs on CUDA only (refiner auto): on a CPU it costs the real-time budget (--refiner: on)
-    # and the luma alone is deconvolved (a third of the FFT work of rgb, the library's default for images)
+    # refinement runs in its video mode (PIPELINE_REFINE above). The bundled refiner runs on CUDA only (refiner auto:
+    # on a CPU it costs the real-time budget; --refiner runs it anyway), and the luma alone is deconvolved (a third
+    # of the FFT work of rgb, the library's default for images)
     kernel: KernelDeblurConfig = field(default_factory=lambda: KernelDeblurConfig(refine=PIPELINE_REFINE, refiner="auto",
                                                                                   channels="luma"))
     amp: str = "auto"  # a name in runtime.PRECISIONS; auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32

@@ -459,8 +459,10 @@ def build_stages(cfg: PipelineConfig, *, deblur_model: torch.nn.Module | None = 
     amp, deblur = "fp32", Identity()
     if cfg.deblur:
         amp, deblur = _build_deblur(cfg, deblur_model, device, runtime)
-    # a generator deblurs a copy of deblur_side; the kernel-aware deblurrer takes the full frame (its own work_side)
-    long_side = (cfg.deblur_side if cfg.deblur and not isinstance(deblur, KernelDeblur) else 0) or None
+    # a generator deblurs a copy of deblur_side (the full frame with auto: the detector-scale evidence is the kernel
+    # deblurrer's); the kernel-aware deblurrer takes the full frame (its own work_side)
+    generator = cfg.deblur and not isinstance(deblur, KernelDeblur)
+    long_side = (cfg.deblur_side if generator and cfg.deblur_size != "auto" else 0) or None
     channels_last = cfg.channels_last and cfg.deblur and runtime == "torch"
     front: list[tuple[str, Stage]] = []
     if cfg.simulate_blur:
@@ -476,7 +478,7 @@ def build_stages(cfg: PipelineConfig, *, deblur_model: torch.nn.Module | None = 
     runtimes = (runtime if cfg.deblur else "torch", getattr(detector, "runtime", "torch"))
     per_shape = device.type == "cuda" or any(r in SHAPE_SPECIALISED_RUNTIMES for r in runtimes)
     logger.info("Pipeline: device=%s deblur=%s amp=%s deblur_size=%s batch=%d max_latency=%.0f ms threads=%d",
-                device, cfg.deblur, amp, f"{cfg.deblur_size} (long side {cfg.deblur_side or 'of the frame'})"
+                device, cfg.deblur, amp, f"{cfg.deblur_size} (long side {(0 if generator else cfg.deblur_side) or 'of the frame'})"
                 if cfg.deblur_size == "auto" else cfg.deblur_size, cfg.batch, cfg.max_latency, stage_threads(cfg))
     return Stages(front, back, Annotate(side_by_side=cfg.deblur) if need_images else None, detector, device, amp,
                   runtime, per_shape)
@@ -497,8 +499,11 @@ def _build_deblur(cfg: PipelineConfig, model: torch.nn.Module | None, device: to
 
                 logger.info("Deblur: kernel estimate + Wiener deconvolution, estimator %s", weights)
                 kernel_cfg = dataclasses.replace(cfg.kernel, work_side=cfg.deblur_side)
-                return "fp32", KernelDeblur(KernelDeblurrer(weights, device=device, runtime=runtime, threads=threads,
-                                                             cfg=kernel_cfg))
+                deblurrer = KernelDeblurrer(weights, device=device, runtime=runtime, threads=threads, cfg=kernel_cfg)
+                if kernel_cfg.refiner == "" and deblurrer.refiner is None:
+                    logger.warning("--refiner: %s has no refiner bundled, so the deconvolution runs alone. Fix: bundle "
+                                   "one (python -m deblur.models --bundle) or give kernel.refiner=PATH", weights)
+                return "fp32", KernelDeblur(deblurrer)
             model, gen_cfg = load_generator(weights, device=str(device))
         except FileNotFoundError as e:
             raise FileNotFoundError(

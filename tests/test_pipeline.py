@@ -115,6 +115,8 @@ def test_no_deblur_and_deblur_size(clip, tmp_path):
 
     batch = Preprocess(torch.device("cpu"), long_side=32)(Batch([Frame(0, 0.0, make_frame(0))]))
     assert batch.blur.shape == (1, 3, 32, 32) and -1.0 <= batch.blur.min() and batch.blur.max() <= 1.0
+    big = Preprocess(torch.device("cpu"), long_side=416)(Batch([Frame(0, 0.0, make_frame(0))]))
+    assert big.blur.shape == (1, 3, 48, 64)  # never enlarged
     batch.restored = batch.blur
     batch = Postprocess()(batch)
     assert batch.restored_bgr[0].shape == (48, 64, 3)
@@ -162,10 +164,12 @@ def test_config_yaml_flags_and_overrides():
     assert config_from_args(build_parser().parse_args(["--imgsz", "320"])).deblur_side == 320
     assert config_from_args(build_parser().parse_args(["--save", "o.mp4"])).deblur_side == 0
     assert config_from_args(build_parser().parse_args(["--show"])).deblur_side == 0
-    # the refiner: bundled on CUDA only by default; --refiner runs it anywhere, --refiner PATH another one
+    # the refiner: bundled on CUDA only by default; --refiner runs it anywhere (and takes no value: the next
+    # key=value stays an override), kernel.refiner=PATH another one
     assert config_from_args(build_parser().parse_args([])).kernel.refiner == "auto"
-    assert config_from_args(build_parser().parse_args(["--refiner"])).kernel.refiner == ""
-    assert config_from_args(build_parser().parse_args(["--refiner", "r.pt"])).kernel.refiner == "r.pt"
+    cfg = config_from_args(build_parser().parse_args(["--refiner", "batch=4"]))
+    assert cfg.kernel.refiner == "" and cfg.batch == 4
+    assert config_from_args(build_parser().parse_args(["kernel.refiner=r.pt"])).kernel.refiner == "r.pt"
     # the pipeline deconvolves the luma (a third of the FFT work); images and the evaluations every channel
     assert config_from_args(build_parser().parse_args([])).kernel.channels == "luma"
     assert KernelDeblurConfig().channels == "rgb"
@@ -702,3 +706,17 @@ def test_deblur_size_detector_deconvolves_at_the_detectors_scale_and_maps_boxes_
         boxes[size] = np.array(people, np.float32).reshape(-1, 4)
     assert len(boxes["full"]) >= 3
     assert (box_iou(boxes["full"], boxes["detector"]).max(1) > 0.7).all()
+
+
+def test_refiner_asked_for_but_not_bundled_is_said(caplog):
+    """--refiner with weights that bundle none: the pipeline runs the deconvolution alone and says so, with the fix."""
+    from pipeline.stages import build_stages
+
+    cfg = config_from_args(build_parser().parse_args(["--refiner", "runtime=torch"]))
+    with caplog.at_level("WARNING"):
+        build_stages(cfg, detector=FakeDetector())
+    assert any("has no refiner bundled" in r.getMessage() and "--bundle" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        build_stages(config_from_args(build_parser().parse_args(["runtime=torch"])), detector=FakeDetector())
+    assert not any("refiner" in r.getMessage() for r in caplog.records)  # the default (auto) says nothing on a CPU

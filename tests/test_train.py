@@ -460,3 +460,7 @@ def test_a_refiners_crop_is_cut_from_the_first_stage_on_the_larger_crop(photos, 
         assert hits and any(torch.equal(whole_in[i, :3, y:y + 64, x:x + 64], got_in[i, :3]) for y, x in hits)
     t.fit()
     assert t.step == 2
+    with pytest.raises(ConfigError, match="refiner_crop"):  # no smaller than the crops it is cut from
+        tiny_cfg(photos, tmp_path / "bad", f"model.estimator={est}", "image_size=128", "model.refiner_crop=128")
+    with pytest.raises(ConfigError, match="set model.estimator"):  # a refiner's option on a plain generator
+        tiny_cfg(photos, tmp_path / "bad", "model.refiner_crop=32")
