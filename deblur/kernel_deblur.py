@@ -466,12 +466,14 @@ class KernelDeblurrer:
         if bool(sharp.all()) and not residual:  # nothing to deblur: the frames as they came, whatever the work size
             self.last_kernels, self.last_gated = safe, sharp
             return x.clone()
-        late_scale = 0.0  # work_refine "full": the refined kernels are scaled to the copy after refinement
+        # refinement works on the full-resolution frame, its kernels scaled to a work-size copy afterwards (late_scale),
+        # unless work_refine "work" puts it on the copy
+        refine_grey, refine_safe, refined_at, late_scale = grey, safe, full_shape, 0.0
         if work != full_shape:  # the kernel scaled to the copy, on a canvas as large as refinement would use
             scale = max(work) / max(full_shape)
             side = odd_side(refined_size(r, safe.shape[-1], full_shape) * scale)
             if self.cfg.work_refine == "full" and r.iters:
-                late_scale, refine_grey, refine_safe = scale, grey, safe
+                late_scale = scale
             else:
                 tile = refined_tile(r, safe.shape[-1], full_shape)  # the same image content as at full resolution
                 r = dataclasses.replace(r, size=side, tile=tile and max(32, 32 * round(tile * scale / 32)))
@@ -479,8 +481,8 @@ class KernelDeblurrer:
             # aliasing decimation)
             x = F.interpolate(x, size=work, mode="bilinear", align_corners=False, antialias=True).clamp_(0.0, 1.0)
             grey, safe = luma(x), resize_kernels(safe, side, scale)
-        if not late_scale:
-            refine_grey, refine_safe = grey, safe
+            if not late_scale:
+                refine_grey, refine_safe, refined_at = grey, safe, work
         refined, is_refined = None, torch.zeros_like(sharp)
         if r.iters:  # the frames the gate lets through (the gate asks the network's kernel only)
             # but not dark frames: their tiles' gradients are mostly noise, and on 24 synthetic night frames
@@ -488,9 +490,8 @@ class KernelDeblurrer:
             # 8.7 -> 2.3 px, true 14.2; mean shape error 0.44 -> 0.55)
             check = (~sharp & ~dark).nonzero().flatten()
             if len(check):
-                # the state key: the frame's size and the size refined at (full resolution with a late scale)
-                at = full_shape if late_scale else work
-                got, ok, was_refined = self._refine(refine_grey[check], refine_safe[check], full_shape + at, r)
+                # the video state's key: the frame's size and the size refined at
+                got, ok, was_refined = self._refine(refine_grey[check], refine_safe[check], full_shape + refined_at, r)
                 if not ok.all():
                     self._count_failed(int((~ok).sum()))
                 if late_scale:

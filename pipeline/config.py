@@ -107,9 +107,7 @@ class PipelineConfig:
         --save), else N or detector.imgsz."""
         if self.deblur_size == "full" or (self.deblur_size == "auto" and (self.show or self.save)):
             return 0
-        if self.deblur_size == "auto":
-            return self.detector.imgsz
-        return self.detector.imgsz if self.deblur_size == "detector" else int(self.deblur_size)
+        return self.detector.imgsz if self.deblur_size in ("auto", "detector") else int(self.deblur_size)
 
     def __post_init__(self) -> None:
         for name in ("vid_stride", "queue_size", "batch"):

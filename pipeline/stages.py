@@ -462,7 +462,8 @@ def build_stages(cfg: PipelineConfig, *, deblur_model: torch.nn.Module | None = 
     # a generator deblurs a copy of deblur_side (the full frame with auto: the detector-scale evidence is the kernel
     # deblurrer's); the kernel-aware deblurrer takes the full frame (its own work_side)
     generator = cfg.deblur and not isinstance(deblur, KernelDeblur)
-    long_side = (cfg.deblur_side if generator and cfg.deblur_size != "auto" else 0) or None
+    side = 0 if generator and cfg.deblur_size == "auto" else cfg.deblur_side
+    long_side = (side if generator else 0) or None
     channels_last = cfg.channels_last and cfg.deblur and runtime == "torch"
     front: list[tuple[str, Stage]] = []
     if cfg.simulate_blur:
@@ -478,8 +479,8 @@ def build_stages(cfg: PipelineConfig, *, deblur_model: torch.nn.Module | None = 
     runtimes = (runtime if cfg.deblur else "torch", getattr(detector, "runtime", "torch"))
     per_shape = device.type == "cuda" or any(r in SHAPE_SPECIALISED_RUNTIMES for r in runtimes)
     logger.info("Pipeline: device=%s deblur=%s amp=%s deblur_size=%s batch=%d max_latency=%.0f ms threads=%d",
-                device, cfg.deblur, amp, f"{cfg.deblur_size} (long side {(0 if generator else cfg.deblur_side) or 'of the frame'})"
-                if cfg.deblur_size == "auto" else cfg.deblur_size, cfg.batch, cfg.max_latency, stage_threads(cfg))
+                device, cfg.deblur, amp, f"auto (long side {side or 'of the frame'})" if cfg.deblur_size == "auto"
+                else cfg.deblur_size, cfg.batch, cfg.max_latency, stage_threads(cfg))
     return Stages(front, back, Annotate(side_by_side=cfg.deblur) if need_images else None, detector, device, amp,
                   runtime, per_shape)
 

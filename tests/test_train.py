@@ -49,6 +49,15 @@ def tiny_cfg(photos: Path, run_root: Path, *extra: str) -> TrainConfig:
     return load_config(TrainConfig, ROOT / "configs" / "deblur_train.yaml", overrides)
 
 
+def _tiny_estimator(path: Path) -> Path:
+    """An untrained 15-tap kernel estimator saved to ``path``: a refiner's frozen first stage, quick on the CPU."""
+    from deblur.config import EstimatorConfig
+    from deblur.models import build_estimator, save_estimator
+
+    est_cfg = EstimatorConfig(kernel_size=15, width_mult=0.25, depth=7, hidden=16)
+    return save_estimator(build_estimator(est_cfg).eval(), est_cfg, path)
+
+
 def _weights(trainer: Trainer) -> dict:
     return {k: v.detach().clone() for k, v in trainer.G.state_dict().items()}
 
@@ -350,12 +359,9 @@ def test_torchrun_two_gpus_nccl_sync_batchnorm_and_warmup(photos, tmp_path):
 
 @pytest.mark.parametrize("residual_map, channels", [(False, 6), (True, 7)])
 def test_a_refiner_trains_on_the_estimators_deconvolution_and_exports(photos, tmp_path, residual_map, channels):
-    from deblur.config import EstimatorConfig
     from deblur.kernel_deblur import KernelDeblurrer
-    from deblur.models import build_estimator, save_estimator
 
-    est_cfg = EstimatorConfig(kernel_size=15, width_mult=0.25, depth=7, hidden=16)
-    est = save_estimator(build_estimator(est_cfg).eval(), est_cfg, tmp_path / "est.pt")
+    est = _tiny_estimator(tmp_path / "est.pt")
     trainer = Trainer(tiny_cfg(photos, tmp_path, "max_steps=2", f"model.estimator={est}",
                                f"model.residual_map={str(residual_map).lower()}"))
     blur, sharp = trainer._batch([0, 1], trainer.train_set, 0)
@@ -387,12 +393,9 @@ def test_fpn_inception_trains_by_config(photos, tmp_path):
 
 
 def test_a_refiner_trains_on_perturbed_true_kernels_too(photos, tmp_path):
-    from deblur.config import EstimatorConfig
     from deblur.data.dataset import collate
-    from deblur.models import build_estimator, save_estimator
 
-    est_cfg = EstimatorConfig(kernel_size=15, width_mult=0.25, depth=7, hidden=16)
-    est = save_estimator(build_estimator(est_cfg).eval(), est_cfg, tmp_path / "est.pt")
+    est = _tiny_estimator(tmp_path / "est.pt")
 
     def first_batch(*extra):
         t = Trainer(tiny_cfg(photos, tmp_path / str(len(extra)) / extra[-1].replace("=", "_") if extra else tmp_path,
@@ -414,14 +417,11 @@ def test_a_refiner_trains_on_perturbed_true_kernels_too(photos, tmp_path):
 
 
 def test_a_refiner_can_train_on_refined_kernels_as_inference_sees_them(photos, tmp_path):
-    from deblur.config import EstimatorConfig
     from deblur.data.dataset import collate
     from deblur.kernel_deblur import KernelDeblurrer
     from deblur.kernel_refine import RefineConfig
-    from deblur.models import build_estimator, save_estimator
 
-    est_cfg = EstimatorConfig(kernel_size=15, width_mult=0.25, depth=7, hidden=16)
-    est = save_estimator(build_estimator(est_cfg).eval(), est_cfg, tmp_path / "est.pt")
+    est = _tiny_estimator(tmp_path / "est.pt")
     t = Trainer(tiny_cfg(photos, tmp_path / "run", "max_steps=1", f"model.estimator={est}", "model.estimator_refine=true"))
     t.train_set.set_epoch(3)
     batch = collate([t.train_set[i] for i in (0, 1)])
@@ -436,12 +436,9 @@ def test_a_refiner_can_train_on_refined_kernels_as_inference_sees_them(photos, t
 def test_a_refiners_crop_is_cut_from_the_first_stage_on_the_larger_crop(photos, tmp_path):
     """model.refiner_crop: the first stage deconvolves the 128-px crop; the refiner gets a 64-px window of it and of
     the sharp crop, the same window for both: centred in validation, random per crop in training; and a run trains."""
-    from deblur.config import EstimatorConfig
     from deblur.data.dataset import collate
-    from deblur.models import build_estimator, save_estimator
 
-    est_cfg = EstimatorConfig(kernel_size=15, width_mult=0.25, depth=7, hidden=16)
-    est = save_estimator(build_estimator(est_cfg).eval(), est_cfg, tmp_path / "est.pt")
+    est = _tiny_estimator(tmp_path / "est.pt")
     t = Trainer(tiny_cfg(photos, tmp_path / "run", "max_steps=2", f"model.estimator={est}", "image_size=128",
                          "model.refiner_crop=64", "model.zero_init_last=true"))
     t.train_set.set_epoch(3)
