@@ -261,22 +261,29 @@ def _support(kernels: Tensor, grow: int) -> Tensor:
 
 def most_textured_tile(grey: Tensor, tile: int) -> Tensor:
     """(B,1,H,W) -> (B,1,t,t): the tile (on a grid of half-tile steps) with the most gradient energy;
-    the whole frame when it is not larger than ``tile`` or ``tile`` is 0."""
+    the whole frame when it is not larger than ``tile`` or ``tile`` is 0. The energy is summed on every second
+    pixel of every second row (differences two pixels apart): the ranking of 128-px-and-larger tiles hardly
+    changes, at a quarter of the full-frame work (at 1280x720 the full-resolution sum took 3-4 ms of each video
+    frame's 15 ms of warm-started refinement)."""
     b, _, h, w = grey.shape
     if not tile or (h <= tile and w <= tile):
         return grey
     th, tw = min(tile, h), min(tile, w)
-    gx, gy = _gradients(grey)
-    energy = (gx.abs() + gy.abs())[:, 0]
     step = max(8, tile // 2)
     ys = torch.arange(0, h - th + 1, step, device=grey.device)
     xs = torch.arange(0, w - tw + 1, step, device=grey.device)
-    if th % step == 0 and tw % step == 0:  # the usual case: a tile is whole step x step blocks; sum the blocks
+    if th % step == 0 and tw % step == 0 and step % 2 == 0:  # the usual case: a tile is whole step x step blocks
         # (an integral image of the frame in float64 cost 4 ms of every 1280x720 frame)
         nby, nbx = (len(ys) - 1) + th // step, (len(xs) - 1) + tw // step
-        blocks = energy[:, : nby * step, : nbx * step].reshape(b, nby, step, nbx, step).sum((2, 4))
+        sub = grey[:, 0, : nby * step : 2, : nbx * step : 2]  # (B, nby*step/2, nbx*step/2)
+        energy = F.pad((sub[..., :, 1:] - sub[..., :, :-1]).abs_(), (0, 1))
+        energy += F.pad((sub[..., 1:, :] - sub[..., :-1, :]).abs_(), (0, 0, 0, 1))
+        half = step // 2
+        blocks = energy.reshape(b, nby, half, nbx, half).sum((2, 4))
         score = F.avg_pool2d(blocks[:, None], (th // step, tw // step), stride=1)[:, 0]  # (B,ny,nx), up to a factor
     else:
+        gx, gy = _gradients(grey)
+        energy = (gx.abs() + gy.abs())[:, 0]
         integral = F.pad(energy.double().cumsum(-1).cumsum(-2), (1, 0, 1, 0))  # (B,H+1,W+1): any window in 4 reads
         score = (integral[:, ys[:, None] + th, xs[None, :] + tw] - integral[:, ys[:, None], xs[None, :] + tw]
                  - integral[:, ys[:, None] + th, xs[None, :]] + integral[:, ys[:, None], xs[None, :]])  # (B,ny,nx)

@@ -342,3 +342,22 @@ def test_the_refined_kernel_grows_with_the_frame_and_reaches_large_blur():
     assert bool(ok[0]) and refined.shape == (1, 81, 81)
     assert float(shape_error(refined, torch.from_numpy(true)[None])) < 0.3
     assert float(kernel_extent(kernel_moments(refined))[0]) > 45  # a 41-tap kernel cannot hold it
+
+
+@pytest.mark.parametrize("hw,tile", [((360, 640), 128), ((200, 640), 256)])  # grid blocks; a tile taller than the frame
+def test_the_most_textured_tile_is_the_one_holding_the_detail(hw, tile):
+    """A flat frame with one textured patch, in two frames: the tile returned is the one that holds the patch, in
+    each (the block sum on every second pixel and the integral-image path alike)."""
+    from deblur.kernel_refine import most_textured_tile
+
+    h, w = hw
+    g = torch.Generator().manual_seed(1)
+    grey = torch.full((2, 1, h, w), 0.5)
+    th, step = min(tile, h), tile // 2
+    spots = [(0, 3 * step), ((h - th) // step * step, (w - tile) // step * step)]  # (y0, x0) on the search grid
+    for i, (y0, x0) in enumerate(spots):
+        grey[i, 0, y0 + 8 : y0 + th - 8, x0 + 8 : x0 + tile - 8] += 0.2 * torch.rand(th - 16, tile - 16, generator=g)
+    got = most_textured_tile(grey, tile)
+    assert got.shape == (2, 1, th, tile)
+    for i, (y0, x0) in enumerate(spots):
+        assert torch.equal(got[i], grey[i, :, y0 : y0 + th, x0 : x0 + tile]), i
