@@ -29,17 +29,20 @@ def machine_threads() -> int:
         return os.cpu_count() or 1
 
 
-# The pipeline's kernel refinement: the video mode with its full refinements in a background thread, every 16 frames,
-# and two warm-started iterations on every frame. On bench/temporal.py's drifting blur (640x360, 1 thread) it gained
-# +3.29 dB [2.83, 3.63] over no refinement (+0.06 dB) for 31 against 18 ms a frame; the synchronous --refine-every 8
-# gained +3.68 dB at 24 ms a frame on average but stalls a frame for each full refinement: on a live 640x360 feed
-# (25 fps, shake 3) it dropped 17 of 150 frames (p95 latency 118 ms), this default none (p50 52, p95 89 ms);
-# no refinement (--refine 0): none, p50 37 ms. On a live source the runner also sets refine.budget_ms
-# (KernelDeblur.keep_up_with), so that a loaded machine skips warm iterations rather than frames.
+# The pipeline's kernel refinement: the video mode with its full refinements in a background thread, every 32 frames,
+# and two warm-started iterations on every frame. Introduced at every 16: on bench/temporal.py's drifting blur
+# (640x360, 1 thread) it gained +3.29 dB [2.83, 3.63] over no refinement (+0.06 dB) for 31 against 18 ms a frame;
+# the synchronous --refine-every 8 gained +3.68 dB at 24 ms a frame on average but stalls a frame for each full
+# refinement: on a live 640x360 feed (25 fps, shake 3) it dropped 17 of 150 frames (p95 latency 118 ms), this
+# default none (p50 52, p95 89 ms); no refinement (--refine 0): none, p50 37 ms. On a live source the runner also sets
+# refine.budget_ms (KernelDeblur.keep_up_with), so that a loaded machine skips warm iterations rather than frames.
 # docs/results/2026-12-07_hot_path.md
 # The warm iterations run on a 256-px tile at every size: at 1280x720 (where a full refinement's tile is 384 px) it
 # gained the same (+4.00 against +3.98 dB) at 69 against 84 ms a frame (1 thread); 192 px lost 0.9 dB.
-PIPELINE_REFINE = RefineConfig(every=16, warm_iters=2, warm_tile=256, background=True)
+# Every 32 rather than 16 frames: on the drifting blur (1 thread, deblurring at the detector's scale) the same gain at
+# 640x360, 1280x720 and 1920x1080 (-0.05 [-0.18, +0.08], +0.02 [-0.05, +0.12], +0.03 [+0.00, +0.06] dB) for half the
+# background thread's work: +0.8 and +1.6 fps at 1280x720 in two alternated pairs of bench/realtime.py rows
+PIPELINE_REFINE = RefineConfig(every=32, warm_iters=2, warm_tile=256, background=True)
 
 
 @dataclass(frozen=True)
