@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -51,13 +52,13 @@ from deblur.archs.fpn_mobilenet_arch import STRIDE
 from deblur.archs.kernel_arch import kernel_extent, kernel_moments
 from deblur.deconv import estimate_noise, wiener_deconvolve
 from deblur.kernel_refine import RefineConfig, odd_side, refine_kernels, refined_size, refined_tile, resize_kernels
-from deblur.frames import SmallFrames, check_bgr_frames, pad_to
+from deblur.frames import SmallFrames, check_bgr_frames, pad_to, shrink_bgr
 from deblur.models import DEFAULT_ESTIMATOR, load_estimator, load_generator, load_refiner
 from runtime import compile_module, keep_large_allocations, resolve_device, resolve_runtime
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KernelDeblurConfig", "KernelDeblurrer", "shrink", "work_size"]
+__all__ = ["KernelDeblurConfig", "KernelDeblurrer", "luma_bgr", "shrink", "work_size"]
 
 _GREY = (0.299, 0.587, 0.114)  # RGB -> luma (BT.601), as cv2.COLOR_RGB2GRAY
 _CLIPPED = 0.98  # a pixel whose brightest channel reaches this is a clipped highlight (dark frames' tile choice)
@@ -70,6 +71,13 @@ def luma(x: Tensor) -> Tensor:
     # three scaled adds rather than a weighted sum over the channel axis: 4x faster on a channels_last frame (the
     # pipeline's layout), 2x on a contiguous one (python bench/hotpath.py)
     return (x[:, 0:1] * _GREY[0]).add_(x[:, 1:2], alpha=_GREY[1]).add_(x[:, 2:3], alpha=_GREY[2])
+
+
+def luma_bgr(frames_bgr: Sequence[np.ndarray]) -> Tensor:
+    """(H,W,3) uint8 BGR frames of one size -> (B,1,H,W) float32 luma in [0,1] (``luma``'s weights), computed from the
+    uint8 frames without a float RGB copy of them (0.5 ms for 1280x720 on one thread)."""
+    m = np.array([[_GREY[2], _GREY[1], _GREY[0]]], np.float32) / 255.0  # BGR order
+    return torch.from_numpy(np.stack([cv2.transform(f.astype(np.float32), m) for f in frames_bgr]))[:, None]
 
 
 def work_size(hw: tuple[int, int], work_side: int) -> tuple[int, int]:
@@ -227,6 +235,7 @@ class KernelDeblurrer:
         self._pool = None  # ... and its thread
         self._last_ms = 0.0  # the last restore() call's time (refine.budget_ms)
         self.skipped_warm = 0  # frames that reused the previous kernel without warm iterations (refine.budget_ms)
+        self._rgb: Tensor | None = None  # BGR -> RGB channel index on the device (__call__)
 
     def reset(self) -> None:
         """Forget the temporal state (the smoother's previous kernel, video refinement's last refined kernel): the
@@ -310,11 +319,14 @@ class KernelDeblurrer:
         return grey.mean((1, 2, 3)) < self.cfg.dark_luma
 
     @torch.inference_mode()
-    def estimate(self, x: Tensor, grey: Tensor | None = None) -> Tensor:
+    def estimate(self, x: Tensor | None, grey: Tensor | None = None) -> Tensor:
         """(B,3,H,W) RGB float [0,1] -> (B,k,k) kernels (non-negative, summing to 1). ``grey``: ``luma(x)``,
-        when the caller has it already."""
-        x = x.float()
-        tiles, weights = self._tiles(luma(x) if grey is None else grey, x)
+        when the caller has it already; with ``x`` None, the grey alone (it then tells a dark frame's clipped
+        highlights)."""
+        if x is None and grey is None:
+            raise ValueError("KernelDeblurrer.estimate needs the RGB frames or their luma")
+        x = None if x is None else x.float()
+        tiles, weights = self._tiles(luma(x) if grey is None else grey.float(), x)
         b, n = tiles.shape[:2]
         k = self.kernel_size
         per_tile = (self.engine or self.estimator)(tiles.flatten(0, 1)).float().view(b, n, k * k)
@@ -430,27 +442,35 @@ class KernelDeblurrer:
         self._job = None
 
     # --- restoration ------------------------------------------------------------------------------
-    def restore(self, x: Tensor, residual: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def restore(self, x: Tensor, residual: bool = False, grey: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """``_restore``, timed (refine.budget_ms)."""
         t0 = time.perf_counter()
         try:
-            return self._restore(x, residual)
+            return self._restore(x, residual, grey)
         finally:
             self._last_ms = (time.perf_counter() - t0) * 1e3
 
     @torch.inference_mode()
-    def _restore(self, x: Tensor, residual: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def _restore(self, x: Tensor, residual: bool = False, grey: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """(B,3,H,W) RGB float [0,1] on the device -> restored, same layout, float32 clamped to [0,1]; with
         ``work_side`` smaller than the frame, at ``work_size`` (``last_kernels`` then hold the kernels at that scale),
         unless every frame passed the gate (then the frames as they came, at their size; not with ``residual``).
+
+        ``grey``: the frames' luma (B,1,H,W). Larger than ``x``, it is the full-resolution frame and ``x`` the caller's
+        work-size copy of it (shrunk from uint8 on the CPU: ``__call__`` and the pipeline): the kernel is estimated and
+        refined on ``grey`` and ``x`` deconvolved, and a frame the gate passes comes back as that copy. (A dark frame's
+        clipped highlights are then told by the luma, not the brightest channel.)
 
         ``residual`` (a refiner's training input): also the deconvolution's luma residual ``y - k * x``
         (B,1,H,W), not clamped; zero for the frames the gate passed through."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"KernelDeblurrer.restore expects (B,3,H,W) RGB in [0,1], got shape {tuple(x.shape)}")
         x = x.float()
-        grey = luma(x)
-        kernels = self._smooth(self.estimate(x, grey), tuple(x.shape[-2:]))
+        copied = grey is not None and tuple(grey.shape[-2:]) != tuple(x.shape[-2:])
+        if grey is None:
+            grey = luma(x)
+        grey = grey.float()
+        kernels = self._smooth(self.estimate(None if copied else x, grey), tuple(grey.shape[-2:]))
         finite = torch.isfinite(kernels).flatten(1).all(1)
         if not finite.all():
             self.nonfinite += int((~finite).sum())
@@ -461,8 +481,9 @@ class KernelDeblurrer:
         sharp = (extent < self.cfg.gate_px) | ~finite
         r = self.cfg.refine
         dark = self._dark(grey) if r.iters else None  # on the full frame, before grey becomes the work-size copy's
-        full_shape = tuple(x.shape[-2:])
-        work, scale, full = work_size(full_shape, self.cfg.work_side), 1.0, x
+        full_shape = tuple(grey.shape[-2:])
+        work = tuple(x.shape[-2:]) if copied else work_size(full_shape, self.cfg.work_side)
+        scale, full = 1.0, x
         if bool(sharp.all()) and not residual:  # nothing to deblur: the frames as they came, whatever the work size
             self.last_kernels, self.last_gated = safe, sharp
             return x.clone()
@@ -479,8 +500,16 @@ class KernelDeblurrer:
                 r = dataclasses.replace(r, size=side, tile=tile and max(32, 32 * round(tile * scale / 32)))
             # the copy to deconvolve is shrunk with antialiasing (blurring commutes with a low-pass resampling, not with
             # aliasing decimation)
-            x = F.interpolate(x, size=work, mode="bilinear", align_corners=False, antialias=True).clamp_(0.0, 1.0)
-            grey, safe = luma(x), resize_kernels(safe, side, scale)
+            if not copied:
+                x = F.interpolate(x, size=work, mode="bilinear", align_corners=False, antialias=True).clamp_(0.0, 1.0)
+                grey = luma(x)
+            elif self.cfg.channels == "luma":
+                # the copy's luma from the float luma of the full frame, not from the rounded uint8 copy: the
+                # deconvolution amplifies the rounding (-0.1 dB at 1280x720, python bench/temporal.py)
+                grey = F.interpolate(grey, size=work, mode="bilinear", align_corners=False, antialias=True)
+            else:
+                grey = luma(x)
+            safe = resize_kernels(safe, side, scale)
             if not late_scale:
                 refine_grey, refine_safe, refined_at = grey, safe, work
         refined, is_refined = None, torch.zeros_like(sharp)
@@ -563,22 +592,34 @@ class KernelDeblurrer:
     def __call__(self, frames_bgr: Sequence[np.ndarray], full_size: bool = True) -> list[np.ndarray]:
         """list of (H,W,3) BGR uint8 -> deblurred frames, same order, shapes and dtype. With ``work_side`` smaller
         than a frame, ``full_size=False`` returns the deconvolved copy at ``work_size`` (what the pipeline's detector
-        gets); else it is resized back. A sharp frame is returned untouched either way."""
+        gets); else it is resized back. A sharp frame is returned untouched either way. On a CPU the copy is shrunk
+        from the uint8 frame (``shrink_bgr``) and the kernel estimated on its luma (``luma_bgr``): no float copy of the
+        full frame is made."""
         check_bgr_frames(frames_bgr)
         results = []
-        rgb = torch.tensor([2, 1, 0], device=self.device)
         for f in frames_bgr:
-            # (1,3,H,W) RGB, NCHW-contiguous (the channel gather changes the layout; restore's full-frame ops are 2-4x
-            # slower on pixel-interleaved strides)
-            x = torch.from_numpy(np.ascontiguousarray(f)).to(self.device).permute(2, 0, 1).index_select(0, rgb)
-            x = x[None].float().div_(255.0)
-            y = self.restore(x)
-            if y.shape[-2:] != x.shape[-2:] and full_size:  # work_side: back to the input's size
-                y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
-            y = y[0]
-            img = (y * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            work = work_size(f.shape[:2], self.cfg.work_side)
+            if work != f.shape[:2] and self.device.type == "cpu":
+                y = self.restore(self._tensor(shrink_bgr(f, work)), grey=luma_bgr([f]))
+                if bool(self.last_gated.all()):
+                    results.append(f.copy())
+                    continue
+            else:
+                y = self.restore(self._tensor(f))
+            if tuple(y.shape[-2:]) != f.shape[:2] and full_size:  # work_side: back to the input's size
+                y = F.interpolate(y, size=f.shape[:2], mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
+            img = (y[0] * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
             results.append(np.ascontiguousarray(img[..., ::-1]))
         return results
+
+    def _tensor(self, frame_bgr: np.ndarray) -> Tensor:
+        """(H,W,3) BGR uint8, or float32 on the same 0-255 scale (``shrink_bgr``'s) -> (1,3,H,W) RGB float [0,1] on the
+        device, NCHW-contiguous (the channel gather changes the layout; restore's full-frame ops are 2-4x slower on
+        pixel-interleaved strides)."""
+        if self._rgb is None:
+            self._rgb = torch.tensor([2, 1, 0], device=self.device)
+        x = torch.from_numpy(np.ascontiguousarray(frame_bgr)).to(self.device).permute(2, 0, 1).index_select(0, self._rgb)
+        return x[None].float().div_(255.0)
 
     def warmup(self, height: int = 360, width: int = 640) -> None:
         """One pass on a grey frame, then reset(): the warm-up leaves no kernel and no count behind."""

@@ -419,6 +419,40 @@ def test_work_side_estimates_at_full_resolution_and_deconvolves_a_copy(photo_bgr
     assert np.array_equal(same, big)
 
 
+def test_a_copy_shrunk_from_uint8_restores_as_the_float_frame_does():
+    """On a CPU the uint8 interface (and the pipeline) shrink the work-size copy from the uint8 frame and estimate on
+    its luma: the copy is torch's antialiased bilinear of the float frame to within one grey level, the kernels are
+    the float path's, and so is the deconvolved copy, but for the copy's rounding: deconvolving every channel amplifies
+    it (here to 1.4 grey levels on average), deconvolving the luma (the pipeline's) starts from the float luma of the
+    full frame, shrunk, and does not."""
+    import torch.nn.functional as F
+
+    from deblur.frames import shrink_bgr
+    from deblur.kernel_deblur import luma, luma_bgr
+
+    big = np.ascontiguousarray(skdata.astronaut()[..., ::-1])  # 512x512 BGR
+    blurred = _blurred(big, fit_kernel(shake_kernel(3, 0), 31))
+    x = torch.from_numpy(blurred[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255.0
+    copy = shrink_bgr(blurred, (200, 200))
+    expect = F.interpolate(x, size=(200, 200), mode="bilinear", antialias=True, align_corners=False)
+    got = torch.from_numpy(copy[..., ::-1].astype(np.float32)).permute(2, 0, 1)[None] / 255.0
+    assert copy.dtype == np.uint8 and copy.shape == (200, 200, 3)
+    assert float((got - expect).abs().max()) <= 1.0 / 255 + 1e-6
+    assert float((luma_bgr([blurred]) - luma(x)).abs().max()) < 1e-6
+    start = fit_kernel(shake_kernel(3, 0), 31)
+    for channels, tol in (("rgb", 2.0), ("luma", 0.5)):
+        outs, kernels = [], []
+        for grey in (None, luma_bgr([blurred])):
+            d = KernelDeblurrer(OracleEstimator(start), device="cpu", work_side=200, channels=channels,
+                                refine=RefineConfig(iters=2))
+            outs.append(d.restore(x) if grey is None else d.restore(got, grey=grey))
+            kernels.append(d.last_kernels)
+        assert outs[0].shape == outs[1].shape == (1, 3, 200, 200)
+        assert float((kernels[0] - kernels[1]).abs().max()) < 1e-3 * float(kernels[0].max())
+        diff = float((outs[0] - outs[1]).abs().mean()) * 255
+        assert diff < tol, (channels, diff)
+
+
 def test_work_side_refines_the_kernel_at_full_resolution():
     """work_refine full (the default): the kernel is refined on the full-resolution frame, where the blur has its
     detail, and then scaled to the copy; refined on the copy instead, it stays two to three times further from the

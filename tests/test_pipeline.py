@@ -105,6 +105,22 @@ def test_preprocess_gives_rgb_in_the_layout_asked(channels_last):
     torch.testing.assert_close(x[0], want)
 
 
+def test_preprocess_gives_the_kernel_deblurrer_its_copy_and_the_full_frames_luma():
+    """On a CPU with the kernel deblurrer's work size: batch.blur is the work-size copy (shrunk from the uint8 frame)
+    and batch.grey the full frame's luma; a frame no larger than the work size keeps its size and gets no grey."""
+    from deblur.kernel_deblur import luma
+
+    bgr = make_frame(0)  # 64x48
+    batch = Preprocess(torch.device("cpu"), channels_last=False, work_side=32)(Batch([Frame(0, 0.0, bgr)]))
+    assert batch.blur.shape == (1, 3, 24, 32) and batch.grey.shape == (1, 1, 48, 64)
+    full = torch.from_numpy(bgr[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255
+    torch.testing.assert_close(batch.grey, luma(full))
+    small = torch.nn.functional.interpolate(full, size=(24, 32), mode="bilinear", antialias=True, align_corners=False)
+    assert float((batch.blur.add(1).mul(0.5) - small).abs().max()) <= 1.0 / 255 + 1e-6
+    same = Preprocess(torch.device("cpu"), channels_last=False, work_side=64)(Batch([Frame(0, 0.0, bgr)]))
+    assert same.blur.shape == (1, 3, 48, 64) and same.grey is None
+
+
 def test_no_deblur_and_deblur_size(clip, tmp_path):
     det = FakeDetector()
     s = run_pipeline(
