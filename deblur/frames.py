@@ -30,9 +30,10 @@ def shrink_bgr(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(H,W,C) uint8 -> (h,w,C) uint8 of ``size`` (h, w), resampled as ``F.interpolate(..., mode="bilinear",
     antialias=True, align_corners=False)`` resamples a float frame, but on the uint8 pixels as they lie (torch's
     vectorised uint8 path): 1280x720 -> 416x234 in 1 ms on one thread, where converting the frame to float and
-    shrinking it took ~6 ms. Rounding the copy to uint8 cost nothing measurable after deconvolution; area averaging
-    in its place (``cv2.INTER_AREA``) lost 0.18 dB at 1280x720 (``python bench/temporal.py``, refinement on every
-    frame)."""
+    shrinking it took ~6 ms. The copy is rounded to uint8: deconvolving its luma lost 0.1 dB against the float copy at
+    1280x720 (``python bench/temporal.py``), which is why the kernel deblurrer deconvolves the full frame's float luma,
+    shrunk, and takes this copy only when it deconvolves the luma. Area averaging in its place (``cv2.INTER_AREA``)
+    lost 0.18 dB, ``cv2.pyrDown`` 0.65 dB (it moves pixel centres by half an input pixel)."""
     x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]  # a channels_last view, no copy
     return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0).numpy()
 

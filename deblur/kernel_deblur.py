@@ -75,7 +75,7 @@ def luma(x: Tensor) -> Tensor:
 
 def luma_bgr(frames_bgr: Sequence[np.ndarray]) -> Tensor:
     """(H,W,3) uint8 BGR frames of one size -> (B,1,H,W) float32 luma in [0,1] (``luma``'s weights), computed from the
-    uint8 frames without a float RGB copy of them (0.5 ms for 1280x720 on one thread)."""
+    uint8 frames one at a time (0.5 ms for 1280x720 on one thread), without an RGB tensor of them."""
     m = np.array([[_GREY[2], _GREY[1], _GREY[0]]], np.float32) / 255.0  # BGR order
     return torch.from_numpy(np.stack([cv2.transform(f.astype(np.float32), m) for f in frames_bgr]))[:, None]
 
@@ -91,7 +91,8 @@ def work_size(hw: tuple[int, int], work_side: int) -> tuple[int, int]:
 
 def shrink(x: Tensor, size: tuple[int, int]) -> Tensor:
     """(B,C,H,W) -> (B,C,*size): bilinear without antialiasing, as the detector's letterbox (and cv2.INTER_LINEAR)
-    resizes, so that a frame passed through at the work size reaches the detector as it would have anyway."""
+    resizes, so that a frame passed through at the work size reaches the detector as it would have anyway (but for
+    a caller's own copy, ``restore(copy, grey=...)``: its frames pass through as that copy)."""
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
@@ -285,9 +286,9 @@ class KernelDeblurrer:
         grid = img[..., top : top + (h // s) * s, left : left + (w // s) * s]
         return grid.unfold(2, s, s).unfold(3, s, s).permute(0, 2, 3, 1, 4, 5).reshape(b, -1, c, s, s)
 
-    def _tiles(self, grey: Tensor, rgb: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """(B,1,H,W) grey and its (B,3,H,W) RGB frame (None: the grey tells what is clipped) -> the most textured
-        S x S tiles of each frame as the estimator is to see them (B, crops, 1, S, S), and their weights in the
+    def _tiles(self, grey: Tensor, bright: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """(B,1,H,W) grey and its frame's brightest channel (B,1,H,W) (None: the grey tells what is clipped) -> the most
+        textured S x S tiles of each frame as the estimator is to see them (B, crops, 1, S, S), and their weights in the
         combination (B, crops): 1, but 0 for a dark frame's tiles with a clipped highlight when it has other tiles
         chosen (None when no frame is dark: all 1)."""
         cfg = self.cfg
@@ -296,7 +297,7 @@ class KernelDeblurrer:
             tiles = self._grid(grey)
             score = _energy(tiles)
         else:
-            stack = self._grid(torch.cat([grey, grey if rgb is None else rgb.amax(1, keepdim=True)], dim=1))
+            stack = self._grid(torch.cat([grey, grey if bright is None else bright.to(grey)], dim=1))
             tiles = stack[:, :, :1]
             clipped = (stack[:, :, 1].flatten(2).amax(2) >= _CLIPPED) & dark[:, None]  # (B,n)
             score = _energy(tiles) - 4.0 * clipped  # the energy is at most 2: a clipped tile ranks below every other
@@ -319,14 +320,16 @@ class KernelDeblurrer:
         return grey.mean((1, 2, 3)) < self.cfg.dark_luma
 
     @torch.inference_mode()
-    def estimate(self, x: Tensor | None, grey: Tensor | None = None) -> Tensor:
+    def estimate(self, x: Tensor | None, grey: Tensor | None = None, bright: Tensor | None = None) -> Tensor:
         """(B,3,H,W) RGB float [0,1] -> (B,k,k) kernels (non-negative, summing to 1). ``grey``: ``luma(x)``,
-        when the caller has it already; with ``x`` None, the grey alone (it then tells a dark frame's clipped
-        highlights)."""
+        when the caller has it already. With ``x`` None, ``grey`` alone, and ``bright`` (B,1,H,W), the frames'
+        brightest channel, tells a dark frame's clipped highlights (None: the grey does)."""
         if x is None and grey is None:
             raise ValueError("KernelDeblurrer.estimate needs the RGB frames or their luma")
-        x = None if x is None else x.float()
-        tiles, weights = self._tiles(luma(x) if grey is None else grey.float(), x)
+        grey = luma(x.float()) if grey is None else grey.float()
+        if x is not None and self._dark(grey).any():
+            bright = x.float().amax(1, keepdim=True)
+        tiles, weights = self._tiles(grey, bright)
         b, n = tiles.shape[:2]
         k = self.kernel_size
         per_tile = (self.engine or self.estimator)(tiles.flatten(0, 1)).float().view(b, n, k * k)
@@ -442,35 +445,40 @@ class KernelDeblurrer:
         self._job = None
 
     # --- restoration ------------------------------------------------------------------------------
-    def restore(self, x: Tensor, residual: bool = False, grey: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    def restore(self, x: Tensor, residual: bool = False, grey: Tensor | None = None,
+                bright: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """``_restore``, timed (refine.budget_ms)."""
         t0 = time.perf_counter()
         try:
-            return self._restore(x, residual, grey)
+            return self._restore(x, residual, grey, bright)
         finally:
             self._last_ms = (time.perf_counter() - t0) * 1e3
 
     @torch.inference_mode()
-    def _restore(self, x: Tensor, residual: bool = False, grey: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    def _restore(self, x: Tensor, residual: bool = False, grey: Tensor | None = None,
+                 bright: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """(B,3,H,W) RGB float [0,1] on the device -> restored, same layout, float32 clamped to [0,1]; with
         ``work_side`` smaller than the frame, at ``work_size`` (``last_kernels`` then hold the kernels at that scale),
         unless every frame passed the gate (then the frames as they came, at their size; not with ``residual``).
 
         ``grey``: the frames' luma (B,1,H,W). Larger than ``x``, it is the full-resolution frame and ``x`` the caller's
         work-size copy of it (shrunk from uint8 on the CPU: ``__call__`` and the pipeline): the kernel is estimated and
-        refined on ``grey`` and ``x`` deconvolved, and a frame the gate passes comes back as that copy. (A dark frame's
-        clipped highlights are then told by the luma, not the brightest channel.)
+        refined on ``grey`` and ``x`` deconvolved, and a frame the gate passes comes back as that copy. ``bright``: then
+        the full frames' brightest channel (B,1,H,W), which tells a dark frame's clipped highlights (None: the luma).
 
         ``residual`` (a refiner's training input): also the deconvolution's luma residual ``y - k * x``
         (B,1,H,W), not clamped; zero for the frames the gate passed through."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"KernelDeblurrer.restore expects (B,3,H,W) RGB in [0,1], got shape {tuple(x.shape)}")
         x = x.float()
+        if grey is not None and (grey.ndim != 4 or grey.shape[:2] != (len(x), 1) or grey.shape[-2] < x.shape[-2]
+                                 or grey.shape[-1] < x.shape[-1]):
+            raise ValueError(f"KernelDeblurrer.restore: grey must be the frames' luma (B,1,H,W), at least as large as "
+                             f"x {tuple(x.shape)}, got {tuple(grey.shape)}")
         copied = grey is not None and tuple(grey.shape[-2:]) != tuple(x.shape[-2:])
-        if grey is None:
-            grey = luma(x)
-        grey = grey.float()
-        kernels = self._smooth(self.estimate(None if copied else x, grey), tuple(grey.shape[-2:]))
+        grey = luma(x) if grey is None else grey.to(x.device, torch.float32)
+        kernels = self._smooth(self.estimate(None, grey, bright) if copied else self.estimate(x, grey),
+                               tuple(grey.shape[-2:]))
         finite = torch.isfinite(kernels).flatten(1).all(1)
         if not finite.all():
             self.nonfinite += int((~finite).sum())
@@ -592,15 +600,20 @@ class KernelDeblurrer:
     def __call__(self, frames_bgr: Sequence[np.ndarray], full_size: bool = True) -> list[np.ndarray]:
         """list of (H,W,3) BGR uint8 -> deblurred frames, same order, shapes and dtype. With ``work_side`` smaller
         than a frame, ``full_size=False`` returns the deconvolved copy at ``work_size`` (what the pipeline's detector
-        gets); else it is resized back. A sharp frame is returned untouched either way. On a CPU the copy is shrunk
-        from the uint8 frame (``shrink_bgr``) and the kernel estimated on its luma (``luma_bgr``): no float copy of the
-        full frame is made."""
+        gets); else it is resized back. A sharp frame is returned untouched either way. On a CPU with ``channels``
+        luma, the copy is shrunk from the uint8 frame (``shrink_bgr``) and the kernel estimated on its luma
+        (``luma_bgr``), without an RGB tensor of the full frame (rgb keeps the float copy: deconvolving every channel
+        amplifies the uint8 copy's rounding)."""
         check_bgr_frames(frames_bgr)
         results = []
         for f in frames_bgr:
             work = work_size(f.shape[:2], self.cfg.work_side)
-            if work != f.shape[:2] and self.device.type == "cpu":
-                y = self.restore(self._tensor(shrink_bgr(f, work)), grey=luma_bgr([f]))
+            if work != f.shape[:2] and self.device.type == "cpu" and self.cfg.channels == "luma":
+                grey = luma_bgr([f])
+                bright = None
+                if float(grey.mean()) < self.cfg.dark_luma:  # a dark frame's clipped highlights (_tiles)
+                    bright = torch.from_numpy(f.max(2)).float().div_(255.0)[None, None]
+                y = self.restore(self._tensor(shrink_bgr(f, work)), grey=grey, bright=bright)
                 if bool(self.last_gated.all()):
                     results.append(f.copy())
                     continue
@@ -613,13 +626,12 @@ class KernelDeblurrer:
         return results
 
     def _tensor(self, frame_bgr: np.ndarray) -> Tensor:
-        """(H,W,3) BGR uint8, or float32 on the same 0-255 scale (``shrink_bgr``'s) -> (1,3,H,W) RGB float [0,1] on the
-        device, NCHW-contiguous (the channel gather changes the layout; restore's full-frame ops are 2-4x slower on
-        pixel-interleaved strides)."""
+        """(H,W,3) BGR uint8 -> (1,3,H,W) RGB float [0,1] on the device, NCHW-contiguous (the channel gather changes
+        the layout; restore's full-frame ops are 2-4x slower on pixel-interleaved strides)."""
         if self._rgb is None:
             self._rgb = torch.tensor([2, 1, 0], device=self.device)
-        x = torch.from_numpy(np.ascontiguousarray(frame_bgr)).to(self.device).permute(2, 0, 1).index_select(0, self._rgb)
-        return x[None].float().div_(255.0)
+        x = torch.from_numpy(np.ascontiguousarray(frame_bgr)).to(self.device).permute(2, 0, 1)
+        return x.index_select(0, self._rgb)[None].float().div_(255.0)
 
     def warmup(self, height: int = 360, width: int = 640) -> None:
         """One pass on a grey frame, then reset(): the warm-up leaves no kernel and no count behind."""

@@ -263,7 +263,7 @@ def most_textured_tile(grey: Tensor, tile: int) -> Tensor:
     """(B,1,H,W) -> (B,1,t,t): the tile (on a grid of half-tile steps) with the most gradient energy;
     the whole frame when it is not larger than ``tile`` or ``tile`` is 0. The energy is summed on every second
     pixel of every second row (differences two pixels apart): the ranking of 128-px-and-larger tiles hardly
-    changes, at a quarter of the full-frame work (at 1280x720 the full-resolution sum took 3-4 ms of each video
+    changes, at a quarter of the full-frame work (at 1280x720 the full-resolution sum took 4-9 ms of each video
     frame's 15 ms of warm-started refinement)."""
     b, _, h, w = grey.shape
     if not tile or (h <= tile and w <= tile):

@@ -45,7 +45,8 @@ class Batch:
     grey: (B,1,H,W) float [0,1]: the full frame's luma, when ``blur`` is the kernel-aware deblurrer's work-size copy
         (it estimates the kernel on the full frame); else None.
     restored: (B,3,h',w') RGB float [-1,1] on the device: the deblurred frames (= blur with --no-deblur); h',w' = the
-        deblur size (the frame's own when the kernel-aware deblurrer passed every frame of the batch through).
+        deblur size (the frame's own when the kernel-aware deblurrer passed every frame of the batch through, but for
+        its copy made by Preprocess: that copy).
     detections: one list of Detection per frame, in original-frame pixels.
     restored_bgr: (H,W,3) uint8 BGR per frame at the original size (only when an output shows images).
     canvases: the annotated output images (Annotate).
@@ -99,9 +100,10 @@ class SimulateBlur:
 class Preprocess:
     """Frames (H,W,3) uint8 BGR -> batch.blur (B,3,h,w) RGB float [-1,1] on `device`.
 
-    work_side (the kernel-aware deblurrer's on a CPU): batch.blur is its work-size copy, shrunk from the uint8 frames
-    (deblur.frames.shrink_bgr), and batch.grey the full frames' luma (deblur.kernel_deblur.luma_bgr), so that no float
-    copy of a full frame is made: at 1280x720 that saved ~5 ms of each frame's ~40 on one thread.
+    work_side (the kernel-aware deblurrer's on a CPU, deconvolving the luma): batch.blur is its work-size copy, shrunk
+    from the uint8 frames (deblur.frames.shrink_bgr), and batch.grey the full frames' luma (deblur.kernel_deblur.
+    luma_bgr): no RGB tensor of a full frame, and no [-1,1] round trip of one; at 1280x720 that saved ~5 ms of each
+    frame's ~40 on one thread.
 
     On CUDA the uint8 batch is copied into pinned host memory, uploaded non-blocking on its own
     CUDA stream and converted (and resized) on the GPU. long_side resizes on the device
@@ -250,9 +252,14 @@ class KernelDeblur:
 
     def __call__(self, batch: Batch) -> Batch:
         x01 = batch.blur.float().add(1.0).mul_(0.5)
+        grey, bright = batch.grey, None
+        batch.grey = None  # a full-resolution float per frame: not carried on to the detector and the sinks
+        if grey is not None and bool((grey.mean((1, 2, 3)) < self.deblurrer.cfg.dark_luma).any()):
+            # a dark frame's clipped highlights are told by the brightest channel of the full frame
+            bright = torch.from_numpy(np.stack([f.bgr.max(2) for f in batch.frames])).float().div_(255.0)[:, None]
         streams = [f.stream for f in batch.frames]
         if not self.deblurrer.stateful or (not self._states and not any(streams)):  # stateless, or one stream so far
-            batch.restored = self.deblurrer.restore(x01, grey=batch.grey).mul_(2.0).sub_(1.0)
+            batch.restored = self.deblurrer.restore(x01, grey=grey, bright=bright).mul_(2.0).sub_(1.0)
             batch.kernels = self.deblurrer.last_kernels
             return batch
         if not self._states:  # the first batch with another stream: the state so far was stream 0's
@@ -261,7 +268,8 @@ class KernelDeblur:
         for stream in dict.fromkeys(streams):  # in order of first appearance; each stream's frames in their order
             idx = [i for i, s in enumerate(streams) if s == stream]
             self.deblurrer.set_video_state(self._states.get(stream))
-            parts.append((idx, self.deblurrer.restore(x01[idx], grey=None if batch.grey is None else batch.grey[idx])))
+            sub = (None, None) if grey is None else (grey[idx], None if bright is None else bright[idx])
+            parts.append((idx, self.deblurrer.restore(x01[idx], grey=sub[0], bright=sub[1])))
             self._states[stream] = self.deblurrer.video_state()
             for j, i in enumerate(idx):
                 kernels[i] = self.deblurrer.last_kernels[j]
@@ -482,8 +490,10 @@ def build_stages(cfg: PipelineConfig, *, deblur_model: torch.nn.Module | None = 
     front: list[tuple[str, Stage]] = []
     if cfg.simulate_blur:
         front.append(("simulate_blur", SimulateBlur(cfg.simulate_blur, cfg.blur_seed)))
-    # the kernel deblurrer's copy at its work size is made from the uint8 frames on a CPU (on CUDA it shrinks on the GPU)
-    work_side = deblur.deblurrer.cfg.work_side if isinstance(deblur, KernelDeblur) and device.type == "cpu" else 0
+    # the kernel deblurrer's copy at its work size is made from the uint8 frames on a CPU when it deconvolves the luma
+    # (on CUDA it shrinks on the GPU; rgb keeps a float copy: deconvolving every channel amplifies the uint8 rounding)
+    kernel_cfg = deblur.deblurrer.cfg if isinstance(deblur, KernelDeblur) else None
+    work_side = kernel_cfg.work_side if kernel_cfg and device.type == "cpu" and kernel_cfg.channels == "luma" else 0
     front += [("preprocess", Preprocess(device, long_side, channels_last=channels_last, work_side=work_side)),
               ("deblur", deblur)]
     detect = Detect(detector)

@@ -135,3 +135,22 @@ def test_a_night_frame_keeps_the_networks_kernel(deblurrer):
     day = apply_kernel(scene, shake_kernel(4, 11))
     deblurrer([day])
     assert not torch.allclose(deblurrer.last_kernels, deblurrer.estimate(_tensor([day])), atol=1e-4)
+
+
+def test_a_dark_frames_coloured_lamps_are_clipped_highlights_in_the_copy_path_too(deblurrer):
+    """The CPU pipeline estimates on the luma of the full frame and deconvolves a uint8 copy: a dark frame's orange
+    lamps (luma ~0.66, red channel clipped) are still told by the brightest channel (bright), as with the RGB frame,
+    so their tiles are left out and the kernel is the same; told by the luma alone, they would count as detail."""
+    from deblur.kernel_deblur import luma
+
+    x = _tensor([_night(_scene("coffee"), linear_kernel(11, 30.0), lamps=[])])
+    orange = torch.tensor([1.0, 0.6, 0.1])[:, None, None]
+    for cx, cy, r in MANY_LAMPS:
+        x[0, :, max(0, cy - r) : cy + r, max(0, cx - r) : cx + r] = orange
+    grey, bright = luma(x), x.amax(1, keepdim=True)
+    assert float(grey.mean()) < deblurrer.cfg.dark_luma
+    _, with_bright = deblurrer._tiles(grey, bright)
+    _, luma_only = deblurrer._tiles(grey, None)
+    assert with_bright is not None and bool((with_bright == 0).any())  # lamp tiles left out
+    assert luma_only is None or bool((luma_only == 1).all())  # the luma sees no clipped highlight
+    torch.testing.assert_close(deblurrer.estimate(None, grey, bright), deblurrer.estimate(x))

@@ -451,6 +451,14 @@ def test_a_copy_shrunk_from_uint8_restores_as_the_float_frame_does():
         assert float((kernels[0] - kernels[1]).abs().max()) < 1e-3 * float(kernels[0].max())
         diff = float((outs[0] - outs[1]).abs().mean()) * 255
         assert diff < tol, (channels, diff)
+    # the uint8 interface takes this path with luma: the copy back at the work size, a sharp frame untouched
+    d = KernelDeblurrer(OracleEstimator(start), device="cpu", work_side=200, channels="luma", refine=RefineConfig(iters=2))
+    (small,) = d([blurred], full_size=False)
+    expect = (outs[1][0].permute(1, 2, 0).numpy()[..., ::-1] * 255.0).round().clip(0, 255).astype(np.uint8)
+    assert small.shape == (200, 200, 3) and np.abs(small.astype(int) - expect).max() <= 1
+    delta = fit_kernel(np.ones((1, 1), np.float32), 31)
+    (same,) = KernelDeblurrer(OracleEstimator(delta), device="cpu", work_side=200, channels="luma")([big], full_size=False)
+    assert np.array_equal(same, big)
 
 
 def test_work_side_refines_the_kernel_at_full_resolution():
