@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     gain = {s: [] for s in settings}
     ms = {s: [] for s in settings}
     keys = []
-    oracle = []  # the Wiener gain with the true kernel: the ceiling of any refinement
+    oracle = []  # the Wiener gain with the true kernel, at the same balance
     for i, name in enumerate(names):
         img = held_out.image(i)
         scale = args.side / max(img.shape[:2])

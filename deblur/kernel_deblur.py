@@ -317,6 +317,20 @@ class KernelDeblurrer:
             chosen = torch.where(dark[:, None, None, None, None], stretched, chosen)
         return chosen, weights
 
+    @property
+    def shrinks_uint8(self) -> bool:
+        """Whether a work-size copy is best made from the uint8 frame (``shrink_bgr``, the kernel estimated on the full
+        frame's ``luma_bgr``, ``restore(copy, grey=..., bright=...)``): on a CPU, when the luma is deconvolved (every
+        channel deconvolved amplifies the copy's rounding; on CUDA the float frame is shrunk on the GPU)."""
+        return self.device.type == "cpu" and self.cfg.channels == "luma"
+
+    def bright_bgr(self, frames_bgr: Sequence[np.ndarray], grey: Tensor) -> Tensor | None:
+        """For ``restore(copy, grey=..., bright=...)``: the uint8 frames' brightest channel (B,1,H,W) in [0,1] when one
+        of them is dark (it tells their clipped highlights, ``_tiles``), else None (nothing to tell)."""
+        if not bool(self._dark(grey).any()):
+            return None
+        return torch.from_numpy(np.stack([f.max(2) for f in frames_bgr])).float().div_(255.0)[:, None]
+
     def _dark(self, grey: Tensor) -> Tensor:
         """(B,1,H,W) grey -> (B,) True for a dark frame (mean luma below ``dark_luma``): its own tile choice in
         ``_tiles``, and no refinement in ``restore``."""
@@ -513,13 +527,11 @@ class KernelDeblurrer:
             # aliasing decimation)
             if not copied:
                 x = F.interpolate(x, size=work, mode="bilinear", align_corners=False, antialias=True).clamp_(0.0, 1.0)
-                grey = luma(x)
-            elif self.cfg.channels == "luma":
-                # the copy's luma from the float luma of the full frame, not from the rounded uint8 copy: the
-                # deconvolution amplifies the rounding (-0.1 dB at 1280x720, python bench/temporal.py)
-                grey = F.interpolate(grey, size=work, mode="bilinear", align_corners=False, antialias=True)
-            else:
-                grey = luma(x)
+            # a caller's uint8 copy deconvolved in luma: its luma from the full frame's float luma, not from the rounded
+            # copy, which the deconvolution amplifies (-0.1 dB at 1280x720, python bench/temporal.py)
+            from_full = copied and self.cfg.channels == "luma"
+            grey = F.interpolate(grey, size=work, mode="bilinear", align_corners=False, antialias=True) if from_full \
+                else luma(x)
             safe = resize_kernels(safe, side, scale)
             if not late_scale:
                 refine_grey, refine_safe, refined_at = grey, safe, work
@@ -611,12 +623,9 @@ class KernelDeblurrer:
         results = []
         for f in frames_bgr:
             work = work_size(f.shape[:2], self.cfg.work_side)
-            if work != f.shape[:2] and self.device.type == "cpu" and self.cfg.channels == "luma":
+            if work != f.shape[:2] and self.shrinks_uint8:
                 grey = luma_bgr([f])
-                bright = None
-                if float(grey.mean()) < self.cfg.dark_luma:  # a dark frame's clipped highlights (_tiles)
-                    bright = torch.from_numpy(f.max(2)).float().div_(255.0)[None, None]
-                y = self.restore(self._tensor(shrink_bgr(f, work)), grey=grey, bright=bright)
+                y = self.restore(self._tensor(shrink_bgr(f, work)), grey=grey, bright=self.bright_bgr([f], grey))
                 if bool(self.last_gated.all()):
                     results.append(f.copy())
                     continue

@@ -252,11 +252,9 @@ class KernelDeblur:
 
     def __call__(self, batch: Batch) -> Batch:
         x01 = batch.blur.float().add(1.0).mul_(0.5)
-        grey, bright = batch.grey, None
+        grey = batch.grey
         batch.grey = None  # a full-resolution float per frame: not carried on to the detector and the sinks
-        if grey is not None and bool((grey.mean((1, 2, 3)) < self.deblurrer.cfg.dark_luma).any()):
-            # a dark frame's clipped highlights are told by the brightest channel of the full frame
-            bright = torch.from_numpy(np.stack([f.bgr.max(2) for f in batch.frames])).float().div_(255.0)[:, None]
+        bright = None if grey is None else self.deblurrer.bright_bgr([f.bgr for f in batch.frames], grey)
         streams = [f.stream for f in batch.frames]
         if not self.deblurrer.stateful or (not self._states and not any(streams)):  # stateless, or one stream so far
             batch.restored = self.deblurrer.restore(x01, grey=grey, bright=bright).mul_(2.0).sub_(1.0)
@@ -490,10 +488,9 @@ def build_stages(cfg: PipelineConfig, *, deblur_model: torch.nn.Module | None = 
     front: list[tuple[str, Stage]] = []
     if cfg.simulate_blur:
         front.append(("simulate_blur", SimulateBlur(cfg.simulate_blur, cfg.blur_seed)))
-    # the kernel deblurrer's copy at its work size is made from the uint8 frames on a CPU when it deconvolves the luma
-    # (on CUDA it shrinks on the GPU; rgb keeps a float copy: deconvolving every channel amplifies the uint8 rounding)
-    kernel_cfg = deblur.deblurrer.cfg if isinstance(deblur, KernelDeblur) else None
-    work_side = kernel_cfg.work_side if kernel_cfg and device.type == "cpu" and kernel_cfg.channels == "luma" else 0
+    # the kernel deblurrer's work-size copy is made here from the uint8 frames where that is its best (shrinks_uint8)
+    kernel = deblur.deblurrer if isinstance(deblur, KernelDeblur) else None
+    work_side = kernel.cfg.work_side if kernel is not None and kernel.shrinks_uint8 else 0
     front += [("preprocess", Preprocess(device, long_side, channels_last=channels_last, work_side=work_side)),
               ("deblur", deblur)]
     detect = Detect(detector)
