@@ -18,7 +18,7 @@ level where they are small; each finer level stays within the coarser one's supp
 The iteration converges to different kernels from different starts, and from the network's kernel alone it lands on
 a wrong one on about one frame in five. So it runs from several ``starts`` (the network's kernel scaled about its
 centre, and a directionless Gaussian as wide), and keeps the kernel whose Wiener deconvolution of the frame overshoots
-[0, 1] least (``overshoot``): a wrong kernel rings, and ringing leaves the range of the image.
+the frame's range least (``overshoot``): a wrong kernel rings, and ringing leaves the range of the image.
 Measured by ``python -m deblur.evaluate --options refine.iters=0`` (shape error, PSNR) and paired detection runs
 (``docs/results/2026-12-06_kernel_refinement.md``).
 
@@ -360,15 +360,21 @@ def scaled_start(kernels: Tensor, factor: float) -> Tensor:
 
 
 def overshoot(blur: Tensor, kernels: Tensor, balance: float) -> Tensor:
-    """(B,) how far the Wiener deconvolution of ``blur`` ((B,1,H,W) in [0,1]) with ``kernels`` ((B,k,k)) leaves
-    [0, 1]: the mean of what lies below 0 or above 1, away from a border of the kernel's radius. A wrong kernel rings,
-    and the ringing overshoots; choosing among refined kernels by it (``refine.starts``) gained +0.5 dB on held-out
-    photos and +0.9 dB on training photos over the network's start alone (``python bench/refine.py``)."""
-    latent = wiener_deconvolve(blur.float(), kernels, balance=balance)
+    """(B,) how far the Wiener deconvolution of ``blur`` ((B,1,H,W)) with ``kernels`` ((B,k,k)) leaves the blurred
+    frame's own range (a blurred frame's values are averages of the sharp one's, so the sharp frame spans at least
+    that range): the mean of what lies below its minimum or above its maximum, over the range, away from a border of
+    the kernel's radius. A wrong kernel rings, and the ringing overshoots; the frame's range rather than [0, 1] keeps
+    the measure alive on soft, low-contrast frames. Choosing among refined kernels by it (``refine.starts``) gained
+    +0.5 dB on held-out photos and +0.8 dB on training photos over the network's start alone
+    (``python bench/refine.py``)."""
+    blur = blur.float()
+    lo, hi = blur.amin((1, 2, 3), keepdim=True), blur.amax((1, 2, 3), keepdim=True)
+    latent = wiener_deconvolve(blur, kernels, balance=balance)
     m = kernels.shape[-1] // 2
     if min(latent.shape[-2:]) > 4 * m:
         latent = latent[..., m:-m, m:-m]
-    return (torch.relu(-latent) + torch.relu(latent - 1.0)).mean((1, 2, 3))
+    out = (torch.relu(lo - latent) + torch.relu(latent - hi)).mean((1, 2, 3))
+    return out / (hi - lo).flatten().clamp_min(1e-3)
 
 
 def _refine(tile: Tensor, start: Tensor, cfg: RefineConfig) -> tuple[Tensor, Tensor]:

@@ -1,5 +1,6 @@
 """Closed-form kernel refinement (deblur.kernel_refine) on real photos blurred by kernels we know."""
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,8 @@ from skimage import data as skdata
 
 from deblur.data.blur_synth import apply_kernel, linear_kernel, shake_kernel
 from deblur.kernel_deblur import luma
-from deblur.kernel_refine import RefineConfig, center_kernels, refine_kernels, resize_kernels, shape_error
+from deblur.kernel_refine import (RefineConfig, center_kernels, overshoot, refine_kernels, resize_kernels, scaled_start,
+                                  shape_error)
 
 
 def _grey(img_rgb: np.ndarray) -> torch.Tensor:
@@ -58,6 +60,61 @@ def test_refinement_turns_a_blob_into_the_true_shape(kernel):
     assert bool(ok[0])
     assert after < 0.6 * before, (before, after)
     assert float(refined.sum()) == pytest.approx(1.0, abs=1e-4) and float(refined.min()) >= 0
+
+
+def _spread(k: torch.Tensor) -> tuple[float, float, float]:
+    """(variance along x, along y, covariance) of a (k,k) kernel."""
+    d = torch.arange(k.shape[-1], dtype=torch.float32) - k.shape[-1] // 2
+    y, x = torch.meshgrid(d, d, indexing="ij")
+    m = k.sum()
+    mx, my = float((k * x).sum() / m), float((k * y).sum() / m)
+    return (float((k * (x - mx) ** 2).sum() / m), float((k * (y - my) ** 2).sum() / m),
+            float((k * (x - mx) * (y - my)).sum() / m))
+
+
+def test_starts_are_the_kernel_scaled_or_a_gaussian_as_wide_without_its_direction():
+    line = resize_kernels(torch.from_numpy(linear_kernel(15, 30.0))[None], 41)
+    assert scaled_start(line, 1.0) is line
+    vx, vy, _ = _spread(line[0])
+    vx2, vy2, _ = _spread(scaled_start(line, 2.0)[0])
+    assert (vx2 + vy2) ** 0.5 == pytest.approx(2 * (vx + vy) ** 0.5, rel=0.1)
+    ix, iy, cov = _spread(scaled_start(line, 0.0)[0])
+    assert ix == pytest.approx(iy, rel=1e-3) and abs(cov) < 1e-3  # no direction left
+    assert (ix + iy) ** 0.5 == pytest.approx((vx + vy) ** 0.5 / 2 ** 0.5, rel=0.1)  # half the spread in x and in y
+    with pytest.raises(ValueError, match="refine.starts"):
+        RefineConfig(starts=(1.0, -0.5))
+    with pytest.raises(ValueError, match="refine.starts"):
+        RefineConfig(starts=())
+
+
+def test_a_wrong_kernel_overshoots_the_frames_range_more_than_the_true_one():
+    img = skdata.astronaut()[::2, ::2]
+    grey = _grey(apply_kernel(img, linear_kernel(17, 35.0)))
+    truth = resize_kernels(torch.from_numpy(linear_kernel(17, 35.0))[None], 41)
+    turned = resize_kernels(torch.from_numpy(linear_kernel(17, 80.0))[None], 41)
+    long = resize_kernels(torch.from_numpy(linear_kernel(31, 35.0))[None], 41)
+    batch = grey.expand(3, -1, -1, -1)
+    over = overshoot(batch, torch.cat([truth, turned, long]), 1e-2)
+    assert float(over[0]) < 0.5 * float(over[1]) and float(over[0]) < 0.5 * float(over[2]), over
+    # the frame's own range, not [0, 1]: the same on a frame at a tenth of the contrast
+    dim = overshoot(0.4 + 0.1 * batch, torch.cat([truth, turned, long]), 1e-2)
+    assert torch.allclose(dim, over, rtol=0.05, atol=1e-5), (dim, over)
+
+
+def test_several_starts_keep_the_refined_kernel_that_overshoots_least():
+    img = skdata.coffee()[::2, ::2]
+    true = shake_kernel(4, 11)
+    grey = _grey(apply_kernel(img, true)).expand(2, -1, -1, -1).contiguous()
+    start = torch.stack([_blob(41, 2.0)[0], resize_kernels(torch.from_numpy(linear_kernel(15, 125.0))[None], 41)[0]])
+    cfg = RefineConfig(iters=3, levels=2)
+    one = {f: refine_kernels(grey, scaled_start(start, f), cfg)[0] for f in (1.0, 2.0, 0.0)}
+    both, ok = refine_kernels(grey, start, dataclasses.replace(cfg, starts=(1.0, 2.0, 0.0)))
+    assert ok.all()
+    over = torch.stack([overshoot(grey, one[f], cfg.pick_balance) for f in one], 1)  # (2 frames, 3 starts)
+    for i in range(2):
+        picked = list(one)[int(over[i].argmin())]
+        assert torch.allclose(both[i], one[picked][i], atol=1e-5), (i, picked, over[i])
+    assert (over.amax(1) > 1.01 * over.amin(1)).all()  # the starts' kernels differ: the pick is not a tie
 
 
 def test_a_failed_refinement_falls_back_to_the_start():
