@@ -386,7 +386,9 @@ class KernelDeblurrer:
         tile = refined_tile(r, kernels.shape[-1], shape[-2:])
         if r.warm_tile:  # never more than the full refinement's tile (on a work-size copy that one is scaled down)
             tile = min(r.warm_tile, tile) if tile else r.warm_tile
-        warm_cfg = dataclasses.replace(r, levels=1, iters=r.warm_iters, fine_iters=-1, size=size, tile=tile)
+        # (warm iterations go on from the last kernel alone: the starts are the full refinement's)
+        warm_cfg = dataclasses.replace(r, levels=1, iters=r.warm_iters, fine_iters=-1, size=size, tile=tile,
+                                       starts=(1.0,))
         if r.every > 1 and r.background:
             return self._refine_background(grey, kernels, shape, r, size, warm_cfg)
         warm = (r.every > 1 and self._refined is not None and self._refined_shape == shape and self._since < r.every
