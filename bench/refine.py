@@ -11,7 +11,12 @@ then refines it. Reported per setting: the median kernel shape error against the
 paired difference of both against the first setting (95 % bootstrap interval), and milliseconds per refinement;
 then the Wiener PSNR gain with the true kernel (the same balance): what an exact refinement would give.
 
+``--start-blur SIGMA`` starts every refinement from the true kernel blurred by a Gaussian of SIGMA px instead of the
+network's: how good a start has to be (sigma 2 gives a blob with the true footprint, shape error ~0.25).
+
     python bench/refine.py --settings "" "fine_iters=5" "levels=2" --limit 20
+    python bench/refine.py --settings "" "starts=[1,0.5,2,0]" --limit 10
+    python bench/refine.py --start-blur 2 --settings "levels=1 iters=3" "" --limit 6
     python bench/refine.py --large --side 1280 --families trajectory linear --settings "size=41" "" "tile=384"
 """
 
@@ -40,7 +45,7 @@ from deblur.data.dataset import SyntheticBlur  # noqa: E402
 from deblur.deconv import wiener_deconvolve  # noqa: E402
 from deblur.evaluate import make_kernel  # noqa: E402
 from deblur.kernel_deblur import KernelDeblurrer, luma  # noqa: E402
-from deblur.kernel_refine import RefineConfig, odd_side, refine_kernels, shape_error  # noqa: E402
+from deblur.kernel_refine import RefineConfig, odd_side, refine_kernels, resize_kernels, shape_error  # noqa: E402
 from deblur.metrics import psnr  # noqa: E402
 from stats import paired_interval  # noqa: E402  (bench/stats.py, beside this script)
 
@@ -67,6 +72,19 @@ def true_kernel(name: str, family: str, severity: int, large: bool = False) -> n
     return make_kernel(name, family, severity)
 
 
+def _blurred(kernels: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B,k,k) kernels convolved with a Gaussian of ``sigma`` px (cut at 3 sigma), renormalised (0 = as they are)."""
+    if sigma <= 0:
+        return kernels
+    r = int(3 * sigma) + 1
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    g = torch.exp(-t * t / (2 * sigma * sigma))
+    g = (g / g.sum())[None, None]
+    x = torch.nn.functional.pad(kernels[:, None], (r, r, r, r))
+    x = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, g[..., None, :]), g[..., :, None])[:, 0]
+    return x / x.sum((-1, -2), keepdim=True)
+
+
 def refine_setting(text: str) -> RefineConfig:
     """'fine_iters=5 tile=192' (the refine.* keys, without the prefix) -> RefineConfig."""
     return load_config(RefineConfig, overrides=text.split())
@@ -84,6 +102,9 @@ def main(argv=None) -> int:
     p.add_argument("--split", choices=("val", "train"), default="val",
                    help="the training config's held-out photos, or its training photos (more of them; the refinement "
                         "learns nothing)")
+    p.add_argument("--start-blur", type=float, default=None, metavar="SIGMA",
+                   help="start from the true kernel blurred by a Gaussian of SIGMA px (0 = the true kernel itself), "
+                        "not from the network's")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/bench_refine.json")
     args = p.parse_args(argv)
@@ -119,6 +140,8 @@ def main(argv=None) -> int:
                 grey = luma(x)
                 start = deblurrer.estimate(x)
                 truth = torch.from_numpy(k)[None]
+                if args.start_blur is not None:
+                    start = _blurred(resize_kernels(truth.float(), start.shape[-1]), args.start_blur)
                 base = psnr(x[0].permute(1, 2, 0).numpy(), img.astype(np.float32) / 255.0, data_range=1.0)
                 keys.append(f"{name}|{family}|{sev}")
                 with torch.inference_mode():
