@@ -4,7 +4,7 @@ network kernels.
 The photos are the training config's held-out ``val`` split (``--split train``: its training photos; never the
 detection evaluation images), shrunk to ``--side`` px on the long side. Each is blurred by three families at
 severities 2-4 (the shake and ImageNet-C kernels of ``python -m deblur.evaluate``, plus a random camera
-trajectory; ``--large``: camera paths and straight lines of 45-81 px), with sensor noise (sigma 0.005). The
+trajectory; ``--large``: camera paths and straight lines of 45-81 px), with sensor noise (``--noise``, sigma 0.005). The
 shipped estimator's kernel is computed once per blurred photo; every ``--settings`` entry (``refine.*`` keys)
 then refines it. Reported per setting: the median kernel shape error against the true kernel
 (``deblur.kernel_refine.shape_error``), the mean Wiener PSNR gain over the blurred photo with that kernel, the
@@ -102,6 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--split", choices=("val", "train"), default="val",
                    help="the training config's held-out photos, or its training photos (more of them; the refinement "
                         "learns nothing)")
+    p.add_argument("--noise", type=float, default=0.005, help="sigma of the Gaussian sensor noise (0 = none, as the "
+                   "detection evaluation's blur)")
     p.add_argument("--start-blur", type=float, default=None, metavar="SIGMA",
                    help="start from the true kernel blurred by a Gaussian of SIGMA px (0 = the true kernel itself), "
                         "not from the network's")
@@ -135,7 +137,8 @@ def main(argv=None) -> int:
                 except ValueError as e:
                     p.error(str(e))
                 blur = apply_kernel(img, k).astype(np.float32) / 255.0
-                blur = add_noise(blur, 0.005, _seed(name, "noise", family, sev))
+                if args.noise > 0:
+                    blur = add_noise(blur, args.noise, _seed(name, "noise", family, sev))
                 x = torch.from_numpy(blur).permute(2, 0, 1)[None].contiguous()
                 grey = luma(x)
                 start = deblurrer.estimate(x)

@@ -86,6 +86,9 @@ class RefineConfig:
     # (its direction left to the refinement). Every start costs one more refinement
     starts: tuple[float, ...] = (1.0,)
     pick_balance: float = 1.0e-2  # the Wiener balance of the deconvolutions that tell the starts' kernels apart
+    # another start's kernel replaces the first start's only where it overshoots less than this fraction of it (1 = any
+    # less): the first (the network's kernel as it is) is right on most frames, and a small difference is noise
+    pick_ratio: float = 1.0
 
     def __post_init__(self):
         check_range("refine.iters", self.iters, 0, 50)
@@ -102,6 +105,7 @@ class RefineConfig:
         check_range("refine.orient_bins", self.orient_bins, 1, 16)
         check_range("refine.budget_ms", self.budget_ms, 0.0)
         check_range("refine.pick_balance", self.pick_balance, 1.0e-6)
+        check_range("refine.pick_ratio", self.pick_ratio, 0.01, 1.0)
         if not self.starts or any(not 0.0 <= f <= 4.0 for f in self.starts):
             raise ValueError(f"'refine.starts' must list scale factors of the starting kernel in (0, 4], or 0 for an "
                              f"isotropic Gaussian, e.g. [1, 0.5, 2, 0]; got {list(self.starts)}")
@@ -334,7 +338,9 @@ def refine_kernels(blur: Tensor, kernels: Tensor, cfg: RefineConfig | None = Non
     refined, ok = _refine(tile.repeat_interleave(c, 0), starts, cfg)
     refined, ok = refined.view(b, c, size, size), ok.view(b, c)
     score = torch.stack([overshoot(blur, refined[:, j], cfg.pick_balance) for j in range(c)], 1)  # (B,C)
-    best = torch.where(ok, score, torch.full_like(score, math.inf)).argmin(1)
+    score = torch.where(ok, score, torch.full_like(score, math.inf))
+    score[:, 1:] /= cfg.pick_ratio  # the first start wins unless another overshoots clearly less
+    best = score.argmin(1)
     ok = ok.any(1)
     picked = refined[torch.arange(b, device=refined.device), best]
     return torch.where(ok[:, None, None], picked, start), ok

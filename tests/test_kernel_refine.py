@@ -115,6 +115,13 @@ def test_several_starts_keep_the_refined_kernel_that_overshoots_least():
         picked = list(one)[int(over[i].argmin())]
         assert torch.allclose(both[i], one[picked][i], atol=1e-5), (i, picked, over[i])
     assert (over.amax(1) > 1.01 * over.amin(1)).all()  # the starts' kernels differ: the pick is not a tie
+    assert not torch.allclose(both, one[1.0], atol=1e-5)  # another start's kernel won somewhere
+    # with pick_ratio, another start must overshoot clearly less than the first to replace it
+    ratio = min(1.0, float((over[:, 1:].amin(1) / over[:, 0]).amin()) * 0.99)
+    first, _ = refine_kernels(grey, start, dataclasses.replace(cfg, starts=(1.0, 2.0, 0.0), pick_ratio=ratio))
+    assert torch.allclose(first, one[1.0], atol=1e-5)
+    with pytest.raises(ValueError, match="refine.pick_ratio"):
+        RefineConfig(pick_ratio=0.0)
 
 
 def test_a_failed_refinement_falls_back_to_the_start():
