@@ -15,8 +15,8 @@ then the Wiener PSNR gain with the true kernel (the same balance): what an exact
 network's: how good a start has to be (sigma 2 gives a blob with the true footprint, shape error ~0.25).
 
     python bench/refine.py --settings "" "fine_iters=5" "levels=2" --limit 20
-    python bench/refine.py --settings "" "starts=[1,0.5,2,0]" --limit 10
-    python bench/refine.py --start-blur 2 --settings "levels=1 iters=3" "" --limit 6
+    python bench/refine.py --settings "starts=[1]" "" --limit 10   # one refinement start against the default four
+    python bench/refine.py --start-blur 2 --settings "levels=1 iters=3 starts=[1]" "starts=[1]" --limit 6
     python bench/refine.py --large --side 1280 --families trajectory linear --settings "size=41" "" "tile=384"
 """
 
@@ -110,6 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/bench_refine.json")
     args = p.parse_args(argv)
+    if args.large and args.start_blur is not None:
+        p.error("--start-blur works on the network's 41-px canvas: leave out --large")
     try:
         settings = {s: refine_setting(s) for s in args.settings}
     except (ValueError, TypeError) as e:

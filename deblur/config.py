@@ -162,8 +162,8 @@ class ModelConfig:
     # a refiner's 7th input channel: the deconvolution's residual y - k*x in luma, the blurred frame's content
     # where the kernel passes little (the kernel seen as a map of where the deconvolution guessed)
     residual_map: bool = False
-    # the refiner's first stage refines its kernels in closed form, as predict, the evaluation and the pipeline do
-    # (deblur.kernel_refine.RefineConfig's defaults), so it trains on the deconvolutions it will see; off, it sees the
+    # the refiner's first stage refines its kernels in closed form, as the pipeline does (RefineConfig's defaults
+    # with one start; images refine from four), so it trains on the deconvolutions it will see; off, it sees the
     # network's unrefined kernels (blurrier deconvolutions) and learns a fix that undoes the refinement's gain
     estimator_refine: bool = False
     # the refiner's crop of the first stage's output (0 = all of it): the first stage runs on the larger training

@@ -17,7 +17,7 @@ level where they are small; each finer level stays within the coarser one's supp
 
 The iteration converges to different kernels from different starts, and from the network's kernel alone it lands on
 a wrong one on about one frame in five. So it runs from several ``starts`` (the network's kernel scaled about its
-centre, and a directionless Gaussian as wide), and keeps the kernel whose Wiener deconvolution of the frame overshoots
+centre, and a round Gaussian of about its size), and keeps the kernel whose Wiener deconvolution of the frame overshoots
 the frame's range least (``overshoot``; another start's kernel replaces the first's only where clearly less,
 ``pick_ratio``): a wrong kernel rings, and ringing leaves the range of the image.
 Measured by ``python -m deblur.evaluate --options refine.iters=0`` (shape error, PSNR) and paired detection runs
@@ -83,8 +83,8 @@ class RefineConfig:
     budget_ms: float = 0.0
     grow: int = 2  # at finer levels the kernel stays within the coarser level's support dilated by this (px)
     # the refinement runs from each of these starts, and the kernel whose deconvolution overshoots least is kept: the
-    # starting kernel scaled by each factor about its centre; 0 = an isotropic Gaussian as wide as the starting kernel
-    # (its direction left to the refinement). Every start costs one more refinement (batched: 4 starts ~2.9x one).
+    # starting kernel scaled by each factor about its centre; 0 = an isotropic Gaussian of about its size (scaled_start;
+    # its direction left to the refinement). Every start costs one more refinement (batched: 4 starts 2.7-2.9x one).
     # On all 167 evaluation images, paired against one start: mAP@0.5 +0.031 / +0.087 / +0.003 at shake 2 / 3 / 4,
     # ties at ImageNet-C 2-4 (docs/results/2026-12-07_refine_starts.md)
     starts: tuple[float, ...] = (1.0, 0.5, 2.0, 0.0)
@@ -336,10 +336,12 @@ def refine_kernels(blur: Tensor, kernels: Tensor, cfg: RefineConfig | None = Non
         return start, torch.ones(len(kernels), dtype=torch.bool, device=kernels.device)
     tile = most_textured_tile(blur.float(), refined_tile(cfg, kernels.shape[-1], blur.shape[-2:]))
     if tuple(cfg.starts) == (1.0,):
-        return _refine(tile, start, cfg)
+        return _refine(tile, start, cfg)[:2]
     b, c = len(start), len(cfg.starts)
     starts = torch.stack([scaled_start(start, f) for f in cfg.starts], 1).flatten(0, 1)  # (B*C,s,s), frame-major
-    refined, ok = _refine(tile.repeat_interleave(c, 0), starts, cfg)
+    refined, ok, ran = _refine(tile.repeat_interleave(c, 0), starts, cfg)
+    if not ran:  # the frame is too small for any level: no start was refined, and the first is the network's kernel
+        return start, torch.ones(b, dtype=torch.bool, device=start.device)
     refined, ok = refined.view(b, c, size, size), ok.view(b, c)
     score = torch.stack([overshoot(blur, refined[:, j], cfg.pick_balance) for j in range(c)], 1)  # (B,C)
     score = torch.where(ok, score, torch.full_like(score, math.inf))
@@ -352,8 +354,9 @@ def refine_kernels(blur: Tensor, kernels: Tensor, cfg: RefineConfig | None = Non
 
 def scaled_start(kernels: Tensor, factor: float) -> Tensor:
     """A refinement start: (B,s,s) ``kernels`` scaled by ``factor`` about their centre (1 = as they are), or for
-    ``factor`` 0 an isotropic Gaussian whose spread (the root of the summed variances along x and y) is half theirs,
-    at least 1 px: their size without their direction."""
+    ``factor`` 0 an isotropic Gaussian whose sigma along x and along y is half their spread (the root of their summed
+    variances along x and y), at least 1 px: so its own spread is 1/sqrt(2) of theirs; their size without their
+    direction."""
     if factor == 1.0:
         return kernels
     side = kernels.shape[-1]
@@ -387,8 +390,10 @@ def overshoot(blur: Tensor, kernels: Tensor, balance: float) -> Tensor:
     return out / (hi - lo).flatten().clamp_min(1e-3)
 
 
-def _refine(tile: Tensor, start: Tensor, cfg: RefineConfig) -> tuple[Tensor, Tensor]:
-    """The coarse-to-fine refinement of ``start`` ((B,s,s), already at the refined size) on ``tile`` ((B,1,h,w))."""
+def _refine(tile: Tensor, start: Tensor, cfg: RefineConfig) -> tuple[Tensor, Tensor, bool]:
+    """The coarse-to-fine refinement of ``start`` ((B,s,s), already at the refined size) on ``tile`` ((B,1,h,w))
+    -> (kernels, ok, whether any pyramid level ran: False on a tile too small for the kernel, which is then returned
+    as it came)."""
     size = start.shape[-1]
     current = None
     for level in range(cfg.levels - 1, -1, -1):
@@ -418,12 +423,12 @@ def _refine(tile: Tensor, start: Tensor, cfg: RefineConfig) -> tuple[Tensor, Ten
                             support)
             current = center_kernels(solved)
     if current is None:  # the frame is too small for any level: nothing to refine against
-        return start, torch.ones(len(start), dtype=torch.bool, device=start.device)
+        return start, torch.ones(len(start), dtype=torch.bool, device=start.device), False
     refined = resize_kernels(current, size, size / current.shape[-1]) if current.shape[-1] != size else current
     ok = torch.isfinite(refined).flatten(1).all(1) & (refined.sum((-1, -2)) > 0.5)
     border = refined[:, [0, -1], :].sum((-1, -2)) + refined[:, 1:-1, [0, -1]].sum((-1, -2))
     ok &= border < 0.25  # most of the mass on the border: the solve ran away
-    return torch.where(ok[:, None, None], refined, start), ok
+    return torch.where(ok[:, None, None], refined, start), ok, True
 
 
 def shape_error(estimate: Tensor, truth: Tensor) -> Tensor:

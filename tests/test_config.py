@@ -193,5 +193,6 @@ def test_a_partial_section_keeps_the_rest_of_its_fields_default():
     tuned = load_config(PipelineConfig, overrides=["kernel.gate_px=2.0"])
     assert tuned.kernel.gate_px == 2.0 and tuned.kernel.refine == PipelineConfig().kernel.refine
     assert tuned.kernel.refine.background and tuned.kernel.refine.every == PIPELINE_REFINE.every > 1  # its video mode
+    assert tuned.kernel.refine.starts == (1.0,) and len(load_config(EvalConfig).deblur.kernel.refine.starts) > 1
     video = config_from_args(build_parser().parse_args(["--refine-every", "8"]))  # the flag alone turns it on
     assert video.kernel.refine.every == 8 and video.kernel.refine.iters > 0

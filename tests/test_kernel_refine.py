@@ -55,7 +55,7 @@ def test_refinement_turns_a_blob_into_the_true_shape(kernel):
     truth = resize_kernels(torch.from_numpy(true)[None], 41)
     start = _blob()
     refined, ok = refine_kernels(_grey(blurred), start, RefineConfig(iters=10, levels=3, shock_steps=1, beta=0.03,
-                                                                    balance=2.0e-3))
+                                                                    balance=2.0e-3, starts=(1.0,)))
     before, after = float(shape_error(start, truth)), float(shape_error(refined, truth))
     assert bool(ok[0])
     assert after < 0.6 * before, (before, after)
@@ -106,9 +106,9 @@ def test_several_starts_keep_the_refined_kernel_that_overshoots_least():
     true = shake_kernel(4, 11)
     grey = _grey(apply_kernel(img, true)).expand(2, -1, -1, -1).contiguous()
     start = torch.stack([_blob(41, 2.0)[0], resize_kernels(torch.from_numpy(linear_kernel(15, 125.0))[None], 41)[0]])
-    cfg = RefineConfig(iters=3, levels=2)
+    cfg = RefineConfig(iters=3, levels=2, starts=(1.0,))  # each start on its own
     one = {f: refine_kernels(grey, scaled_start(start, f), cfg)[0] for f in (1.0, 2.0, 0.0)}
-    both, ok = refine_kernels(grey, start, dataclasses.replace(cfg, starts=(1.0, 2.0, 0.0)))
+    both, ok = refine_kernels(grey, start, dataclasses.replace(cfg, starts=(1.0, 2.0, 0.0), pick_ratio=1.0))
     assert ok.all()
     over = torch.stack([overshoot(grey, one[f], cfg.pick_balance) for f in one], 1)  # (2 frames, 3 starts)
     for i in range(2):
@@ -117,11 +117,20 @@ def test_several_starts_keep_the_refined_kernel_that_overshoots_least():
     assert (over.amax(1) > 1.01 * over.amin(1)).all()  # the starts' kernels differ: the pick is not a tie
     assert not torch.allclose(both, one[1.0], atol=1e-5)  # another start's kernel won somewhere
     # with pick_ratio, another start must overshoot clearly less than the first to replace it
-    ratio = min(1.0, float((over[:, 1:].amin(1) / over[:, 0]).amin()) * 0.99)
+    ratio = min(1.0, max(0.01, float((over[:, 1:].amin(1) / over[:, 0].clamp_min(1e-12)).amin()) * 0.99))
     first, _ = refine_kernels(grey, start, dataclasses.replace(cfg, starts=(1.0, 2.0, 0.0), pick_ratio=ratio))
     assert torch.allclose(first, one[1.0], atol=1e-5)
     with pytest.raises(ValueError, match="refine.pick_ratio"):
         RefineConfig(pick_ratio=0.0)
+
+
+def test_a_frame_too_small_to_refine_keeps_the_first_start():
+    """No pyramid level fits: no start is refined, so none is picked; the network's kernel comes back as it was."""
+    start = resize_kernels(torch.from_numpy(linear_kernel(15, 30.0))[None], 41)
+    grey = _grey(apply_kernel(skdata.astronaut()[:60, :60], linear_kernel(15, 30.0)))
+    refined, ok = refine_kernels(grey, start, RefineConfig())
+    assert len(RefineConfig().starts) > 1 and bool(ok[0])
+    assert torch.allclose(refined, start, atol=1e-6)
 
 
 def test_a_failed_refinement_falls_back_to_the_start():
@@ -200,7 +209,8 @@ def test_video_refinement_warm_starts_between_full_refinements():
     true = shake_kernel(3, 5)
     x = torch.from_numpy(np.ascontiguousarray(apply_kernel(sharp, true))).permute(2, 0, 1)[None].float() / 255.0
     truth = resize_kernels(torch.from_numpy(true)[None], 41)
-    deblurrer = KernelDeblurrer(device="cpu", runtime="torch", refine=RefineConfig(iters=10, every=3, warm_iters=1))
+    deblurrer = KernelDeblurrer(device="cpu", runtime="torch", refine=RefineConfig(iters=10, every=3, warm_iters=1,
+                                                                                  starts=(1.0,)))
     errors, since = [], []
     for _ in range(4):
         deblurrer.restore(x)
@@ -226,13 +236,14 @@ def test_background_refinement_reaches_the_warm_start_without_holding_up_a_frame
     x = torch.from_numpy(np.ascontiguousarray(apply_kernel(skdata.chelsea(), shake_kernel(3, 5)))).permute(2, 0, 1)
     x = x[None].float() / 255.0
     truth = resize_kernels(torch.from_numpy(shake_kernel(3, 5))[None], 41)
-    sync = KernelDeblurrer(device="cpu", runtime="torch", refine=RefineConfig(iters=10, every=4))
+    sync = KernelDeblurrer(device="cpu", runtime="torch", refine=RefineConfig(iters=10, every=4, starts=(1.0,)))
     sync.restore(x)
     full_error = float(shape_error(sync.last_kernels, truth))
     t0 = time.perf_counter()
     sync.restore(x)  # a warm frame, for the time of one
     warm_s = time.perf_counter() - t0
-    back = KernelDeblurrer(device="cpu", runtime="torch", refine=RefineConfig(iters=10, every=4, background=True))
+    back = KernelDeblurrer(device="cpu", runtime="torch", refine=RefineConfig(iters=10, every=4, background=True,
+                                                                             starts=(1.0,)))
     back.restore(x)
     assert back._job is not None and back._refined is None  # handed over, nothing finished yet
     back._job[0].result()  # (the test waits for it; the pipeline does not)
@@ -402,7 +413,7 @@ def test_the_refined_kernel_grows_with_the_frame_and_reaches_large_blur():
 
     img = cv2.resize(skdata.astronaut(), (1280, 720), interpolation=cv2.INTER_CUBIC)
     true = linear_kernel(61, 25.0)
-    refined, ok = refine_kernels(_grey(apply_kernel(img, true)), _blob(), RefineConfig())  # its tile grows to 384
+    refined, ok = refine_kernels(_grey(apply_kernel(img, true)), _blob(), RefineConfig(starts=(1.0,)))  # tile: 384 px
     assert bool(ok[0]) and refined.shape == (1, 81, 81)
     assert float(shape_error(refined, torch.from_numpy(true)[None])) < 0.3
     assert float(kernel_extent(kernel_moments(refined))[0]) > 45  # a 41-tap kernel cannot hold it
