@@ -427,7 +427,8 @@ def test_a_refiner_can_train_on_refined_kernels_as_inference_sees_them(photos, t
     batch = collate([t.train_set[i] for i in (0, 1)])
     got = t._to_device(batch)[0][:, 3:6]
     blurred = (batch["blur"] + 1) / 2
-    refined = KernelDeblurrer(est, gate_px=0.0, refiner="none").restore(blurred)  # predict's default: refinement on
+    # refinement on, from one start (as the pipeline, where a refiner runs)
+    refined = KernelDeblurrer(est, gate_px=0.0, refiner="none", refine=RefineConfig(starts=(1.0,))).restore(blurred)
     unrefined = KernelDeblurrer(est, gate_px=0.0, refiner="none", refine=RefineConfig(iters=0)).restore(blurred)
     torch.testing.assert_close(got, refined * 2 - 1, atol=1e-5, rtol=0)
     assert (refined - unrefined).abs().mean() > 1e-4
