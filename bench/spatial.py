@@ -12,7 +12,7 @@ U(-a, a) degrees in the exposure; one seed per photo, so the strengths differ on
   oracle_global     Wiener with the true kernel at the frame's centre, whole frame
   oracle_tiles      a kernel per tile of the grid (``--grid``): the true kernel at each tile's centre, tiles blended
                     (``deconvolve_tiles`` below)
-  est_global        today's path: the network's kernel refined once (``RefineConfig()``), Wiener on the whole frame
+  est_global        the network's kernel refined once (``RefineConfig()``: four starts), Wiener on the whole frame
   est_tiles         the est_global kernel refined again on a ``--window`` px square around each tile's centre
                     (``--tile-levels``, ``--tile-iters``), falling back to it where a window is flat (``--flat``),
                     the refinement fails or disagrees (``--disagree``); tiles blended like oracle_tiles
@@ -178,12 +178,12 @@ def _energy(x: Tensor) -> Tensor:
 def refine_tiles(grey: Tensor, start: Tensor, grid: TileGrid, window: int = 256,
                  cfg: RefineConfig | None = None, flat: float = 0.5, disagree: float = 1.0) -> tuple[Tensor, dict]:
     """Per-tile kernels for ``deconvolve_tiles``: ``start`` ((B,k,k), the frame's refined kernel) refined again
-    (``cfg``, default ``RefineConfig(levels=1, iters=3, tile=0)``) on a ``window`` px square around each tile's
+    (``cfg``, default ``RefineConfig(levels=1, iters=3, tile=0, starts=(1.0,))``) on a ``window`` px square around each tile's
     centre (moved inside the frame). A tile keeps ``start`` where its window's gradient energy is below ``flat``
     times the frame's most textured window's, where the refinement fails, or where its kernel's shape error against
     ``start`` exceeds ``disagree`` (1 = never). Returns ((B, rows*cols, k, k), info: ``ok``, ``energy``,
     ``disagreement``, ``used`` (B, n) tensors)."""
-    cfg = cfg or RefineConfig(levels=1, iters=3, tile=0)
+    cfg = cfg or RefineConfig(levels=1, iters=3, tile=0, starts=(1.0,))
     b, _, h, w = grey.shape
     n = grid.rows * grid.cols
     k = start.shape[-1]
@@ -407,7 +407,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     grid = TileGrid(*args.grid, blend=args.blend, margin=args.margin)
-    tile_cfg = RefineConfig(levels=args.tile_levels, iters=args.tile_iters, tile=0)
+    tile_cfg = RefineConfig(levels=args.tile_levels, iters=args.tile_iters, tile=0, starts=(1.0,))  # warm, local
     deblurrer = KernelDeblurrer(device="cpu")
     pics = photos(args)
     if not pics:
