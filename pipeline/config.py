@@ -43,8 +43,8 @@ def machine_threads() -> int:
 # 640x360, 1280x720 and 1920x1080 (-0.05 [-0.18, +0.08], +0.02 [-0.05, +0.12], +0.03 [+0.00, +0.06] dB) for half the
 # background thread's work: +0.8 and +1.6 fps at 1280x720 in two alternated pairs of bench/realtime.py rows
 # One start for the full refinements (images refine from four, refine.starts): four gained +0.16 dB [+0.02, +0.32] on
-# the drifting blur (bench/temporal.py, 640x360, foreground every 32) but cost 2.7-2.9x the background thread's work,
-# and the frame rate with them is not measured yet (docs/results/2026-12-07_refine_starts.md)
+# the drifting blur (bench/temporal.py, 640x360, foreground every 32), but at 1280x720 the pipeline fell from 27-30 to
+# 22-24 fps with them (bench/realtime.py --kernel-options "refine.starts=[1,0.5,2,0]", two runs; target 25)
 PIPELINE_REFINE = RefineConfig(every=32, warm_iters=2, warm_tile=256, background=True, starts=(1.0,))
 
 
