@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from configs.loader import check_range
+from deblur.archs.kernel_arch import kernel_moments
 from deblur.deconv import WienerPlan, wiener_deconvolve
 
 __all__ = ["RefineConfig", "center_kernels", "odd_side", "overshoot", "refine_kernels", "refined_size", "refined_tile",
@@ -343,7 +344,8 @@ def refine_kernels(blur: Tensor, kernels: Tensor, cfg: RefineConfig | None = Non
     if not ran:  # the frame is too small for any level: no start was refined, and the first is the network's kernel
         return start, torch.ones(b, dtype=torch.bool, device=start.device)
     refined, ok = refined.view(b, c, size, size), ok.view(b, c)
-    score = torch.stack([overshoot(blur, refined[:, j], cfg.pick_balance) for j in range(c)], 1)  # (B,C)
+    plan = WienerPlan(blur.float(), size)  # the frame's padding and spectrum once for every start's kernel
+    score = torch.stack([overshoot(blur, refined[:, j], cfg.pick_balance, plan) for j in range(c)], 1)  # (B,C)
     score = torch.where(ok, score, torch.full_like(score, math.inf))
     score[:, 1:] /= cfg.pick_ratio  # the first start wins unless another overshoots clearly less
     best = score.argmin(1)
@@ -362,27 +364,25 @@ def scaled_start(kernels: Tensor, factor: float) -> Tensor:
     side = kernels.shape[-1]
     if factor > 0:
         return resize_kernels(kernels, side, factor)
+    moments = kernel_moments(kernels)  # mean x, mean y, var x, var y, cov xy
+    sigma = ((moments[:, 2] + moments[:, 3]).sqrt() / 2).clamp_min(1.0)[:, None, None]
     d = torch.arange(side, device=kernels.device, dtype=torch.float32) - side // 2
-    mass = kernels.sum((-1, -2)).clamp_min(1e-12)
-    rows, cols = kernels.sum(-1), kernels.sum(-2)  # (B,s) profiles along y and x
-    my, mx = (rows @ d) / mass, (cols @ d) / mass
-    var = (rows * (d - my[:, None]) ** 2).sum(-1) / mass + (cols * (d - mx[:, None]) ** 2).sum(-1) / mass
-    sigma = (var.sqrt() / 2).clamp_min(1.0)[:, None, None]
     g = torch.exp(-(d[:, None] ** 2 + d[None, :] ** 2)[None] / (2 * sigma**2))
     return g / g.sum((-1, -2), keepdim=True)
 
 
-def overshoot(blur: Tensor, kernels: Tensor, balance: float) -> Tensor:
+def overshoot(blur: Tensor, kernels: Tensor, balance: float, plan: WienerPlan | None = None) -> Tensor:
     """(B,) how far the Wiener deconvolution of ``blur`` ((B,1,H,W)) with ``kernels`` ((B,k,k)) leaves the blurred
     frame's own range (a blurred frame's values are averages of the sharp one's, so the sharp frame spans at least
     that range): the mean of what lies below its minimum or above its maximum, over the range, away from a border of
     the kernel's radius. A wrong kernel rings, and the ringing overshoots; the frame's range rather than [0, 1] keeps
     the measure alive on soft, low-contrast frames. Choosing among refined kernels by it (``refine.starts``) gained
     +0.42 dB on the held-out photos and +0.66 dB on 30 training photos over the network's start alone
-    (``python bench/refine.py --settings "starts=[1]" ""``, and ``--split train --limit 30``)."""
+    (``python bench/refine.py --settings "starts=[1]" ""``, and ``--split train --limit 30``). ``plan``: a
+    ``WienerPlan`` of ``blur`` for kernels of this side, to share among several sets of kernels."""
     blur = blur.float()
     lo, hi = blur.amin((1, 2, 3), keepdim=True), blur.amax((1, 2, 3), keepdim=True)
-    latent = wiener_deconvolve(blur, kernels, balance=balance)
+    latent = wiener_deconvolve(blur, kernels, balance=balance) if plan is None else plan(kernels, balance)
     m = kernels.shape[-1] // 2
     if min(latent.shape[-2:]) > 4 * m:
         latent = latent[..., m:-m, m:-m]

@@ -7,6 +7,7 @@ import torch
 from skimage import data as skdata
 
 from deblur.data.blur_synth import apply_kernel, linear_kernel, shake_kernel
+from deblur.archs.kernel_arch import kernel_moments
 from deblur.kernel_deblur import luma
 from deblur.kernel_refine import (RefineConfig, center_kernels, overshoot, refine_kernels, resize_kernels, scaled_start,
                                   shape_error)
@@ -64,12 +65,7 @@ def test_refinement_turns_a_blob_into_the_true_shape(kernel):
 
 def _spread(k: torch.Tensor) -> tuple[float, float, float]:
     """(variance along x, along y, covariance) of a (k,k) kernel."""
-    d = torch.arange(k.shape[-1], dtype=torch.float32) - k.shape[-1] // 2
-    y, x = torch.meshgrid(d, d, indexing="ij")
-    m = k.sum()
-    mx, my = float((k * x).sum() / m), float((k * y).sum() / m)
-    return (float((k * (x - mx) ** 2).sum() / m), float((k * (y - my) ** 2).sum() / m),
-            float((k * (x - mx) * (y - my)).sum() / m))
+    return tuple(float(v) for v in kernel_moments(k[None])[0, 2:])
 
 
 def test_starts_are_the_kernel_scaled_or_a_gaussian_as_wide_without_its_direction():
