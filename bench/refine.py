@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", nargs="+", default=[""], metavar="'KEY=VALUE ...'",
                    help="refine.* option sets without the 'refine.' prefix; the first is the reference ('' = defaults)")
-    p.add_argument("--limit", type=int, default=20, help="held-out photos (0 = all)")
+    p.add_argument("--limit", type=int, default=20, help="photos, evenly spread over the split (0 = all)")
     p.add_argument("--side", type=int, default=640, help="long side of the photos, px")
     p.add_argument("--severities", type=int, nargs="+", default=[2, 3, 4])
     p.add_argument("--families", nargs="+", default=["shake", "imagenet_c", "trajectory"], choices=FAMILIES)
@@ -119,7 +119,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     cfg = load_config(TrainConfig, CONFIG_DIR / "deblur_train.yaml")
     held_out = SyntheticBlur(dataclasses.replace(getattr(cfg, args.split), preload=False), seed=cfg.seed)
-    names = held_out.names[: args.limit] if args.limit else held_out.names
+    names = held_out.names
+    if args.limit and args.limit < len(names):  # evenly spread (the training photos are sorted by source)
+        names = [names[i * len(names) // args.limit] for i in range(args.limit)]
     if not names:
         p.error("no held-out photos: run `make data` first")
     deblurrer = KernelDeblurrer(device="cpu")

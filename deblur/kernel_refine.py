@@ -60,8 +60,12 @@ class RefineConfig:
     size: int = 0
     levels: int = 3  # pyramid levels, each half the previous resolution
     # side of the most textured tile refinement runs on (0 = the whole frame); with an auto ``size`` larger than the
-    # estimator's, it grows by sqrt(size / k), to a multiple of 32 (384 px for 81-px kernels at 1280x720)
-    tile: int = 256
+    # estimator's, it grows by sqrt(size / k), to a multiple of 32 (1088 px for 81-px kernels at 1280x720). 768: the
+    # whole frame up to 768 px. More of the frame gives the solve edges of every direction: against a 256-px tile,
+    # +1.86 dB [+1.50, +2.21] on 30 training photos at 2-2.5x the cost, and mAP@0.5:0.95 +0.009 / +0.037 / -0.013 at
+    # shake 2 / 3 / 4 and +0.003 / +0.067 / +0.014 on trajectories (all 167 evaluation images, paired; see
+    # docs/results/2026-12-07_refine_tile.md). The pipeline's video mode keeps 256 (PIPELINE_REFINE)
+    tile: int = 768
     keep: float = 0.04  # fraction of the latent's gradients kept (the strongest)
     beta: float = 3.0e-2  # Tikhonov weight on the kernel, relative to the gradients' mean spectral energy
     balance: float = 2.0e-3  # Wiener balance of the latent image

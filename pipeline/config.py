@@ -45,7 +45,8 @@ def machine_threads() -> int:
 # One start for the full refinements (images refine from four, refine.starts): four gained +0.16 dB [+0.02, +0.32] on
 # the drifting blur (bench/temporal.py, 640x360, foreground every 32), but at 1280x720 the pipeline fell from 27-30 to
 # 22-24 fps with them (bench/realtime.py --kernel-options "refine.starts=[1,0.5,2,0]", two runs; target 25)
-PIPELINE_REFINE = RefineConfig(every=32, warm_iters=2, warm_tile=256, background=True, starts=(1.0,))
+# The full refinements on a 256-px tile (images: up to the whole frame, refine.tile)
+PIPELINE_REFINE = RefineConfig(every=32, warm_iters=2, tile=256, warm_tile=256, background=True, starts=(1.0,))
 
 
 @dataclass(frozen=True)

@@ -409,10 +409,32 @@ def test_the_refined_kernel_grows_with_the_frame_and_reaches_large_blur():
 
     img = cv2.resize(skdata.astronaut(), (1280, 720), interpolation=cv2.INTER_CUBIC)
     true = linear_kernel(61, 25.0)
-    refined, ok = refine_kernels(_grey(apply_kernel(img, true)), _blob(), RefineConfig(starts=(1.0,)))  # tile: 384 px
+    refined, ok = refine_kernels(_grey(apply_kernel(img, true)), _blob(), RefineConfig(starts=(1.0,), tile=256))  # 384 px
     assert bool(ok[0]) and refined.shape == (1, 81, 81)
     assert float(shape_error(refined, torch.from_numpy(true)[None])) < 0.3
     assert float(kernel_extent(kernel_moments(refined))[0]) > 45  # a 41-tap kernel cannot hold it
+
+
+def test_the_default_refines_on_the_whole_frame_where_one_tile_sees_one_edge_direction():
+    """A 512x384 frame: its left half (the most textured 256-px tile) holds only vertical stripes (gradients along x alone, which say
+    nothing about the blur along y); the rest is a photo. Blurred by a diagonal line, the kernel refined on one 256-px
+    tile is the stripes' guess, while the default's tile (768: this whole frame) recovers the line."""
+    import cv2
+
+    photo = cv2.resize(skdata.astronaut(), (512, 384), interpolation=cv2.INTER_AREA)
+    img = (0.35 * photo + 40).astype(np.float32)  # a softer photo: the stripes hold the most gradient energy
+    x = np.arange(256)
+    stripes = np.where((x // 9 + x // 23) % 2 == 0, 250.0, 5.0).astype(np.float32)  # irregular bars
+    img[:, :256] = stripes[None, :, None]
+    true = linear_kernel(17, 45.0)
+    grey = _grey(apply_kernel(img.astype(np.uint8), true))
+    errors = {}
+    for tile in (256, RefineConfig().tile):
+        refined, ok = refine_kernels(grey, _blob(), RefineConfig(tile=tile))
+        assert bool(ok[0])
+        errors[tile] = float(shape_error(refined, torch.from_numpy(true)[None]))
+    assert RefineConfig().tile >= 512
+    assert errors[RefineConfig().tile] < 0.25 and errors[256] > 0.4, errors
 
 
 @pytest.mark.parametrize("hw,tile", [((360, 640), 128), ((200, 640), 256)])  # grid blocks; a tile taller than the frame
