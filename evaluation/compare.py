@@ -16,8 +16,9 @@ import math
 from pathlib import Path
 
 # what must be equal for two runs to be comparable: report section -> keys
-SAME = {"data": ("source", "n_images", "limit", "n_gt_boxes"), "blur": ("kind", "severities", "centered", "seed"),
-        "detector": ("sha256", "type")}
+SAME = {"data": ("source", "n_images", "limit", "n_gt_boxes"),
+        "blur": ("kind", "severities", "centered", "linear", "seed"), "detector": ("sha256", "type")}
+OLD = {"linear": False}  # what a report written before the key existed meant
 
 
 def load_report(run: str | Path) -> dict:
@@ -33,7 +34,7 @@ def check_comparable(reports: dict[str, dict]) -> None:
     for label, rep in rest:
         for section, keys in SAME.items():
             for key in keys:
-                a, b = first[section].get(key), rep[section].get(key)
+                a, b = first[section].get(key, OLD.get(key)), rep[section].get(key, OLD.get(key))
                 if a != b:
                     raise ValueError(f"runs '{first_label}' and '{label}' differ in {section}.{key} ({a!r} vs {b!r}); "
                                      "compare runs made with the same data, blur and detector")

@@ -59,9 +59,10 @@ def blur_kernel(cfg: EvalBlurConfig, image_name: str, severity: int) -> np.ndarr
     raise ValueError(f"Unknown blur kind {cfg.kind!r}. Available: ['imagenet_c', 'shake', 'trajectory']")
 
 
-def blur_image(sharp_bgr: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """(H,W,3) uint8 BGR -> blurred (H,W,3) uint8 BGR (true convolution, reflect border)."""
-    return apply_kernel(sharp_bgr, kernel)
+def blur_image(sharp_bgr: np.ndarray, kernel: np.ndarray, linear: bool = False) -> np.ndarray:
+    """(H,W,3) uint8 BGR -> blurred (H,W,3) uint8 BGR (true convolution, reflect border; ``linear``: in linear
+    light, as ``EvalBlurConfig.linear``)."""
+    return apply_kernel(sharp_bgr, kernel, linear=linear)
 
 
 class DeblurMethod:

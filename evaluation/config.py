@@ -76,6 +76,9 @@ class EvalBlurConfig:
     # imagenet_c: True = the kernel centred on its mass (a frame's exposure is centred on its timestamp, and a pure
     # shift cannot be seen in one frame); False = ImageNet-C's own one-sided kernel, which also shifts the image
     centered: bool = True
+    # True = blurred in linear light (gamma 2.2 decoded, convolved, re-encoded), as a camera integrates light during
+    # its exposure; False = the stored sRGB values convolved, as ImageNet-C and the training blur
+    linear: bool = False
     seed: int = 0
 
     def __post_init__(self):

@@ -105,7 +105,8 @@ def run_detector_variants(cfg: EvalConfig, progress: bool = True, detectors: dic
             kept.append(sample)
             gts.append(gt)
             for sev in severities:
-                img = sharp if sev == "0" else blur_image(sharp, blur_kernel(cfg.blur, sample.name, int(sev)))
+                img = sharp if sev == "0" else blur_image(sharp, blur_kernel(cfg.blur, sample.name, int(sev)),
+                                                          cfg.blur.linear)
                 for label in labels:  # interleaved: a load spike costs every detector alike
                     t0 = time.perf_counter()
                     found = detectors[label]([img])[0]

@@ -120,7 +120,8 @@ def _markdown(report: dict, table: str, plot_files: list[str]) -> str:
         f"{d['gt_per_class']}; skipped: {d['n_skipped']}",
         f"- Blur: {report['blur']['kind']}, severities {report['blur']['severities']}"
         + ("" if report["blur"]["kind"] == "real (paired)" else
-           f", centred={report['blur']['centered']}, seed {report['blur']['seed']} (per image: hash of name + severity)"),
+           f", centred={report['blur']['centered']}" + (", in linear light" if report["blur"].get("linear") else "")
+           + f", seed {report['blur']['seed']} (per image: hash of name + severity)"),
         f"- Detector: {det['config']['backend']} {det['weights']} (sha256 {det['sha256']}), imgsz "
         f"{det['config']['imgsz']}, conf {det['config']['conf']} (mAP), operating conf "
         f"{report['metrics']['operating_conf']} (P, R, TP conf, dets)",

@@ -407,7 +407,7 @@ def _conditions(setup: _Setup, sample: Sample, sev: str, sharp: np.ndarray, real
         blurred = real_blur
     else:
         kernel = blur_kernel(setup.cfg.blur, sample.name, int(sev))
-        blurred = blur_image(sharp, kernel)
+        blurred = blur_image(sharp, kernel, setup.cfg.blur.linear)
     frames = {"blurred": blurred, **setup.restore(blurred, kernel)}
     boxes = dict(zip(frames, setup.detect(list(frames.values()))))
     for cond, img in frames.items():  # a deblurrer's smaller work-size copy: its boxes back in image pixels
@@ -448,7 +448,7 @@ def _report(setup: _Setup, got: _Collected, results: dict, extras: dict, elapsed
             "gt_per_class": extras["gt_per_class"],
         },
         "blur": {"kind": "real (paired)" if setup.paired else cfg.blur.kind, "severities": setup.severities,
-                 "centered": cfg.blur.centered, "seed": cfg.blur.seed},
+                 "centered": cfg.blur.centered, "linear": cfg.blur.linear, "seed": cfg.blur.seed},
         "detector": setup.det_info,
         "deblur": setup.deblur_info,
         "compare": setup.compare_info,

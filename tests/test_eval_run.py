@@ -100,6 +100,15 @@ def test_cli_end_to_end_identity_generator(photos, identity_weights, tmp_path, c
     assert again["timing"]["sharp_cache_hits"] == 2
     assert again["results"]["2"]["blurred"]["map50"] == res["blurred"]["map50"]
 
+    # blur in linear light (as a camera): other blurred images, said in the report, not comparable with sRGB blur
+    cfg = load_config(EvalConfig, out / "config.yaml", ["methods=[unsharp]", "bootstrap=0", "n_examples=0",
+                                                        "blur.linear=true", f"out={tmp_path / 'linear'}"])
+    linear = run_blurred_vs_deblurred(cfg, progress=False)
+    assert linear["blur"]["linear"] is True and "in linear light" in (tmp_path / "linear" / "report.md").read_text()
+    assert abs(linear["results"]["2"]["blurred"]["psnr"] - res["blurred"]["psnr"]) > 0.05
+    with pytest.raises(ValueError, match="differ in blur.linear"):
+        compare_table({"a": report, "b": linear})
+
 
 class FakeDetector:
     """Two fixed boxes on any frame; boxes shrink when the frame is darker (so conditions can differ)."""
