@@ -154,6 +154,14 @@ class KernelDeblurConfig:
     # evaluation images at ImageNet-C and shake 2-4, paired, "full" lost 0.00-0.03 mAP@0.5 to full-resolution
     # deconvolution where "work" lost up to 0.14 (docs/results/2026-12-07_detection_scale.md)
     work_refine: Literal["work", "full"] = "full"
+    # the frames' encoding gamma: the kernel is refined on, and the frame deconvolved in, the decoded values x^gamma
+    # (linear light, where a camera's blur happens), then re-encoded; the network and the gate see the stored values.
+    # 1 = the stored values (the default: the evaluations' blur convolves them, as ImageNet-C's). On all 167 evaluation
+    # images blurred by shake in linear light (eval blur.linear=true), 2.2 gained PSNR +3.1 to +3.6 dB and mAP@0.5:0.95
+    # +0.063 / +0.030 / +0.182 at severities 2 / 3 / 4, paired; on blur of the stored values it loses (-3.4 dB with the
+    # refined kernel, python bench/linear_light.py). Camera footage blurs in linear light: try 2.2 there
+    # (docs/results/2026-12-07_linear_light.md)
+    gamma: float = 1.0
 
     def __post_init__(self):
         check_range("crops", self.crops, 1)
@@ -166,6 +174,7 @@ class KernelDeblurConfig:
         check_range("network_balance", self.network_balance, 1.0e-8)
         check_range("noise_gain", self.noise_gain, 0.0)
         check_range("temporal", self.temporal, 0.0, 0.99)
+        check_range("gamma", self.gamma, 1.0, 3.0)
         if self.work_side and self.work_side < 32:
             raise ValueError(f"'work_side' must be 0 (deconvolve at the input's resolution) or >= 32 (the long side, "
                              f"px), got {self.work_side}")
@@ -543,6 +552,8 @@ class KernelDeblurrer:
             # (bench/gate.py's low light, shake 2 and 4) the refinement shrank the network's kernel (median extent
             # 8.7 -> 2.3 px, true 14.2; mean shape error 0.44 -> 0.55)
             check = (~sharp & ~dark).nonzero().flatten()
+            if len(check) and self.cfg.gamma != 1.0:  # in linear light (the luma decoded: close to the linear luma)
+                refine_grey = refine_grey.clamp(0.0, 1.0).pow(self.cfg.gamma)
             if len(check):
                 # the video state's key: the frame's size and the size refined at
                 got, ok, was_refined = self._refine(refine_grey[check], refine_safe[check], full_shape + refined_at, r)
@@ -598,8 +609,10 @@ class KernelDeblurrer:
         if padded is not blur:
             blur, grey = padded, None
         want = residual or (self.refiner is not None and self.refiner.in_channels == 7)
+        gamma = self.cfg.gamma
+        stored, blur = blur, (blur if gamma == 1.0 else blur.clamp(0.0, 1.0).pow(gamma))  # (cfg.gamma: linear light)
         if self.cfg.channels == "luma":
-            grey = luma(blur) if grey is None else grey
+            grey = luma(blur) if grey is None or gamma != 1.0 else grey
             got = wiener_deconvolve(grey, used, balance=balance, residual=want)
             x_grey, res = got if want else (got, None)
             deconv = blur.add(x_grey.sub_(grey)).clamp_(0.0, 1.0)  # x_grey: a fresh result, changed in place
@@ -607,6 +620,8 @@ class KernelDeblurrer:
             got = wiener_deconvolve(blur, used, balance=balance, residual=want)
             deconv, res = got if want else (got, None)
             deconv, res = deconv.clamp_(0.0, 1.0), (luma(res) if want else None)  # luma is linear in RGB
+        if gamma != 1.0:
+            deconv, blur = deconv.pow_(1.0 / gamma), stored
         if self.refiner is not None:
             parts = [blur, deconv] + ([res + 0.5] if self.refiner.in_channels == 7 else [])
             run = self.refiner_engine or self.refiner
