@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             w, h = (int(v) for v in size.split("x"))
             frames = [apply_kernel(cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA), kernel) for f in raw]
-            off = RefineConfig(iters=args.refine_iters, starts=(1.0,))  # as the pipeline
+            off = RefineConfig(iters=args.refine_iters, starts=(1.0,), tile=256)  # as the pipeline
             paths = {
                 "estimate + Wiener": KernelDeblurrer(device=args.device, runtime=args.runtime, refiner="none",
                                                      threads=args.threads, cache_dir=tmp, refine=off),

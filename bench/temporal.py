@@ -8,7 +8,8 @@ angle = 30 + 25 sin(i / 9) degrees, length = 17 + 6 sin(i / 7) px, plus sensor n
 per setting the mean PSNR gain over the blurred frames (with a paired 95 % bootstrap interval against the first
 setting), the median angle error and shape error (``deblur.kernel_refine.shape_error``) of the kernels used, and
 the deblurrer's milliseconds per frame. Settings start from the library's defaults, whose full refinements run from
-four starts; the pipeline's video mode runs one (``refine.starts=[1]``, as ``pipeline.config.PIPELINE_REFINE``).
+four starts on the whole frame up to 768 px; the pipeline's video mode runs one on a 256-px tile
+(``refine.starts=[1] refine.tile=256``, as ``pipeline.config.PIPELINE_REFINE``).
 
     python bench/temporal.py --alphas 0 0.3 0.6 --frames 60   # kernel smoothing (with the default refinement)
     python bench/temporal.py --settings "refine.iters=0" "" "refine.every=8" --frames 60

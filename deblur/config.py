@@ -163,8 +163,9 @@ class ModelConfig:
     # where the kernel passes little (the kernel seen as a map of where the deconvolution guessed)
     residual_map: bool = False
     # the refiner's first stage refines its kernels in closed form, as the pipeline does (RefineConfig's defaults
-    # with one start; images refine from four), so it trains on the deconvolutions it will see; off, it sees the
-    # network's unrefined kernels (blurrier deconvolutions) and learns a fix that undoes the refinement's gain
+    # with one start on a 256-px tile; images refine from four on the whole frame up to 768 px), so it trains on the
+    # deconvolutions it will see; off, it sees the network's unrefined kernels (blurrier deconvolutions) and learns a
+    # fix that undoes the refinement's gain
     estimator_refine: bool = False
     # the refiner's crop of the first stage's output (0 = all of it): the first stage runs on the larger training
     # crops (e.g. image_size 512), where the kernel estimate and the deconvolution are as good as on a video frame,

@@ -500,7 +500,8 @@ def _add_notes(report: dict, cfg: EvalConfig) -> None:
             "block-bootstrap intervals")
     if "wiener" in report["conditions"]:
         notes.append("wiener deconvolves with the TRUE blur kernel: an oracle upper bound that no camera has, "
-                     "not a competitor")
+                     "not a competitor" + ("; it deconvolves the stored values, so under this linear-light blur it is "
+                                           "no bound (deblur.kernel.gamma=2.2 can beat it)" if cfg.blur.linear else ""))
     if cfg.bootstrap and data["n_blocks"] < 10:
         notes.append(f"only {data['n_blocks']} bootstrap blocks: the intervals are rough (use more images)")
     if total and counts.get("person", 0) == 0:

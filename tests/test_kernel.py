@@ -287,6 +287,9 @@ def test_gamma_deconvolves_in_the_light_the_blur_happened_in(photo_bgr, channels
             score[gamma] = psnr(restored[inner], photo_bgr[inner])
         best, other = (2.2, 1.0) if linear else (1.0, 2.2)
         assert score[best] > score[other] + 1.0, (linear, score)
+    x = torch.from_numpy(blurred[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255
+    with pytest.raises(ValueError, match="gamma must be 1 with a residual"):  # a refiner's input: stored values only
+        deblurrer.restore(x, residual=True)
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])

@@ -376,7 +376,7 @@ def test_video_refinement_keeps_its_canvas_on_large_frames(work_side):
     img = cv2.resize(skdata.chelsea(), (1280, 720), interpolation=cv2.INTER_CUBIC)
     x = torch.from_numpy(np.ascontiguousarray(apply_kernel(img, linear_kernel(25, 30.0)))).permute(2, 0, 1)[None]
     deblurrer = KernelDeblurrer(device="cpu", runtime="torch", work_side=work_side,
-                                refine=RefineConfig(iters=2, every=3, warm_iters=1))
+                                refine=RefineConfig(iters=2, every=3, warm_iters=1, tile=256))
     sides, since = [], []
     for _ in range(4):
         deblurrer.restore(x.float() / 255.0)
