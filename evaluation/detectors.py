@@ -141,7 +141,8 @@ def run_detector_variants(cfg: EvalConfig, progress: bool = True, detectors: dic
                          f"detections with conf >= {cfg.pseudo_gt_conf} on the sharp image by "
                          + (f"the reference with {cfg.variants_gt}" if gt_cfg else "the reference itself")),
         "n_images": len(kept), "n_blocks": len(blocks), "n_gt_boxes": int(sum(len(g) for g in gts)),
-        "blur": {"kind": cfg.blur.kind, "severities": severities, "centered": cfg.blur.centered},
+        "blur": {"kind": cfg.blur.kind, "severities": severities, "centered": cfg.blur.centered,
+                 "linear": cfg.blur.linear, "seed": cfg.blur.seed},
         "detectors": {label: {"config": to_dict(c), "overrides": cfg.detector_variants.get(label, []),
                               "runtime": _runtime_name(detectors[label]),
                               "ms_per_frame": round(1000 * seconds[label] / max(1, frames_run), 1)}
