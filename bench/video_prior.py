@@ -21,8 +21,8 @@ kernel shorter than 3 px passes the frame through; the gate asks the network's k
 ``truth``, which ask their own):
 
 - ``a_net``: ``KernelDeblurrer.estimate`` (the network);
-- ``b_net_refine``: + ``refine_kernels`` (RefineConfig() defaults with one start, 256-px tile), the pipeline's path: the reference of the paired
-  differences;
+- ``b_net_refine``: + ``refine_kernels`` (RefineConfig() defaults with one start, 256-px tile), the pipeline's path:
+  the reference of the paired differences;
 - ``c_prior_noextrap``: ``motion_kernel`` of the inter-frame motion (``global_motion`` of the previous and the
   current blurred frame) at the true exposure (an oracle: a product does not know the exposure);
 - ``c_prior``: the same, the motion extrapolated to the middle of the frame's exposure (the motion from frame i-1
@@ -213,7 +213,8 @@ def run_clip(clip, deblurrer: KernelDeblurrer, exposure: float, timer: dict[str,
     shapes = {m: [] for m in METHODS}
     diag = {"motion": [], "exposure_cal_b": [], "exposure_cal_e": [], "agree": [], "agree_direction": [],
             "pick_prior": [], "net_gated": []}
-    cfg = RefineConfig(starts=(1.0,), tile=256)  # one start on a 256-px tile, as the pipeline (the other starts would compete with the prior)
+    # one start on a 256-px tile, as the pipeline (the other starts would compete with the prior)
+    cfg = RefineConfig(starts=(1.0,), tile=256)
     prev_grey, prev_motion, smooth_b = None, None, None
     ratios_b, ratios_e = [], []  # exposure calibration: final kernel extent / motion length, past frames
     ratios_direct = {m: [] for m in DIRECT}

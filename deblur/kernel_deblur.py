@@ -612,7 +612,8 @@ class KernelDeblurrer:
         gamma = self.cfg.gamma
         if want and gamma != 1.0:  # a refiner is trained on the stored values' residual (gamma 1)
             raise ValueError("deblur.kernel.gamma must be 1 with a residual output or a 7-channel refiner (both are "
-                             f"computed on the stored values), got gamma={gamma}: set gamma=1 or use a 6-channel refiner")
+                             f"computed on the stored values), got gamma={gamma}: set gamma=1 or use a 6-channel "
+                             "refiner")
         stored, blur = blur, (blur if gamma == 1.0 else blur.clamp(0.0, 1.0).pow(gamma))  # (cfg.gamma: linear light)
         if self.cfg.channels == "luma":
             grey = luma(blur) if grey is None or gamma != 1.0 else grey

@@ -409,16 +409,16 @@ def test_the_refined_kernel_grows_with_the_frame_and_reaches_large_blur():
 
     img = cv2.resize(skdata.astronaut(), (1280, 720), interpolation=cv2.INTER_CUBIC)
     true = linear_kernel(61, 25.0)
-    refined, ok = refine_kernels(_grey(apply_kernel(img, true)), _blob(), RefineConfig(starts=(1.0,), tile=256))  # 384 px
+    refined, ok = refine_kernels(_grey(apply_kernel(img, true)), _blob(), RefineConfig(starts=(1.0,), tile=256))
     assert bool(ok[0]) and refined.shape == (1, 81, 81)
     assert float(shape_error(refined, torch.from_numpy(true)[None])) < 0.3
     assert float(kernel_extent(kernel_moments(refined))[0]) > 45  # a 41-tap kernel cannot hold it
 
 
 def test_the_default_refines_on_the_whole_frame_where_one_tile_sees_one_edge_direction():
-    """A 512x384 frame: its left half (the most textured 256-px tile) holds only vertical stripes (gradients along x alone, which say
-    nothing about the blur along y); the rest is a photo. Blurred by a diagonal line, the kernel refined on one 256-px
-    tile is the stripes' guess, while the default's tile (768: this whole frame) recovers the line."""
+    """A 512x384 frame: its left half (the most textured 256-px tile) holds only vertical stripes (gradients along x
+    alone, which say nothing about the blur along y); the rest is a photo. Blurred by a diagonal line, the kernel
+    refined on one 256-px tile is the stripes' guess, while the default's tile (768: this whole frame) recovers it."""
     import cv2
 
     photo = cv2.resize(skdata.astronaut(), (512, 384), interpolation=cv2.INTER_AREA)
