@@ -15,6 +15,7 @@ The refiner's cost is the difference to the first row, measured in the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from deblur.config import GeneratorConfig
     from deblur.data.blur_synth import apply_kernel, shake_kernel
     from deblur.kernel_deblur import KernelDeblurrer
-    from deblur.kernel_refine import RefineConfig
+    from deblur.kernel_refine import VIDEO_REFINE
     from deblur.models import build_generator, save_generator
     from pipeline.sources import demo_clip
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             w, h = (int(v) for v in size.split("x"))
             frames = [apply_kernel(cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA), kernel) for f in raw]
-            off = RefineConfig(iters=args.refine_iters, starts=(1.0,), tile=256)  # as the pipeline
+            off = dataclasses.replace(VIDEO_REFINE, iters=args.refine_iters)  # as the pipeline
             paths = {
                 "estimate + Wiener": KernelDeblurrer(device=args.device, runtime=args.runtime, refiner="none",
                                                      threads=args.threads, cache_dir=tmp, refine=off),

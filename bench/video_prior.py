@@ -21,7 +21,7 @@ kernel shorter than 3 px passes the frame through; the gate asks the network's k
 ``truth``, which ask their own):
 
 - ``a_net``: ``KernelDeblurrer.estimate`` (the network);
-- ``b_net_refine``: + ``refine_kernels`` (RefineConfig() defaults with one start, 256-px tile), the pipeline's path:
+- ``b_net_refine``: + ``refine_kernels`` (``VIDEO_REFINE``: one start, 256-px tile), the pipeline's path:
   the reference of the paired differences;
 - ``c_prior_noextrap``: ``motion_kernel`` of the inter-frame motion (``global_motion`` of the previous and the
   current blurred frame) at the true exposure (an oracle: a product does not know the exposure);
@@ -81,7 +81,7 @@ from deblur.data.blur_synth import (CameraMotion, add_noise, apply_kernel, fit_k
                                     trajectory_kernel)  # noqa: E402
 from deblur.deconv import wiener_deconvolve  # noqa: E402
 from deblur.kernel_deblur import KernelDeblurrer, luma  # noqa: E402
-from deblur.kernel_refine import RefineConfig, most_textured_tile, refine_kernels, shape_error  # noqa: E402
+from deblur.kernel_refine import VIDEO_REFINE, most_textured_tile, refine_kernels, shape_error  # noqa: E402
 from deblur.metrics import psnr  # noqa: E402
 from deblur.motion import global_motion, motion_kernel  # noqa: E402
 
@@ -213,8 +213,7 @@ def run_clip(clip, deblurrer: KernelDeblurrer, exposure: float, timer: dict[str,
     shapes = {m: [] for m in METHODS}
     diag = {"motion": [], "exposure_cal_b": [], "exposure_cal_e": [], "agree": [], "agree_direction": [],
             "pick_prior": [], "net_gated": []}
-    # one start on a 256-px tile, as the pipeline (the other starts would compete with the prior)
-    cfg = RefineConfig(starts=(1.0,), tile=256)
+    cfg = VIDEO_REFINE  # one start on a 256-px tile, as the pipeline (the other starts would compete with the prior)
     prev_grey, prev_motion, smooth_b = None, None, None
     ratios_b, ratios_e = [], []  # exposure calibration: final kernel extent / motion length, past frames
     ratios_direct = {m: [] for m in DIRECT}

@@ -552,9 +552,9 @@ class KernelDeblurrer:
             # (bench/gate.py's low light, shake 2 and 4) the refinement shrank the network's kernel (median extent
             # 8.7 -> 2.3 px, true 14.2; mean shape error 0.44 -> 0.55)
             check = (~sharp & ~dark).nonzero().flatten()
-            if len(check) and self.cfg.gamma != 1.0:  # in linear light (the luma decoded: close to the linear luma)
-                refine_grey = refine_grey.clamp(0.0, 1.0).pow(self.cfg.gamma)
             if len(check):
+                if self.cfg.gamma != 1.0:  # in linear light (the luma decoded: close to the linear luma)
+                    refine_grey = refine_grey.clamp(0.0, 1.0).pow(self.cfg.gamma)
                 # the video state's key: the frame's size and the size refined at
                 got, ok, was_refined = self._refine(refine_grey[check], refine_safe[check], full_shape + refined_at, r)
                 if not ok.all():

@@ -44,7 +44,8 @@ from configs.loader import check_range
 from deblur.archs.kernel_arch import kernel_moments
 from deblur.deconv import WienerPlan, wiener_deconvolve
 
-__all__ = ["RefineConfig", "center_kernels", "odd_side", "overshoot", "refine_kernels", "refined_size", "refined_tile",
+__all__ = ["VIDEO_REFINE", "RefineConfig", "center_kernels", "odd_side", "overshoot", "refine_kernels", "refined_size",
+           "refined_tile",
            "resize_kernels", "scaled_start", "shape_error"]
 
 
@@ -125,6 +126,11 @@ class RefineConfig:
             raise ValueError(f"'refine.tile' must be 0 (the whole frame) or >= 32, got {self.tile}")
         if self.warm_tile and self.warm_tile < 32:
             raise ValueError(f"'refine.warm_tile' must be 0 (the full refinement's tile) or >= 32, got {self.warm_tile}")
+
+
+# the full refinement of video, where it competes with the frame rate: one start on a 256-px tile (the pipeline's
+# PIPELINE_REFINE, and what trains and benchmarks "as the pipeline" refine with). Why each: pipeline/config.py
+VIDEO_REFINE = RefineConfig(tile=256, starts=(1.0,))
 
 
 def odd_side(n: float) -> int:

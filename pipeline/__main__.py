@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--refine-every", type=int, metavar="N",
                     help="kernel refinement's video mode: a full refinement every N frames (in a background thread "
                          "unless kernel.refine.background=false), warm-started iterations on every frame; 1 = a full "
-                         "refinement on every frame, from one start (predict and the evaluations refine from four; ~100 ms a 640x360 "
-                         "frame for one); "
+                         "refinement on every frame, from one start (~100 ms a 640x360 frame; predict and the "
+                         "evaluations refine from four); "
                          "turns refinement on" + d % _P.kernel.refine.every)
     db.add_argument("--refiner", action="store_const", const="",
                     help="run the refiner bundled with the deblur weights (an FPN-MobileNetV2 on the blurred and "

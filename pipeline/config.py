@@ -8,13 +8,14 @@ on ``detector.device`` so the batch is handed from deblur to detect without leav
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Literal
 
 from configs.loader import check_range
 from deblur.kernel_deblur import KernelDeblurConfig
-from deblur.kernel_refine import RefineConfig
+from deblur.kernel_refine import VIDEO_REFINE
 from detect.config import DetectorConfig
 from pipeline.sources import is_streams_file
 from runtime import CPU_ONLY, PRECISIONS, RUNTIMES, check_precision, resolve_device
@@ -46,7 +47,7 @@ def machine_threads() -> int:
 # the drifting blur (bench/temporal.py, 640x360, foreground every 32), but at 1280x720 the pipeline fell from 27-30 to
 # 22-24 fps with them (bench/realtime.py --kernel-options "refine.starts=[1,0.5,2,0]", two runs; target 25)
 # The full refinements on a 256-px tile (images: up to the whole frame, refine.tile)
-PIPELINE_REFINE = RefineConfig(every=32, warm_iters=2, tile=256, warm_tile=256, background=True, starts=(1.0,))
+PIPELINE_REFINE = dataclasses.replace(VIDEO_REFINE, every=32, warm_iters=2, warm_tile=256, background=True)
 
 
 @dataclass(frozen=True)

@@ -179,12 +179,12 @@ class Trainer:
         self.kernel_deblurrer = None  # a refiner's first stage: frozen kernel estimate + Wiener deconvolution
         if cfg.model.estimator:
             from deblur.kernel_deblur import KernelDeblurrer
-            from deblur.kernel_refine import RefineConfig
+            from deblur.kernel_refine import VIDEO_REFINE, RefineConfig
 
             # refined kernels as the pipeline refines them, from one start on a 256-px tile (model.estimator_refine), or
             # the network's own: refinement costs ~0.3 s a batch of four 256-px crops on 2 threads (four starts, as
             # on images: ~3x)
-            refine = RefineConfig(starts=(1.0,), tile=256) if cfg.model.estimator_refine else RefineConfig(iters=0)
+            refine = VIDEO_REFINE if cfg.model.estimator_refine else RefineConfig(iters=0)
             self.kernel_deblurrer = KernelDeblurrer(cfg.model.estimator, device=self.device, gate_px=0.0, refiner="none",
                                                     refine=refine)
             logger.info("Refiner: input = blurred + Wiener deconvolution with the %s kernels of %s",
