@@ -237,7 +237,7 @@ class WienerPlan:
         position to a fraction of a pixel. A blurred image's features sit at the mean of their positions during the
         exposure; a kernel centred to whole pixels (``deblur.kernel_refine.center_kernels``) leaves up to half a
         pixel, which costs PSNR against the sharp image: on the held-out photos, +0.47 dB [+0.33, +0.60] with
-        refined kernels (docs/results/2026-12-08_subpixel_centre.md)."""
+        refined kernels (docs/results/2026-12-07_subpixel_centre.md)."""
         k, p, h, w, hp, wp, dtype = self.k, self.p, self.h, self.w, self.hp, self.wp, self.dtype
         device = self.y.device
         with torch.autocast(device.type, enabled=False):

@@ -165,7 +165,7 @@ class KernelDeblurConfig:
     # deconvolve by each kernel moved so that its centre of mass is on its centre pixel to a fraction of a pixel (the
     # kernels are centred to whole pixels): the output keeps the blurred frame's position (the mean of the scene's
     # positions during the exposure). On the held-out photos, +0.47 dB [+0.33, +0.60] PSNR with refined kernels
-    # (docs/results/2026-12-08_subpixel_centre.md)
+    # (docs/results/2026-12-07_subpixel_centre.md)
     center: bool = True
 
     def __post_init__(self):

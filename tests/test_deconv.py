@@ -195,3 +195,25 @@ def test_balance_stays_differentiable_after_an_inference_call_on_the_same_grid()
     balance = torch.full((1,), 1e-2, requires_grad=True)
     wiener_deconvolve(blur, kernel, balance=balance).square().mean().backward()
     assert balance.grad is not None and torch.isfinite(balance.grad).all() and balance.grad.abs().item() > 0
+
+
+def _shifted(kernel: np.ndarray, dx: float) -> torch.Tensor:
+    """The kernel moved right by ``dx`` px (0 < dx < 1, linear interpolation), so its centre of mass is off by dx."""
+    k = torch.from_numpy(kernel).float()
+    return (1 - dx) * k + dx * torch.roll(k, 1, -1)
+
+
+def test_center_keeps_the_blurred_images_position():
+    # A kernel whose centre of mass is 0.4 px off its centre pixel (what whole-pixel centring leaves) deconvolves to
+    # an image moved by 0.4 px; center=True moves the kernel back by its centre of mass first, and the image stays in
+    # place: closer to the sharp one. A kernel centred already is deconvolved exactly as without center.
+    blur, sharp = _t(apply_kernel(SHARP, KERNELS["linear9"])), _t(SHARP)
+    off = _shifted(np.pad(KERNELS["linear9"], 1), 0.4)
+    plain = wiener_deconvolve(blur, off, balance=1e-3).clamp(0, 1)
+    centred = wiener_deconvolve(blur, off, balance=1e-3, center=True).clamp(0, 1)
+    truth = wiener_deconvolve(blur, torch.from_numpy(KERNELS["linear9"]), balance=1e-3).clamp(0, 1)
+    assert float(psnr(centred, sharp, 1.0)) > float(psnr(plain, sharp, 1.0)) + 1.0
+    assert float(psnr(centred, truth, 1.0)) > 35.0  # the true kernel's result, up to the interpolation's smoothing
+    true_k = torch.from_numpy(KERNELS["linear9"])
+    same = wiener_deconvolve(blur, true_k, balance=1e-3, center=True)
+    assert torch.allclose(same, wiener_deconvolve(blur, true_k, balance=1e-3), atol=1e-5)

@@ -182,6 +182,21 @@ def test_true_kernel_restores(photo_bgr, kernel):
     assert psnr(restored[inner], photo_bgr[inner]) > psnr(blurred[inner], photo_bgr[inner]) + 3.0
 
 
+def test_deconvolution_keeps_the_frames_position_by_default(photo_bgr):
+    # The estimator's kernel off centre by 0.4 px (what whole-pixel centring leaves): by default (center) the
+    # deblurred frame stays where the blurred one is, closer to the sharp frame than with center=False.
+    kernel = fit_kernel(linear_kernel(11, 30.0), 31)
+    off = (0.6 * kernel + 0.4 * np.roll(kernel, 1, 1)).astype(np.float32)
+    blurred = _blurred(photo_bgr, kernel)
+    inner = (slice(16, -16), slice(16, -16))
+    scores = {}
+    for center in (True, False):
+        deblurrer = KernelDeblurrer(OracleEstimator(off), device="cpu", refine=RefineConfig(iters=0), center=center)
+        (restored,) = deblurrer([blurred])
+        scores[center] = psnr(restored[inner], photo_bgr[inner])
+    assert scores[True] > scores[False] + 0.5
+
+
 def test_gating_passes_sharp_frames_through(photo_bgr):
     delta = fit_kernel(np.ones((1, 1), np.float32), 31)
     deblurrer = KernelDeblurrer(OracleEstimator(delta), device="cpu")
