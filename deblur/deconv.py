@@ -242,9 +242,7 @@ class WienerPlan:
         device = self.y.device
         with torch.autocast(device.type, enabled=False):
             kern = kernel.to(dtype).reshape(-1, k, k)
-            k_f = self._otf(kern)  # (B|1, hp, wp//2+1)
-            if center:
-                k_f = k_f * self._centre_phase(kern)
+            k_f = self._otf(kern, center)  # (B|1, hp, wp//2+1)
             y_f = self.y_f
             if taper:
                 reblur = torch.fft.irfft2(y_f * k_f[:, None], s=(hp, wp))
@@ -267,32 +265,39 @@ class WienerPlan:
             res = torch.fft.irfft2(y_f - x_f * k_f[:, None], s=(hp, wp))[..., p : p + h, p : p + w]
         return out, res.to(self.blur.dtype)
 
-    def _centre_phase(self, kern: Tensor) -> Tensor:
-        """(B,k,k) kernels -> (B, hp, wp//2+1) ``exp(2 pi i (fy cy + fx cx))``: the transfer of a shift by minus
-        each kernel's centre of mass (cy, cx), px from its centre pixel (0 for an empty kernel)."""
-        k = self.k
-        idx = torch.arange(k, device=kern.device, dtype=kern.dtype) - k // 2
+    def _centre_phases(self, kern: Tensor) -> tuple[Tensor, Tensor]:
+        """(B,k,k) kernels -> the transfer of a shift by minus each kernel's centre of mass (cy, cx), px from its
+        centre pixel (0 for an empty kernel), as its two separable factors: ``exp(2 pi i fy cy)`` (B, hp, 1) and
+        ``exp(2 pi i fx cx)`` (B, 1, wp//2+1)."""
+        idx = torch.arange(self.k, device=kern.device, dtype=kern.dtype) - self.k // 2
         mass = kern.sum((-1, -2))
-        safe = torch.where(mass.abs() > 1e-12, mass, torch.ones_like(mass))
-        cy = torch.where(mass.abs() > 1e-12, (kern.sum(-1) @ idx) / safe, torch.zeros_like(mass))
-        cx = torch.where(mass.abs() > 1e-12, (kern.sum(-2) @ idx) / safe, torch.zeros_like(mass))
+        empty = mass.abs() <= 1e-12
+        mass = torch.where(empty, torch.ones_like(mass), mass)
+        cy = torch.where(empty, torch.zeros_like(mass), (kern.sum(-1) @ idx) / mass)
+        cx = torch.where(empty, torch.zeros_like(mass), (kern.sum(-2) @ idx) / mass)
         fy = torch.fft.fftfreq(self.hp, device=kern.device, dtype=kern.dtype)
         fx = torch.fft.rfftfreq(self.wp, device=kern.device, dtype=kern.dtype)
-        angle = 2 * math.pi * (fy[None, :, None] * cy[:, None, None] + fx[None, None, :] * cx[:, None, None])
-        return torch.polar(torch.ones_like(angle), angle)
+        ay, ax = 2 * math.pi * fy[None, :] * cy[:, None], 2 * math.pi * fx[None, :] * cx[:, None]
+        return torch.polar(torch.ones_like(ay), ay)[:, :, None], torch.polar(torch.ones_like(ax), ax)[:, None, :]
 
-    def _otf(self, kern: Tensor) -> Tensor:
+    def _otf(self, kern: Tensor, center: bool = False) -> Tensor:
         """(B,k,k) kernels -> their transfer functions on the padded grid, (B, hp, wp//2+1) complex: the kernel
         zero-padded to (hp, wp) with its centre moved to (0, 0), transformed. Only its k rows are non-zero, so the
-        width transform runs on those rows and the height transform on the whole grid (half a full FFT's work)."""
+        width transform runs on those rows and the height transform on the whole grid (half a full FFT's work).
+        ``center``: shifted by minus the kernel's centre of mass (``__call__``), the width factor applied to the k
+        rows, the height factor to the result."""
         k, hp, wp = self.k, self.hp, self.wp
         r = k // 2
         rows = torch.fft.rfft(F.pad(kern, (0, wp - k)).roll(-r, dims=-1), dim=-1)  # (B, k, wp//2+1)
+        if center:
+            phase_y, phase_x = self._centre_phases(kern)
+            rows = rows * phase_x
         # rows r.. go to the grid's top (rows 0..r), rows ..r-1 wrap to its bottom
         grid = rows.new_zeros((len(kern), hp, rows.shape[-1]))
         grid[:, : k - r] = rows[:, r:]
         grid[:, hp - r :] = rows[:, :r]
-        return torch.fft.fft(grid, dim=-2)
+        out = torch.fft.fft(grid, dim=-2)
+        return out * phase_y if center else out
 
 
 def deconvolve_uint8(image: np.ndarray, kernel: np.ndarray, balance: float = 2.0e-3) -> np.ndarray:
