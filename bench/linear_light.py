@@ -6,10 +6,12 @@ values. Each frame here (vtest frames every 40th, and the training set's scikit-
 by one smooth camera path (``deblur.data.blur_synth.camera_motion``, translation only, 8-25 px) both ways: averaged
 in linear light (``render(linear=True)``) and convolved in sRGB, plus noise (sigma 0.005). Reported per blur: the
 median shape error of the network's and the refined kernel against the path's kernel, and the mean Wiener PSNR
-gain over the blurred frame with each kernel and with the true one, deconvolving the sRGB values (today) or the
-linearised ones (gamma 2.2, re-encoded after).
+gain over the blurred frame with each kernel and with the true one (centred as the deblurrer deconvolves), refining
+and deconvolving the values decoded by each of ``--gammas`` (1 = the stored sRGB values, the default deblurrer's;
+2.2 = linear light; re-encoded after), with the refined kernel's paired difference against the first gamma.
 
     python bench/linear_light.py --frames 10
+    python bench/linear_light.py --frames 16 --gammas 1 1.5 1.8 2.2
 """
 
 from __future__ import annotations
@@ -32,16 +34,19 @@ from deblur.deconv import wiener_deconvolve  # noqa: E402
 from deblur.kernel_deblur import KernelDeblurrer, luma  # noqa: E402
 from deblur.kernel_refine import RefineConfig, refine_kernels, shape_error  # noqa: E402
 from deblur.metrics import psnr  # noqa: E402
-
-GAMMA = 2.2
+from stats import paired_interval  # noqa: E402  (bench/stats.py, beside this script)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--gammas", type=float, nargs="+", default=[1.0, 2.2],
+                   help="decoding gammas to refine and deconvolve in (the first is the reference)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if any(not 1.0 <= g <= 3.0 for g in args.gammas):
+        p.error(f"--gammas must lie in [1, 3] (deblur.kernel.gamma's range), got {args.gammas}")
     paths = sorted(glob.glob(str(ROOT / "data/eval/vtest/*.jpg")))[::40][:6] + sorted(
         glob.glob(str(ROOT / "data/train/skimage/*.png")))
     paths = paths[: args.frames]
@@ -63,23 +68,26 @@ def main(argv=None) -> int:
             base = psnr(b.astype(np.float32) / 255.0, sharp, data_range=1.0)
             x = torch.from_numpy(b.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
             network = deblurrer.estimate(x)
-            for domain in ("sRGB", "linear"):
-                work = x if domain == "sRGB" else x ** GAMMA
+            for gamma in args.gammas:
+                work = x ** gamma
                 refined, _ = refine_kernels(luma(work), network, RefineConfig())
                 gains = []
                 for k in (network, refined, true):
-                    out = wiener_deconvolve(work, k, balance=1e-2).clamp(0, 1)
-                    out = out if domain == "sRGB" else out ** (1 / GAMMA)
+                    out = (wiener_deconvolve(work, k, balance=1e-2, center=True).clamp(0, 1)) ** (1 / gamma)
                     gains.append(psnr(out[0].permute(1, 2, 0).numpy(), sharp, data_range=1.0) - base)
-                rows.setdefault((blur, domain), []).append(
+                rows.setdefault((blur, gamma), []).append(
                     [float(shape_error(network, true)[0]), float(shape_error(refined, true)[0]), *gains])
         print(f"{i + 1}/{len(paths)} {Path(path).name}", file=sys.stderr)
-    print("| blur | deconvolved in | shape error: network / refined | Wiener gain dB: network / refined / true kernel |")
-    print("|---|---|---|---|")
-    for (blur, domain), r in rows.items():
+    rng = np.random.default_rng(0)
+    print("| blur | gamma | shape error: network / refined | Wiener gain dB: network / refined / true kernel | "
+          f"refined, vs gamma {args.gammas[0]:g}, dB |")
+    print("|---|---|---|---|---|")
+    for (blur, gamma), r in rows.items():
         a = np.array(r)
-        print(f"| {blur} | {domain} | {np.median(a[:, 0]):.3f} / {np.median(a[:, 1]):.3f} | "
-              f"{a[:, 2].mean():+.2f} / {a[:, 3].mean():+.2f} / {a[:, 4].mean():+.2f} |")
+        d = a[:, 3] - np.array(rows[(blur, args.gammas[0])])[:, 3]
+        print(f"| {blur} | {gamma:g} | {np.median(a[:, 0]):.3f} / {np.median(a[:, 1]):.3f} | "
+              f"{a[:, 2].mean():+.2f} / {a[:, 3].mean():+.2f} / {a[:, 4].mean():+.2f} | "
+              f"{d.mean():+.2f} {paired_interval(d, rng)} |")
     return 0
 
 
