@@ -45,6 +45,8 @@ def main(argv=None) -> int:
                    help="decoding gammas to refine and deconvolve in (the first is the reference)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if len(set(args.gammas)) != len(args.gammas):
+        p.error(f"--gammas: each gamma once, got {args.gammas}")
     if any(not 1.0 <= g <= 3.0 for g in args.gammas):
         p.error(f"--gammas must lie in [1, 3] (deblur.kernel.gamma's range), got {args.gammas}")
     paths = sorted(glob.glob(str(ROOT / "data/eval/vtest/*.jpg")))[::40][:6] + sorted(
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
     if not paths:
         p.error("no frames: run `make data` first")
     deblurrer = KernelDeblurrer(device="cpu")
-    rows: dict[tuple[str, str], list] = {}
+    rows: dict[tuple[str, float], list] = {}
     for i, path in enumerate(paths):
         img = cv2.imread(path)[..., ::-1]
         s = 640 / max(img.shape[:2])

@@ -153,7 +153,7 @@ def main(argv=None) -> int:
                 base = psnr(x[0].permute(1, 2, 0).numpy(), img.astype(np.float32) / 255.0, data_range=1.0)
                 keys.append(f"{name}|{family}|{sev}")
                 with torch.inference_mode():
-                    out = wiener_deconvolve(x, truth.float(), balance=1e-2).clamp(0, 1)
+                    out = wiener_deconvolve(x, truth.float(), balance=1e-2, center=True).clamp(0, 1)
                 sharp = img.astype(np.float32) / 255.0
                 oracle.append(psnr(out[0].permute(1, 2, 0).numpy(), sharp, data_range=1.0) - base)
                 for s, rc in settings.items():

@@ -152,14 +152,15 @@ def deconvolve_tiles(blur: Tensor, kernels: Tensor, grid: TileGrid, balance: flo
     if whole:
         result = torch.zeros_like(blur)
         for i in range(b):
-            out = WienerPlan(blur[i : i + 1], k)(kernels[i].to(blur.dtype), balance)  # (n,C,H,W)
+            out = WienerPlan(blur[i : i + 1], k)(kernels[i].to(blur.dtype), balance, center=True)  # (n,C,H,W)
             weight = (wy[:, None, :, None] * wx[None, :, None, :]).reshape(n, 1, h, w).to(blur.dtype)
             result[i] = (weight * out).sum(0)
         return result
     if k > min(lh, lw):
         raise ValueError(f"deconvolve_tiles: a {k}-tap kernel is larger than the {lh}x{lw} tile windows")
     windows = torch.stack([blur[..., y : y + lh, x : x + lw] for y in ys for x in xs], 1)  # (B,n,C,lh,lw)
-    out = wiener_deconvolve(windows.flatten(0, 1), kernels.reshape(b * n, k, k).to(blur.dtype), balance=balance)
+    out = wiener_deconvolve(windows.flatten(0, 1), kernels.reshape(b * n, k, k).to(blur.dtype), balance=balance,
+                            center=True)
     out = out.view(b, n, c, lh, lw)
     result = torch.zeros_like(blur)
     for i, (y, x) in enumerate((y, x) for y in ys for x in xs):
@@ -298,7 +299,7 @@ def run_case(deblurrer: KernelDeblurrer, img: np.ndarray, motion: CameraMotion, 
            "extent_corners": max(extent(motion, cx, cy) for cx, cy in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1))),
            "angle": float(np.ptp(motion.angles))}
     with torch.inference_mode():
-        out = wiener_deconvolve(grey, true[0], balance=BALANCE)
+        out = wiener_deconvolve(grey, true[0], balance=BALANCE, center=True)
         row["psnr"]["oracle_global"] = region_psnr(_luma_deconv(x, grey, out), sharp, masks)
         out = deconvolve_tiles(grey, true[1:], grid, BALANCE, whole=args.whole)
         row["psnr"]["oracle_tiles"] = region_psnr(_luma_deconv(x, grey, out), sharp, masks)
@@ -316,7 +317,7 @@ def run_case(deblurrer: KernelDeblurrer, img: np.ndarray, motion: CameraMotion, 
         t1 = time.perf_counter()
         kernel, _ = refine_kernels(grey, start, deblurrer.cfg.refine)
         t2 = time.perf_counter()
-        out = wiener_deconvolve(grey, kernel, balance=BALANCE)
+        out = wiener_deconvolve(grey, kernel, balance=BALANCE, center=True)
         t3 = time.perf_counter()
         row["psnr"]["est_global"] = region_psnr(_luma_deconv(x, grey, out), sharp, masks)
         tiles, info = refine_tiles(grey, kernel, grid, args.window, tile_cfg, args.flat, args.disagree)

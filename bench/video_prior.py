@@ -204,7 +204,7 @@ def restore(x: torch.Tensor, k: torch.Tensor | None) -> torch.Tensor:
     if k is None:
         return x
     grey = luma(x)
-    return (x + (wiener_deconvolve(grey, k, balance=BALANCE) - grey)).clamp(0, 1)
+    return (x + (wiener_deconvolve(grey, k, balance=BALANCE, center=True) - grey)).clamp(0, 1)
 
 
 def run_clip(clip, deblurrer: KernelDeblurrer, exposure: float, timer: dict[str, list[float]]):

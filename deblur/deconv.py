@@ -236,8 +236,9 @@ class WienerPlan:
         centre of mass's offset from the centre pixel (``exp(2 pi i f . c)``), so x keeps the blurred image's
         position to a fraction of a pixel. A blurred image's features sit at the mean of their positions during the
         exposure; a kernel centred to whole pixels (``deblur.kernel_refine.center_kernels``) leaves up to half a
-        pixel, which costs PSNR against the sharp image: on the held-out photos, +0.47 dB [+0.33, +0.60] with
-        refined kernels (docs/results/2026-12-07_subpixel_centre.md)."""
+        pixel, which costs PSNR against the sharp image: held-out PSNR over blurred +3.06 against +2.46 dB with
+        the deblurrer (``python -m deblur.evaluate --options center=false``;
+        docs/results/2026-12-07_subpixel_centre.md)."""
         k, p, h, w, hp, wp, dtype = self.k, self.p, self.h, self.w, self.hp, self.wp, self.dtype
         device = self.y.device
         with torch.autocast(device.type, enabled=False):
@@ -267,14 +268,15 @@ class WienerPlan:
 
     def _centre_phases(self, kern: Tensor) -> tuple[Tensor, Tensor]:
         """(B,k,k) kernels -> the transfer of a shift by minus each kernel's centre of mass (cy, cx), px from its
-        centre pixel (0 for an empty kernel), as its two separable factors: ``exp(2 pi i fy cy)`` (B, hp, 1) and
+        centre pixel (0 for an all-zero kernel, at most the kernel's radius), as its two separable factors: ``exp(2 pi i fy cy)`` (B, hp, 1) and
         ``exp(2 pi i fx cx)`` (B, 1, wp//2+1)."""
         idx = torch.arange(self.k, device=kern.device, dtype=kern.dtype) - self.k // 2
         mass = kern.sum((-1, -2))
         empty = mass.abs() <= 1e-12
         mass = torch.where(empty, torch.ones_like(mass), mass)
-        cy = torch.where(empty, torch.zeros_like(mass), (kern.sum(-1) @ idx) / mass)
-        cx = torch.where(empty, torch.zeros_like(mass), (kern.sum(-2) @ idx) / mass)
+        r = float(self.k // 2)  # (a kernel with negative taps summing to almost 0 would put it far outside)
+        cy = torch.where(empty, torch.zeros_like(mass), (kern.sum(-1) @ idx) / mass).clamp(-r, r)
+        cx = torch.where(empty, torch.zeros_like(mass), (kern.sum(-2) @ idx) / mass).clamp(-r, r)
         fy = torch.fft.fftfreq(self.hp, device=kern.device, dtype=kern.dtype)
         fx = torch.fft.rfftfreq(self.wp, device=kern.device, dtype=kern.dtype)
         ay, ax = 2 * math.pi * fy[None, :] * cy[:, None], 2 * math.pi * fx[None, :] * cx[:, None]

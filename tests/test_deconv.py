@@ -197,10 +197,12 @@ def test_balance_stays_differentiable_after_an_inference_call_on_the_same_grid()
     assert balance.grad is not None and torch.isfinite(balance.grad).all() and balance.grad.abs().item() > 0
 
 
-def _shifted(kernel: np.ndarray, dx: float) -> torch.Tensor:
-    """The kernel moved right by ``dx`` px (0 < dx < 1, linear interpolation), so its centre of mass is off by dx."""
+def _shifted(kernel: np.ndarray, dx: float, dy: float = 0.0) -> torch.Tensor:
+    """The kernel moved by ``dx`` px right and ``dy`` px down (|dx|, |dy| < 1, bilinear), so its centre of mass is
+    off by (dx, dy)."""
     k = torch.from_numpy(kernel).float()
-    return (1 - dx) * k + dx * torch.roll(k, 1, -1)
+    kx = (1 - abs(dx)) * k + abs(dx) * torch.roll(k, 1 if dx > 0 else -1, -1)
+    return (1 - abs(dy)) * kx + abs(dy) * torch.roll(kx, 1 if dy > 0 else -1, -2)
 
 
 def test_center_keeps_the_blurred_images_position():
@@ -217,3 +219,19 @@ def test_center_keeps_the_blurred_images_position():
     true_k = torch.from_numpy(KERNELS["linear9"])
     same = wiener_deconvolve(blur, true_k, balance=1e-3, center=True)
     assert torch.allclose(same, wiener_deconvolve(blur, true_k, balance=1e-3), atol=1e-5)
+
+
+def test_center_moves_each_kernel_of_a_batch_by_its_own_offset_on_both_axes():
+    # Two images, two kernels off centre in different directions (down-right and up-left): centred, each comes out as
+    # the true kernel's deconvolution, as it does alone; not centred, each is moved by its own offset.
+    kernel = np.pad(KERNELS["imagenet_c3"], 1)
+    blur = _t(apply_kernel(SHARP, KERNELS["imagenet_c3"])).expand(2, -1, -1, -1)
+    off = torch.stack([_shifted(kernel, 0.4, 0.3), _shifted(kernel, -0.3, -0.4)])
+    truth = wiener_deconvolve(blur[:1], torch.from_numpy(kernel), balance=1e-3)
+    centred = wiener_deconvolve(blur, off, balance=1e-3, center=True)
+    plain = wiener_deconvolve(blur, off, balance=1e-3)
+    for i in range(2):
+        assert float(psnr(centred[i : i + 1].clamp(0, 1), truth.clamp(0, 1), 1.0)) > 35.0
+        assert float(psnr(plain[i : i + 1].clamp(0, 1), truth.clamp(0, 1), 1.0)) < 32.0
+        alone = wiener_deconvolve(blur[i : i + 1], off[i], balance=1e-3, center=True)
+        assert torch.allclose(centred[i : i + 1], alone, atol=1e-5)

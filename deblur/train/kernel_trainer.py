@@ -282,6 +282,6 @@ def evaluate_kernels(model, batch: dict, balance: float, device: torch.device) -
         "psnr_blur": float(psnr(blur[inner], sharp[inner], data_range=1.0)[blurred].mean()),
     }
     for name, kernel in (("pred", pred), ("true", true)):
-        restored = wiener_deconvolve(blur, kernel, balance=balance).clamp(0, 1)
+        restored = wiener_deconvolve(blur, kernel, balance=balance, center=True).clamp(0, 1)  # as the deblurrer
         out[f"psnr_{name}"] = float(psnr(restored[inner], sharp[inner], data_range=1.0)[blurred].mean())
     return out
