@@ -138,9 +138,9 @@ def deconvolve_tiles(blur: Tensor, kernels: Tensor, grid: TileGrid, balance: flo
                      whole: bool = False) -> Tensor:
     """Deconvolve ``blur`` ((B,C,H,W) float [0,1]) with a kernel per tile (``kernels`` (B, rows*cols, k, k) or
     (rows*cols, k, k), row-major) and blend -> (B,C,H,W), not clamped. Every tile: ``wiener_deconvolve`` with its
-    defaults (reflect padding, edge taper) on its window, all tiles in one batch; ``whole``: on the whole frame
-    (the frame's spectrum computed once; no window borders, so equal kernels give exactly ``wiener_deconvolve``,
-    at about twice the FFT work of 3 x 4 windows)."""
+    defaults (reflect padding, edge taper) and ``center=True`` (as the deblurrer) on its window, all tiles in one
+    batch; ``whole``: on the whole frame (the frame's spectrum computed once; no window borders, so equal kernels give
+    exactly ``wiener_deconvolve(..., center=True)``, at about twice the FFT work of 3 x 4 windows)."""
     b, c, h, w = blur.shape
     n = grid.rows * grid.cols
     if kernels.ndim == 3:

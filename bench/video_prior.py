@@ -16,8 +16,8 @@ Clips (the evaluation's vtest frames: a static surveillance camera, people walki
   ``trajectory_kernel``): the inter-frame motion predicts the wrong blur.
 - ``shake_still``: the same shake on a camera that does not drift: the motion says "no blur" while there is.
 
-Kernels compared (then the product's default deconvolution: Wiener on the luma, balance 1e-2, and its blur gate: a
-kernel shorter than 3 px passes the frame through; the gate asks the network's kernel, except the ``c_`` rows and
+Kernels compared (then the product's default deconvolution: Wiener on the luma, balance 1e-2, centred, and its blur
+gate: a kernel shorter than 3 px passes the frame through; the gate asks the network's kernel, except the ``c_`` rows and
 ``truth``, which ask their own):
 
 - ``a_net``: ``KernelDeblurrer.estimate`` (the network);
@@ -200,7 +200,7 @@ def wiener_residual(tile: torch.Tensor, k: torch.Tensor) -> float:
 
 
 def restore(x: torch.Tensor, k: torch.Tensor | None) -> torch.Tensor:
-    """The product's deconvolution (luma channel, balance 1e-2); None = passed through."""
+    """The product's deconvolution (luma channel, balance 1e-2, the kernel centred); None = passed through."""
     if k is None:
         return x
     grey = luma(x)

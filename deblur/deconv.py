@@ -268,8 +268,8 @@ class WienerPlan:
 
     def _centre_phases(self, kern: Tensor) -> tuple[Tensor, Tensor]:
         """(B,k,k) kernels -> the transfer of a shift by minus each kernel's centre of mass (cy, cx), px from its
-        centre pixel (0 for an all-zero kernel, at most the kernel's radius), as its two separable factors: ``exp(2 pi i fy cy)`` (B, hp, 1) and
-        ``exp(2 pi i fx cx)`` (B, 1, wp//2+1)."""
+        centre pixel (0 for a kernel summing to 0; clamped to the kernel's radius), as its two separable factors:
+        ``exp(2 pi i fy cy)`` (B, hp, 1) and ``exp(2 pi i fx cx)`` (B, 1, wp//2+1)."""
         idx = torch.arange(self.k, device=kern.device, dtype=kern.dtype) - self.k // 2
         mass = kern.sum((-1, -2))
         empty = mass.abs() <= 1e-12
