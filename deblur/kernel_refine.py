@@ -6,7 +6,8 @@ as a blob. This refinement is not bound to any family: starting from the network
 1. a latent sharp image: Wiener deconvolution of the blurred tile with the current kernel;
 2. its edges restored: a shock filter (Osher & Rudin) on the slightly smoothed latent;
 3. the strongest ``keep`` fraction of the latent's gradients, taken evenly from ``orient_bins`` orientations
-   (the rest set to zero: flat regions and noise say nothing about the kernel);
+   (the rest set to zero: flat regions and noise say nothing about the kernel; ``rmap`` optionally ranks them by
+   how much the blurred frame shows a lone edge there, Xu & Jia's r-map);
 4. the kernel that best maps those gradients to the blurred tile's gradients, in closed form with FFTs:
    ``K = argmin sum_d || d(x) * K - d(y) ||^2 + beta ||K||^2``;
 5. kept non-negative, small weights dropped, only what is connected to the peak kept, renormalised and
@@ -45,7 +46,7 @@ from deblur.archs.kernel_arch import kernel_moments
 from deblur.deconv import WienerPlan, wiener_deconvolve
 
 __all__ = ["VIDEO_REFINE", "RefineConfig", "center_kernels", "odd_side", "overshoot", "refine_kernels", "refined_size",
-           "refined_tile",
+           "refined_tile", "rmap",
            "resize_kernels", "scaled_start", "shape_error"]
 
 
@@ -99,6 +100,14 @@ class RefineConfig:
     # less): the first (the network's kernel as it is) is right on most frames, and a small difference is noise. With
     # 1, shake gained more (mAP@0.5 +0.113 at shake 3) but ImageNet-C 3 / 4 lost 0.16 / 0.19 dB, paired
     pick_ratio: float = 0.7
+    # Xu & Jia's (2010) r-map: the latent's gradients are ranked by their strength times r^rmap_power, where r =
+    # |sum of the blurred frame's gradient vectors| / (sum of their magnitudes + 0.5) over an rmap x rmap window: near 1
+    # at a lone edge, near 0 in fine texture, whose structures are smaller than the blur (an odd side; 0 = off). Not
+    # the default: rmap=3 gained +1.41 dB on 20 training photos but tied on the 10 held-out ones, lost 0.25 dB on
+    # python -m deblur.evaluate and lost mAP@0.5:0.95 and PSNR at shake 4 on the 167 evaluation images
+    # (docs/results/2026-12-07_refinement_bias.md)
+    rmap: int = 0
+    rmap_power: float = 2.0
 
     def __post_init__(self):
         check_range("refine.iters", self.iters, 0, 50)
@@ -116,6 +125,9 @@ class RefineConfig:
         check_range("refine.budget_ms", self.budget_ms, 0.0)
         check_range("refine.pick_balance", self.pick_balance, 1.0e-6)
         check_range("refine.pick_ratio", self.pick_ratio, 0.01, 1.0)
+        check_range("refine.rmap_power", self.rmap_power, 0.0, 8.0)
+        if self.rmap and (self.rmap < 3 or self.rmap % 2 == 0 or self.rmap > 31):
+            raise ValueError(f"'refine.rmap' must be 0 (off) or an odd window side from 3 to 31, got {self.rmap}")
         if not self.starts or any(not 0.0 <= f <= 4.0 for f in self.starts):
             raise ValueError(f"'refine.starts' must list scale factors of the starting kernel in (0, 4], or 0 for an "
                              f"isotropic Gaussian, e.g. [1, 0.5, 2, 0]; got {list(self.starts)}")
@@ -269,6 +281,17 @@ def _solve(lx: Tensor, ly: Tensor, fbx: Tensor, fby: Tensor, size: int, beta: fl
     return full[:, :size, :size]
 
 
+def rmap(bx: Tensor, by: Tensor, side: int, eps: float = 0.5) -> Tensor:
+    """Xu & Jia's r-map of gradients ``bx``, ``by`` ((B,1,H,W)): |sum of the gradient vectors| / (sum of their
+    magnitudes + ``eps``) over a ``side`` x ``side`` window (the frame's border replicated), in [0, 1): near 1 at a
+    lone straight edge, near 0 in fine texture whose gradients cancel."""
+    p = side // 2
+    sums = F.avg_pool2d(F.pad(torch.cat([bx, by, torch.sqrt(bx * bx + by * by)], 1), (p, p, p, p), mode="replicate"),
+                        side, stride=1) * (side * side)
+    sx, sy, mag = sums.unbind(1)
+    return (torch.sqrt(sx * sx + sy * sy) / (mag + eps))[:, None]
+
+
 def _clean(kernels: Tensor, threshold: float, support: Tensor | None = None) -> Tensor:
     """Non-negative; weights below ``threshold`` x the peak dropped; only what is connected to the peak kept
     (isolated specks are noise of the solve); outside ``support`` ((B,k,k) bool) zeroed; sums to 1."""
@@ -350,7 +373,7 @@ def refine_kernels(blur: Tensor, kernels: Tensor, cfg: RefineConfig | None = Non
         return _refine(tile, start, cfg)[:2]
     b, c = len(start), len(cfg.starts)
     starts = torch.stack([scaled_start(start, f) for f in cfg.starts], 1).flatten(0, 1)  # (B*C,s,s), frame-major
-    refined, ok, ran = _refine(tile.repeat_interleave(c, 0), starts, cfg)
+    refined, ok, ran = _refine(tile.repeat_interleave(c, 0), starts, cfg, copies=c)
     if not ran:  # the frame is too small for any level: no start was refined, and the first is the network's kernel
         return start, torch.ones(b, dtype=torch.bool, device=start.device)
     refined, ok = refined.view(b, c, size, size), ok.view(b, c)
@@ -400,10 +423,10 @@ def overshoot(blur: Tensor, kernels: Tensor, balance: float, plan: WienerPlan | 
     return out / (hi - lo).flatten().clamp_min(1e-3)
 
 
-def _refine(tile: Tensor, start: Tensor, cfg: RefineConfig) -> tuple[Tensor, Tensor, bool]:
-    """The coarse-to-fine refinement of ``start`` ((B,s,s), already at the refined size) on ``tile`` ((B,1,h,w))
-    -> (kernels, ok, whether any pyramid level ran: False on a tile too small for the kernel, which is then returned
-    as it came)."""
+def _refine(tile: Tensor, start: Tensor, cfg: RefineConfig, copies: int = 1) -> tuple[Tensor, Tensor, bool]:
+    """The coarse-to-fine refinement of ``start`` ((B,s,s), already at the refined size) on ``tile`` ((B,1,h,w); each
+    frame's tile ``copies`` times in a row, one per start) -> (kernels, ok, whether any pyramid level ran: False on a
+    tile too small for the kernel, which is then returned as it came)."""
     size = start.shape[-1]
     current = None
     for level in range(cfg.levels - 1, -1, -1):
@@ -421,6 +444,8 @@ def _refine(tile: Tensor, start: Tensor, cfg: RefineConfig) -> tuple[Tensor, Ten
         support = None if coarsest else _support(current, cfg.grow)
         win = _window(h, w, side // 2 + 2, yl.device)
         bx, by = _gradients(yl)
+        if cfg.rmap:  # the same for every start of a frame: computed once per frame
+            useful = rmap(bx[::copies], by[::copies], cfg.rmap).pow_(cfg.rmap_power).repeat_interleave(copies, 0)
         fbx, fby = torch.fft.rfft2(bx * win), torch.fft.rfft2(by * win)
         plan = WienerPlan(yl, side, pad=side // 2)  # the tile's padding and spectrum, once per level
         for _ in range(cfg.iters if level or cfg.fine_iters < 0 else cfg.fine_iters):
@@ -428,6 +453,8 @@ def _refine(tile: Tensor, start: Tensor, cfg: RefineConfig) -> tuple[Tensor, Ten
             sharp = _shock(latent, cfg.shock_steps)
             lx, ly = _gradients(sharp)
             mag = (lx * lx + ly * ly) * win
+            if cfg.rmap:
+                mag = mag * useful
             mask = _strongest(lx, ly, mag, cfg.keep, cfg.orient_bins)
             solved = _clean(_solve(lx * mask * win, ly * mask * win, fbx, fby, side, cfg.beta), cfg.threshold,
                             support)

@@ -80,7 +80,10 @@ def test_cli_end_to_end_identity_generator(photos, identity_weights, tmp_path, c
     assert "recovery_map50" in res["deblurred"] and "recovery_map50_ci" in res["deblurred"]
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert len(rows) == 5 and rows[0]["condition"] == "sharp"
-    assert "| 2 | deblurred |" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "| 2 | deblurred |" in md
+    person = res["deblurred"]["per_class"]["person"]  # per class: AP at IoU 0.5 and over 0.5:0.95
+    assert f"| 2 | deblurred | {person['ap50']:.3f} / {person['ap50_95']:.3f} |" in md
 
     # runs compare side by side only when they share data, blur and detector
     from evaluation.compare import compare_table

@@ -47,8 +47,8 @@ def test_resize_and_center_keep_mass_and_move_the_centre():
     assert float(half.sum()) == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("kernel", ["line", "shake"])
-def test_refinement_turns_a_blob_into_the_true_shape(kernel):
+@pytest.mark.parametrize("kernel,rmap", [("line", 0), ("shake", 0), ("shake", 3)])
+def test_refinement_turns_a_blob_into_the_true_shape(kernel, rmap):
     """Started from a blob (what the network paints for shake), the refined kernel is far closer to the truth."""
     img = skdata.astronaut()[::2, ::2]  # 256 x 256 real photo
     true = linear_kernel(17, 35.0) if kernel == "line" else shake_kernel(3, 11)
@@ -56,7 +56,7 @@ def test_refinement_turns_a_blob_into_the_true_shape(kernel):
     truth = resize_kernels(torch.from_numpy(true)[None], 41)
     start = _blob()
     refined, ok = refine_kernels(_grey(blurred), start, RefineConfig(iters=10, levels=3, shock_steps=1, beta=0.03,
-                                                                    balance=2.0e-3, starts=(1.0,)))
+                                                                    balance=2.0e-3, starts=(1.0,), rmap=rmap))
     before, after = float(shape_error(start, truth)), float(shape_error(refined, truth))
     assert bool(ok[0])
     assert after < 0.6 * before, (before, after)
@@ -454,3 +454,19 @@ def test_the_most_textured_tile_is_the_one_holding_the_detail(hw, tile):
     assert got.shape == (2, 1, th, tile)
     for i, (y0, x0) in enumerate(spots):
         assert torch.equal(got[i], grey[i, :, y0 : y0 + th, x0 : x0 + tile]), i
+
+
+def test_the_rmap_keeps_lone_edges_and_discounts_fine_texture():
+    """Xu & Jia's r-map: a lone edge's gradients all point one way (r near 1); fine texture's cancel (r near 0)."""
+    from deblur.kernel_refine import _gradients, rmap
+
+    frame = torch.full((1, 1, 64, 128), 0.2)
+    frame[..., 16:48, 80:112] = 0.8  # a lone bright square on the right
+    frame[..., 8:56, 8:56] = 0.2 + 0.6 * ((torch.arange(48)[:, None] + torch.arange(48)[None]) % 2)  # 1-px checks
+    r = rmap(*_gradients(frame), 5)
+    assert r.shape == frame.shape
+    assert float(r[0, 0, 32, 79]) > 0.7 and float(r[0, 0, 15, 96]) > 0.7  # the square's left and top edges
+    assert float(r[0, 0, 20:44, 20:44].max()) < 0.1  # inside the checks
+    assert float(r.min()) >= 0.0 and float(r.max()) < 1.0
+    with pytest.raises(ValueError, match="refine.rmap"):
+        RefineConfig(rmap=4)
