@@ -73,6 +73,11 @@ class RefineConfig:
     balance: float = 2.0e-3  # Wiener balance of the latent image
     threshold: float = 0.1  # kernel weights below this fraction of the largest are dropped
     shock_steps: int = 1  # shock-filter steps per iteration
+    # the shock filter's step size. From the true kernel, 10 full-resolution iterations drift less with 0.25 (shape
+    # error 0.075 against 0.108), and 20 training photos gained +1.06 dB from the network's kernel; but 10 held-out
+    # photos tied (-0.17 dB [-0.42, +0.09]) and all 167 evaluation images lost 0.29-0.53 dB at shake 2-4
+    # (docs/results/2026-12-07_refinement_bias.md)
+    shock_dt: float = 0.5
     orient_bins: int = 4  # the strongest gradients are taken evenly from this many orientation bins (1 = any)
     # video: a full (coarse-to-fine) refinement every `every` frames; the frames between start from the last
     # refined kernel and run `warm_iters` iterations at full resolution only (camera shake changes over tens of
@@ -118,6 +123,7 @@ class RefineConfig:
         check_range("refine.balance", self.balance, 1.0e-6)
         check_range("refine.threshold", self.threshold, 0.0, 0.5)
         check_range("refine.shock_steps", self.shock_steps, 0, 10)
+        check_range("refine.shock_dt", self.shock_dt, 0.0, 1.0)
         check_range("refine.grow", self.grow, 0, 64)
         check_range("refine.every", self.every, 1, 1000)
         check_range("refine.warm_iters", self.warm_iters, 0, 50)
@@ -450,7 +456,7 @@ def _refine(tile: Tensor, start: Tensor, cfg: RefineConfig, copies: int = 1) -> 
         plan = WienerPlan(yl, side, pad=side // 2)  # the tile's padding and spectrum, once per level
         for _ in range(cfg.iters if level or cfg.fine_iters < 0 else cfg.fine_iters):
             latent = plan(current, cfg.balance).clamp(0.0, 1.0)
-            sharp = _shock(latent, cfg.shock_steps)
+            sharp = _shock(latent, cfg.shock_steps, cfg.shock_dt)
             lx, ly = _gradients(sharp)
             mag = (lx * lx + ly * ly) * win
             if cfg.rmap:

@@ -145,6 +145,8 @@ def test_zero_iterations_is_the_start_and_bad_options_are_refused():
     assert torch.allclose(refined, start, atol=1e-6) and bool(ok[0])
     with pytest.raises(ValueError, match="refine.size"):
         RefineConfig(size=40)
+    with pytest.raises(ValueError, match="refine.shock_dt"):
+        RefineConfig(shock_dt=1.5)
     with pytest.raises(ValueError, match="refine_kernels expects"):
         refine_kernels(torch.rand(1, 3, 64, 64), start)
 
