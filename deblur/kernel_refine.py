@@ -75,8 +75,8 @@ class RefineConfig:
     shock_steps: int = 1  # shock-filter steps per iteration
     # the shock filter's step size. From the true kernel, 10 full-resolution iterations drift less with 0.25 (shape
     # error 0.075 against 0.108), and 20 training photos gained +1.06 dB from the network's kernel; but 10 held-out
-    # photos tied (-0.17 dB [-0.42, +0.09]) and all 167 evaluation images lost 0.29-0.53 dB at shake 2-4
-    # (docs/results/2026-12-07_refinement_bias.md)
+    # photos tied (-0.17 dB [-0.42, +0.09]) and all 167 evaluation images lost 0.29-0.53 dB at shake 2-4, detection
+    # mixed (docs/results/2026-12-07_refinement_bias.md). 0 = no shock step (as shock_steps=0)
     shock_dt: float = 0.5
     orient_bins: int = 4  # the strongest gradients are taken evenly from this many orientation bins (1 = any)
     # video: a full (coarse-to-fine) refinement every `every` frames; the frames between start from the last
@@ -108,7 +108,8 @@ class RefineConfig:
     # Xu & Jia's (2010) r-map: the latent's gradients are ranked by their strength times r^rmap_power, where r =
     # |sum of the blurred frame's gradient vectors| / (sum of their magnitudes + 0.5) over an rmap x rmap window: near 1
     # at a lone edge, near 0 in fine texture, whose structures are smaller than the blur (an odd side; 0 = off). Not
-    # the default: rmap=3 gained +1.41 dB on 20 training photos but tied on the 10 held-out ones, lost 0.25 dB on
+    # the default: rmap=3 gained +0.86 dB on 20 training photos (+1.41 dB at 720 px without noise) but tied on the 10
+    # held-out ones, lost 0.25 dB on
     # python -m deblur.evaluate and lost mAP@0.5:0.95 and PSNR at shake 4 on the 167 evaluation images
     # (docs/results/2026-12-07_refinement_bias.md)
     rmap: int = 0
@@ -289,8 +290,9 @@ def _solve(lx: Tensor, ly: Tensor, fbx: Tensor, fby: Tensor, size: int, beta: fl
 
 def rmap(bx: Tensor, by: Tensor, side: int, eps: float = 0.5) -> Tensor:
     """Xu & Jia's r-map of gradients ``bx``, ``by`` ((B,1,H,W)): |sum of the gradient vectors| / (sum of their
-    magnitudes + ``eps``) over a ``side`` x ``side`` window (the frame's border replicated), in [0, 1): near 1 at a
-    lone straight edge, near 0 in fine texture whose gradients cancel."""
+    magnitudes + ``eps``) over a ``side`` x ``side`` window (the frame's border replicated), in [0, 1): near 0 in fine
+    texture whose gradients cancel, and towards 1 at a lone straight edge as strong as ``eps`` or more (values in
+    [0, 1]: a weak or very blurred edge scores lower too, e.g. 0.25 for a 0.2 step blurred over 11 px, 3 x 3)."""
     p = side // 2
     sums = F.avg_pool2d(F.pad(torch.cat([bx, by, torch.sqrt(bx * bx + by * by)], 1), (p, p, p, p), mode="replicate"),
                         side, stride=1) * (side * side)
@@ -450,6 +452,7 @@ def _refine(tile: Tensor, start: Tensor, cfg: RefineConfig, copies: int = 1) -> 
         support = None if coarsest else _support(current, cfg.grow)
         win = _window(h, w, side // 2 + 2, yl.device)
         bx, by = _gradients(yl)
+        useful = None
         if cfg.rmap:  # the same for every start of a frame: computed once per frame
             useful = rmap(bx[::copies], by[::copies], cfg.rmap).pow_(cfg.rmap_power).repeat_interleave(copies, 0)
         fbx, fby = torch.fft.rfft2(bx * win), torch.fft.rfft2(by * win)
@@ -459,7 +462,7 @@ def _refine(tile: Tensor, start: Tensor, cfg: RefineConfig, copies: int = 1) -> 
             sharp = _shock(latent, cfg.shock_steps, cfg.shock_dt)
             lx, ly = _gradients(sharp)
             mag = (lx * lx + ly * ly) * win
-            if cfg.rmap:
+            if useful is not None:
                 mag = mag * useful
             mask = _strongest(lx, ly, mag, cfg.keep, cfg.orient_bins)
             solved = _clean(_solve(lx * mask * win, ly * mask * win, fbx, fby, side, cfg.beta), cfg.threshold,

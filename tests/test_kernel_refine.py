@@ -472,3 +472,30 @@ def test_the_rmap_keeps_lone_edges_and_discounts_fine_texture():
     assert float(r.min()) >= 0.0 and float(r.max()) < 1.0
     with pytest.raises(ValueError, match="refine.rmap"):
         RefineConfig(rmap=4)
+
+
+def test_the_rmap_with_several_starts_refines_each_frame_against_its_own_map():
+    """Each frame's r-map is computed once and shared by its starts: two frames refined together from four starts
+    give what each gives alone."""
+    frames = [skdata.astronaut()[::4, ::4], skdata.chelsea()[::2, ::2][:128, :128]]
+    kernels = [shake_kernel(3, 11), linear_kernel(9, 60.0)]
+    greys = torch.cat([_grey(apply_kernel(f[:128, :128], k)) for f, k in zip(frames, kernels)])
+    cfg = RefineConfig(iters=3, levels=2, rmap=3, starts=(1.0, 0.5, 2.0, 0.0))
+    start = _blob(21, 2.0).expand(2, -1, -1)
+    both, _ = refine_kernels(greys, start, cfg)
+    for i in range(2):
+        alone, _ = refine_kernels(greys[i : i + 1], start[i : i + 1], cfg)
+        assert torch.allclose(both[i], alone[0], atol=1e-5), i
+    plain, _ = refine_kernels(greys, start, dataclasses.replace(cfg, rmap=0))
+    assert not torch.allclose(both, plain, atol=1e-4)  # the map changed which gradients were kept
+
+
+def test_the_shock_step_size_reaches_the_refinement():
+    """shock_dt=0 leaves the smoothed latent as shock_steps=0 does; another step size gives another kernel."""
+    grey = _grey(apply_kernel(skdata.astronaut()[::4, ::4], shake_kernel(3, 11)))
+    cfg = RefineConfig(iters=3, levels=2, starts=(1.0,))
+    no_step, _ = refine_kernels(grey, _blob(21, 2.0), dataclasses.replace(cfg, shock_steps=0))
+    zero_dt, _ = refine_kernels(grey, _blob(21, 2.0), dataclasses.replace(cfg, shock_dt=0.0))
+    half, _ = refine_kernels(grey, _blob(21, 2.0), cfg)
+    assert torch.equal(no_step, zero_dt)
+    assert not torch.allclose(half, zero_dt, atol=1e-4)
