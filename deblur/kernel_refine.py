@@ -109,9 +109,8 @@ class RefineConfig:
     # |sum of the blurred frame's gradient vectors| / (sum of their magnitudes + 0.5) over an rmap x rmap window: near 1
     # at a lone edge, near 0 in fine texture, whose structures are smaller than the blur (an odd side; 0 = off). Not
     # the default: rmap=3 gained +0.86 dB on 20 training photos (+1.41 dB at 720 px without noise) but tied on the 10
-    # held-out ones, lost 0.25 dB on
-    # python -m deblur.evaluate and lost mAP@0.5:0.95 and PSNR at shake 4 on the 167 evaluation images
-    # (docs/results/2026-12-07_refinement_bias.md)
+    # held-out ones, lost 0.25 dB on python -m deblur.evaluate and lost mAP@0.5:0.95 and PSNR at shake 4 on the 167
+    # evaluation images (docs/results/2026-12-07_refinement_bias.md)
     rmap: int = 0
     rmap_power: float = 2.0
 

@@ -9,8 +9,8 @@ from skimage import data as skdata
 from deblur.data.blur_synth import apply_kernel, linear_kernel, shake_kernel
 from deblur.archs.kernel_arch import kernel_moments
 from deblur.kernel_deblur import luma
-from deblur.kernel_refine import (RefineConfig, center_kernels, overshoot, refine_kernels, resize_kernels, scaled_start,
-                                  shape_error)
+from deblur.kernel_refine import (RefineConfig, _gradients, center_kernels, overshoot, refine_kernels, resize_kernels,
+                                  rmap, scaled_start, shape_error)
 
 
 def _grey(img_rgb: np.ndarray) -> torch.Tensor:
@@ -47,8 +47,8 @@ def test_resize_and_center_keep_mass_and_move_the_centre():
     assert float(half.sum()) == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("kernel,rmap", [("line", 0), ("shake", 0), ("shake", 3)])
-def test_refinement_turns_a_blob_into_the_true_shape(kernel, rmap):
+@pytest.mark.parametrize("kernel,rmap_side", [("line", 0), ("shake", 0), ("shake", 3)])
+def test_refinement_turns_a_blob_into_the_true_shape(kernel, rmap_side):
     """Started from a blob (what the network paints for shake), the refined kernel is far closer to the truth."""
     img = skdata.astronaut()[::2, ::2]  # 256 x 256 real photo
     true = linear_kernel(17, 35.0) if kernel == "line" else shake_kernel(3, 11)
@@ -56,7 +56,7 @@ def test_refinement_turns_a_blob_into_the_true_shape(kernel, rmap):
     truth = resize_kernels(torch.from_numpy(true)[None], 41)
     start = _blob()
     refined, ok = refine_kernels(_grey(blurred), start, RefineConfig(iters=10, levels=3, shock_steps=1, beta=0.03,
-                                                                    balance=2.0e-3, starts=(1.0,), rmap=rmap))
+                                                                    balance=2.0e-3, starts=(1.0,), rmap=rmap_side))
     before, after = float(shape_error(start, truth)), float(shape_error(refined, truth))
     assert bool(ok[0])
     assert after < 0.6 * before, (before, after)
@@ -460,8 +460,6 @@ def test_the_most_textured_tile_is_the_one_holding_the_detail(hw, tile):
 
 def test_the_rmap_keeps_lone_edges_and_discounts_fine_texture():
     """Xu & Jia's r-map: a lone edge's gradients all point one way (r near 1); fine texture's cancel (r near 0)."""
-    from deblur.kernel_refine import _gradients, rmap
-
     frame = torch.full((1, 1, 64, 128), 0.2)
     frame[..., 16:48, 80:112] = 0.8  # a lone bright square on the right
     frame[..., 8:56, 8:56] = 0.2 + 0.6 * ((torch.arange(48)[:, None] + torch.arange(48)[None]) % 2)  # 1-px checks
