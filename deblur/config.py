@@ -49,9 +49,6 @@ class GeneratorConfig:
     # 3 = a frame; 6 = a refiner: blurred + Wiener-deconvolved frame, residual on the latter; 7 = a kernel-aware
     # refiner: also the deconvolution's luma residual y - k*x (deblur/archs/fpn_mobilenet_arch.py)
     in_channels: int = 3
-    # a blending refiner (in_channels 3 + 3n): the Wiener balances (multiples of the deblurrer's) of its n
-    # deconvolutions, whose per-pixel convex combination with the blurred frame it outputs; empty = not one
-    blend_balances: list[float] = field(default_factory=list)
     backbone_weights: str = ""  # optional torchvision-format state dict of the backbone (ImageNet)
 
     def __post_init__(self):
@@ -165,10 +162,6 @@ class ModelConfig:
     # a refiner's 7th input channel: the deconvolution's residual y - k*x in luma, the blurred frame's content
     # where the kernel passes little (the kernel seen as a map of where the deconvolution guessed)
     residual_map: bool = False
-    # a blending refiner: the first stage deconvolves at each of these multiples of the deblurrer's balance (1.0
-    # among them), and the refiner outputs a per-pixel convex combination of these deconvolutions and the blurred
-    # frame (it chooses how much to regularise where, instead of painting a residual; empty = a residual refiner)
-    blend_balances: list[float] = field(default_factory=list)
     # the refiner's first stage refines its kernels in closed form, as the pipeline does (RefineConfig's defaults
     # with one start on a 256-px tile; images refine from four on the whole frame up to 768 px), so it trains on the
     # deconvolutions it will see; off, it sees the network's unrefined kernels (blurrier deconvolutions) and learns a
@@ -197,13 +190,6 @@ class ModelConfig:
         check_range("refiner_crop", self.refiner_crop, 0)
         if self.refiner_crop and self.refiner_crop % 32:
             raise ValueError(f"'refiner_crop' must be a multiple of 32 (the generator's stride), got {self.refiner_crop}")
-        if self.blend_balances:
-            if not self.estimator or self.residual_map:
-                raise ValueError("'blend_balances' makes a blending refiner: set model.estimator (its first stage) and "
-                                 "leave model.residual_map false")
-            if 1.0 not in self.blend_balances or any(b <= 0 for b in self.blend_balances):
-                raise ValueError(f"'blend_balances' are multiples of the deblurrer's balance, > 0 with 1.0 among them "
-                                 f"(where the refiner starts), got {list(self.blend_balances)}")
         check_range("true_kernel_perturb[0]", self.true_kernel_perturb[0], 0.0, 180.0)
         check_range("true_kernel_perturb[1]", self.true_kernel_perturb[1], 0.0, 0.9)
         for k, w in self.content_loss.items():
@@ -218,9 +204,7 @@ class ModelConfig:
             dropout=self.dropout,
             num_filters=self.num_filters,
             num_filters_fpn=self.num_filters_fpn,
-            in_channels=((3 + 3 * len(self.blend_balances)) if self.blend_balances else 7 if self.residual_map else 6)
-            if self.estimator else 3,
-            blend_balances=list(self.blend_balances) if self.estimator else [],
+            in_channels=(7 if self.residual_map else 6) if self.estimator else 3,
             backbone_weights=self.backbone_weights,
         )
 

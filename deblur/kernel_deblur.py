@@ -224,7 +224,7 @@ class KernelDeblurrer:
         self.refiner = None
         if self.cfg.refiner not in ("", "auto", "none"):
             self.refiner, gen_cfg = load_generator(self.cfg.refiner, device=self.device)
-            if gen_cfg.in_channels not in (6, 7) and not gen_cfg.blend_balances:
+            if gen_cfg.in_channels not in (6, 7):
                 raise ValueError(f"refiner {self.cfg.refiner} is a plain generator (in_channels {gen_cfg.in_channels}); "
                                  "a refiner is trained with model.estimator set (configs/deblur_train_refiner.yaml)")
         elif (self.cfg.refiner == "" or (self.cfg.refiner == "auto" and self.device.type == "cuda")) \
@@ -480,17 +480,17 @@ class KernelDeblurrer:
 
     # --- restoration ------------------------------------------------------------------------------
     def restore(self, x: Tensor, residual: bool = False, grey: Tensor | None = None,
-                bright: Tensor | None = None, balances: Sequence[float] = ()) -> Tensor | tuple[Tensor, Tensor]:
+                bright: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """``_restore``, timed (refine.budget_ms)."""
         t0 = time.perf_counter()
         try:
-            return self._restore(x, residual, grey, bright, balances)
+            return self._restore(x, residual, grey, bright)
         finally:
             self._last_ms = (time.perf_counter() - t0) * 1e3
 
     @torch.inference_mode()
     def _restore(self, x: Tensor, residual: bool = False, grey: Tensor | None = None,
-                 bright: Tensor | None = None, balances: Sequence[float] = ()) -> Tensor | tuple[Tensor, Tensor]:
+                 bright: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """(B,3,H,W) RGB float [0,1] on the device -> restored, same layout, float32 clamped to [0,1]; with
         ``work_side`` smaller than the frame, at ``work_size`` (``last_kernels`` then hold the kernels at that scale),
         unless every frame passed the gate (then the frames as they came, at their size; not with ``residual``).
@@ -501,9 +501,7 @@ class KernelDeblurrer:
         the full frames' brightest channel (B,1,H,W), which tells a dark frame's clipped highlights (None: the luma).
 
         ``residual`` (a refiner's training input): also the deconvolution's luma residual ``y - k * x``
-        (B,1,H,W), not clamped; zero for the frames the gate passed through. ``balances`` (a blending refiner's
-        training input): the deconvolutions at these multiples of the balance, stacked (B,3n,H,W), no refiner; the
-        frames the gate passed through repeated n times."""
+        (B,1,H,W), not clamped; zero for the frames the gate passed through."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"KernelDeblurrer.restore expects (B,3,H,W) RGB in [0,1], got shape {tuple(x.shape)}")
         x = x.float()
@@ -528,7 +526,7 @@ class KernelDeblurrer:
         full_shape = tuple(grey.shape[-2:])
         work = tuple(x.shape[-2:]) if copied else work_size(full_shape, self.cfg.work_side)
         scale, full = 1.0, x
-        if bool(sharp.all()) and not residual and not balances:  # nothing to deblur: the frames as they came, whatever the work size
+        if bool(sharp.all()) and not residual:  # nothing to deblur: the frames as they came, whatever the work size
             self.last_kernels, self.last_gated = safe, sharp
             return x.clone()
         # refinement works on the full-resolution frame, its kernels scaled to a work-size copy afterwards (late_scale),
@@ -575,32 +573,28 @@ class KernelDeblurrer:
         self.last_kernels, self.last_gated = (safe if refined is None else refined), sharp
         used = safe if refined is None else refined
         if not bool(sharp.any()):  # every frame deblurred: no copies in and out of the batch
-            out, res_out = self._deconvolve(x, used, residual, scale, is_refined, grey, balances)
+            out, res_out = self._deconvolve(x, used, residual, scale, is_refined, grey)
             return (out, res_out) if residual else out
         # a frame passed through at a work size is shrunk as the detector's letterbox would have
         out = full.clone() if full is x else shrink(full, work)
-        if balances:
-            out = out.repeat(1, len(balances), 1, 1)
         res_out = torch.zeros_like(x[:, :1]) if residual else None
         todo = (~sharp).nonzero().flatten()
         if len(todo):
-            deconv, res = self._deconvolve(x[todo], used[todo], residual, scale, is_refined[todo], grey[todo], balances)
+            deconv, res = self._deconvolve(x[todo], used[todo], residual, scale, is_refined[todo], grey[todo])
             out[todo] = deconv
             if residual:
                 res_out[todo] = res
         return (out, res_out) if residual else out
 
     @torch.inference_mode()
-    def deconvolve(self, x: Tensor, kernels: Tensor, residual: bool = False,
-                   balances: Sequence[float] = ()) -> Tensor | tuple[Tensor, Tensor]:
+    def deconvolve(self, x: Tensor, kernels: Tensor, residual: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """``restore`` with given kernels ((B,k,k), e.g. a refiner's training crops with their true kernels
         perturbed): no estimate, gate or refinement; the deconvolution (and the refiner) as restore runs them."""
-        deconv, res = self._deconvolve(x.float(), kernels.to(x.device, torch.float32), residual, balances=balances)
+        deconv, res = self._deconvolve(x.float(), kernels.to(x.device, torch.float32), residual)
         return (deconv, res) if residual else deconv
 
     def _deconvolve(self, blur: Tensor, used: Tensor, residual: bool, scale: float = 1.0,
-                    refined: Tensor | None = None, grey: Tensor | None = None,
-                    balances: Sequence[float] = ()) -> tuple[Tensor, Tensor | None]:
+                    refined: Tensor | None = None, grey: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Wiener (luma or RGB, cfg.channels) with kernels ``used``, then the refiner if any -> (deconvolved [0,1],
         the luma residual y - k*x when ``residual``, else None). ``refined`` ((B,) bool; None = none): the frames whose
         kernel was refined, regularised by ``balance`` (the others by ``network_balance``). ``scale``: of a work-size
@@ -611,8 +605,7 @@ class KernelDeblurrer:
         2-4, and at 1280x720 (bench/temporal.py) scale^4 gained 0.17 dB more than scale^2 and 0.04 dB less than
         scale^3. The network's own kernel, less exact, keeps ``network_balance * scale^2``: at 1280x720 it gained
         0.36 dB more than scale^4 (docs/results/2026-12-07_detection_scale.md). ``grey``: ``luma(blur)`` when the
-        caller has it. ``balances`` (multiples of the balance): the deconvolutions at each, stacked (B,3n,H,W), and no
-        refiner (a blending refiner's training input)."""
+        caller has it."""
         balance = torch.full((len(blur),), self.cfg.network_balance * scale**2, device=blur.device)
         if refined is not None:
             balance = torch.where(refined.to(blur.device), torch.full_like(balance, self.cfg.balance * scale**4), balance)
@@ -630,28 +623,17 @@ class KernelDeblurrer:
         stored, blur = blur, (blur if gamma == 1.0 else blur.clamp(0.0, 1.0).pow(gamma))  # (cfg.gamma: linear light)
         if self.cfg.channels == "luma":
             grey = luma(blur) if grey is None or gamma != 1.0 else grey
-
-        def wiener(lam: Tensor, res: bool) -> tuple[Tensor, Tensor | None]:
-            if self.cfg.channels == "luma":
-                got = wiener_deconvolve(grey, used, balance=lam, residual=res, center=self.cfg.center)
-                x_grey, r = got if res else (got, None)
-                x = blur.add(x_grey.sub_(grey)).clamp_(0.0, 1.0)  # x_grey: a fresh result, changed in place
-            else:
-                got = wiener_deconvolve(blur, used, balance=lam, residual=res, center=self.cfg.center)
-                x, r = got if res else (got, None)
-                x, r = x.clamp_(0.0, 1.0), (luma(r) if res else None)  # luma is linear in RGB
-            return (x.pow_(1.0 / gamma) if gamma != 1.0 else x), r
-
-        deconv, res = wiener(balance, want)
+            got = wiener_deconvolve(grey, used, balance=balance, residual=want, center=self.cfg.center)
+            x_grey, res = got if want else (got, None)
+            deconv = blur.add(x_grey.sub_(grey)).clamp_(0.0, 1.0)  # x_grey: a fresh result, changed in place
+        else:
+            got = wiener_deconvolve(blur, used, balance=balance, residual=want, center=self.cfg.center)
+            deconv, res = got if want else (got, None)
+            deconv, res = deconv.clamp_(0.0, 1.0), (luma(res) if want else None)  # luma is linear in RGB
         if gamma != 1.0:
-            blur = stored
-        # a blending refiner's input: the deconvolutions at each multiple of the balance (after the blurred frame)
-        blend = balances or getattr(self.refiner, "blend_balances", ())
-        stack = [deconv if m == 1.0 else wiener(balance * m, False)[0] for m in blend]
-        if balances:  # a blending refiner's first stage in training: the deconvolutions, no refiner
-            return crop(torch.cat(stack, dim=1)), (crop(res) if residual else None)
+            deconv, blur = deconv.pow_(1.0 / gamma), stored
         if self.refiner is not None:
-            parts = [blur, *stack] if blend else [blur, deconv] + ([res + 0.5] if self.refiner.in_channels == 7 else [])
+            parts = [blur, deconv] + ([res + 0.5] if self.refiner.in_channels == 7 else [])
             run = self.refiner_engine or self.refiner
             deconv = (run(torch.cat(parts, dim=1) * 2.0 - 1.0).float().clamp_(-1.0, 1.0) + 1.0) * 0.5
         return crop(deconv), (crop(res) if residual else None)

@@ -371,7 +371,7 @@ def save_estimator(model: nn.Module, cfg: EstimatorConfig, path: str | os.PathLi
                    meta: dict | None = None, refiner: tuple[nn.Module, GeneratorConfig] | None = None) -> Path:
     """Export a kernel estimator with its ``cfg`` to ``path`` atomically; returns the path.
 
-    ``refiner``: (generator, its GeneratorConfig with in_channels 6 or 7, or a blending one) bundled in the same file, so that one
+    ``refiner``: (generator, its GeneratorConfig with in_channels 6 or 7) bundled in the same file, so that one
     file is the whole kernel-aware deblurrer (``load_refiner`` reads it back).
     """
     meta = dict(meta or {})
@@ -380,9 +380,9 @@ def save_estimator(model: nn.Module, cfg: EstimatorConfig, path: str | os.PathLi
                "meta": meta}
     if refiner is not None:
         ref_model, ref_cfg = refiner
-        if ref_cfg.in_channels not in (6, 7) and not ref_cfg.blend_balances:
-            raise ValueError(f"a refiner takes 6 channels (blurred + deconvolved), 7 (and the deconvolution's residual) "
-                             f"or 3 + 3n (a blending refiner: blend_balances); this generator takes {ref_cfg.in_channels}")
+        if ref_cfg.in_channels not in (6, 7):
+            raise ValueError(f"a refiner takes 6 channels (blurred + deconvolved) or 7 (and the deconvolution's residual); "
+                             f"this generator takes {ref_cfg.in_channels}")
         payload["refiner"] = {"model": _lean_state(ref_model), "cfg": dataclasses.asdict(ref_cfg)}
     path = atomic_save(payload, path)
     logger.info("Saved %s kernel estimator (step %d) to %s", cfg.name, step, path)
@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --summary: also time an eager fp32 forward at --size on this CPU (median of 3 after a warm-up)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for --time (0 = torch's default)")
     parser.add_argument("--bundle", nargs=3, metavar=("ESTIMATOR", "REFINER", "OUT"),
-                        help="write OUT: the kernel estimator file with the refiner (an exported in_channels=6 or 7 or blending "
+                        help="write OUT: the kernel estimator file with the refiner (an exported in_channels=6 or 7 "
                              "generator) bundled, one file for the whole kernel-aware deblurrer")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

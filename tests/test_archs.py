@@ -308,37 +308,3 @@ def test_inception_backbone_weights_from_a_timm_state_dict(tmp_path):
     model = build_generator(GeneratorConfig(name="fpn_inception", backbone_weights=str(path)))
     got = model.backbone.state_dict()
     assert len(got) > 500 and all(torch.equal(v, reference[k]) for k, v in got.items())
-
-
-def test_a_blending_refiner_outputs_a_convex_combination_of_its_inputs(tmp_path):
-    """blend_balances: the output is, per pixel, a softmax-weighted mean of the blurred frame and the deconvolutions
-    (never outside their range); untrained it is about the deconvolution at balance x 1; it saves and loads."""
-    cfg = GeneratorConfig(name="fpn_mobilenet_v2_dsc", in_channels=12, blend_balances=[0.25, 1.0, 4.0])
-    model = build_generator(cfg).eval()
-    torch.manual_seed(0)
-    x = torch.rand(2, 12, 64, 96) * 2 - 1
-    with torch.no_grad():
-        out = model(x)
-        assert out.shape == (2, 3, 64, 96)
-        torch.testing.assert_close(out, x[:, 6:9], atol=0.03, rtol=0)  # the x1 deconvolution (input 2 of 4)
-        for p in model.parameters():  # random weights everywhere: still inside the inputs' per-pixel range
-            p.add_(torch.randn_like(p) * 0.5)
-        out = model(x)
-    images = x.unflatten(1, (4, 3))
-    assert (out >= images.amin(1) - 1e-5).all() and (out <= images.amax(1) + 1e-5).all()
-    assert (out - x[:, 6:9]).abs().mean() > 0.05  # the weights moved: a real mix, not the start
-    save_generator(model, cfg, tmp_path / "blend.pt")
-    loaded, got = load_generator(tmp_path / "blend.pt")
-    assert list(got.blend_balances) == [0.25, 1.0, 4.0] and got.in_channels == 12
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), out)
-
-
-def test_a_blending_refiner_names_what_it_needs():
-    with pytest.raises(ValueError, match="in_channels 12, got in_channels 6"):
-        build_generator(GeneratorConfig(name="fpn_mobilenet_v2_dsc", in_channels=6, blend_balances=[0.25, 1.0, 4.0]))
-    with pytest.raises(ValueError, match="1.0 among them"):
-        build_generator(GeneratorConfig(name="fpn_mobilenet_v2_dsc", in_channels=9, blend_balances=[0.25, 4.0]))
-    model = build_generator(GeneratorConfig(name="fpn_mobilenet_v2_dsc", in_channels=9, blend_balances=[1.0, 4.0]))
-    with pytest.raises(ValueError, match=r"\(B,9,H,W\) blurred \+ 2 deconvolutions"):
-        model(torch.zeros(1, 6, 64, 64))

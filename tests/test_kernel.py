@@ -414,42 +414,6 @@ def test_a_kernel_aware_refiner_sees_what_the_trainer_gives_it(photo_bgr, tmp_pa
     assert res.abs().mean() > 1e-3
 
 
-def test_a_blending_refiner_sees_the_deconvolutions_at_each_balance(photo_bgr, tmp_path):
-    """blend_balances: [blurred, the deconvolution at each multiple of the balance] on [-1,1], as the trainer stacks
-    them (restore(balances=...)); the x1 one is the plain deconvolution, and what comes out is the refiner's mix."""
-    from deblur.config import GeneratorConfig
-    from deblur.models import build_generator, save_generator
-
-    cfg = GeneratorConfig(name="fpn_mobilenet_v2_dsc", in_channels=12, blend_balances=[4.0, 1.0, 0.25])
-    path = tmp_path / "blend.pt"
-    save_generator(build_generator(cfg).eval(), cfg, path)
-    kd = KernelDeblurrer(build_estimator(TINY).eval(), device="cpu", gate_px=0.0, refiner=str(path))
-    assert kd.refiner.blend_balances == (4.0, 1.0, 0.25)
-    seen = []
-
-    class Recorder(torch.nn.Module):
-        in_channels, blend_balances = 12, (4.0, 1.0, 0.25)
-
-        def forward(self, x):
-            seen.append(x.clone())
-            return x[:, 3:6]  # the most regularised deconvolution
-
-    x = torch.from_numpy(_blurred(photo_bgr, linear_kernel(9, 45.0))[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255
-    refiner, kd.refiner = kd.refiner, None
-    plain = kd.restore(x)
-    stack = kd.restore(x, balances=[4.0, 1.0, 0.25])
-    kd.refiner = Recorder()
-    out = kd.restore(x)
-    (inp,) = seen
-    torch.testing.assert_close(inp[:, :3], x * 2 - 1)
-    torch.testing.assert_close(inp[:, 3:], stack * 2 - 1)
-    torch.testing.assert_close(stack[:, 3:6], plain)
-    torch.testing.assert_close(out, stack[:, :3])
-    assert (stack[:, :3] - stack[:, 6:]).abs().mean() > 1e-3  # the balances differ
-    kd.refiner = refiner  # the untrained blend: about the x1 deconvolution
-    assert (kd.restore(x) - plain).abs().mean() < 0.01
-
-
 def test_the_refiner_runs_on_the_fast_runtime(photo_bgr, tmp_path):
     from deblur.config import GeneratorConfig
     from deblur.models import build_generator

@@ -357,26 +357,21 @@ def test_torchrun_two_gpus_nccl_sync_batchnorm_and_warmup(photos, tmp_path):
     assert torch.load(tmp_path / "tiny" / "last.pt", weights_only=True)["step"] == 4
 
 
-@pytest.mark.parametrize("option, channels", [("model.residual_map=false", 6), ("model.residual_map=true", 7),
-                                             ("model.blend_balances=[0.25,1.0,4.0]", 12)])
-def test_a_refiner_trains_on_the_estimators_deconvolution_and_exports(photos, tmp_path, option, channels):
+@pytest.mark.parametrize("residual_map, channels", [(False, 6), (True, 7)])
+def test_a_refiner_trains_on_the_estimators_deconvolution_and_exports(photos, tmp_path, residual_map, channels):
     from deblur.kernel_deblur import KernelDeblurrer
 
     est = _tiny_estimator(tmp_path / "est.pt")
-    trainer = Trainer(tiny_cfg(photos, tmp_path, "max_steps=2", f"model.estimator={est}", option))
+    trainer = Trainer(tiny_cfg(photos, tmp_path, "max_steps=2", f"model.estimator={est}",
+                               f"model.residual_map={str(residual_map).lower()}"))
     blur, sharp = trainer._batch([0, 1], trainer.train_set, 0)
     assert blur.shape[1] == channels and trainer.G.in_channels == channels
-    first = KernelDeblurrer(str(est), device="cpu", gate_px=0.0, refiner="none", refine=trainer.kernel_deblurrer.cfg.refine)
-    deconv, res = first.restore((blur[:, :3] + 1) / 2, residual=True)
-    torch.testing.assert_close(blur[:, 3:6] if channels < 12 else blur[:, 6:9], deconv * 2 - 1)  # on the images' scale
-    if channels == 7:
+    deconv, res = KernelDeblurrer(str(est), device="cpu", gate_px=0.0, refiner="none",
+                                  refine=trainer.kernel_deblurrer.cfg.refine).restore((blur[:, :3] + 1) / 2, residual=True)
+    torch.testing.assert_close(blur[:, 3:6], deconv * 2 - 1)  # the deconvolution, on the images' scale
+    if residual_map:
         torch.testing.assert_close(blur[:, 6:], res * 2)
         assert res.abs().mean() > 1e-4  # a blurred crop leaves a residual: the channel carries something
-    if channels == 12:  # the deconvolutions at balance x 0.25, x 1, x 4: less regularised, sharper and noisier
-        stack = first.restore((blur[:, :3] + 1) / 2, balances=[0.25, 1.0, 4.0])
-        torch.testing.assert_close(blur[:, 3:], stack * 2 - 1)
-        rough = [float(blur[:, c:c + 3].diff(dim=-1).abs().mean()) for c in (3, 6, 9)]
-        assert rough[0] > rough[1] > rough[2]
     val = trainer.fit()
     assert np.isfinite(val["psnr"]) and np.isfinite(val["psnr_deconv"])
     out = trainer.export(tmp_path / "refiner.pt", "last.pt")

@@ -33,7 +33,6 @@ class FPNDenseNet121(FPNGenerator):
         zero_init_last: bool = True,
         dropout: float = 0.0,
         in_channels: int = 3,
-        blend_balances: tuple[float, ...] = (),
     ):
         features = densenet121(weights=None).features
         # children: conv0 norm0 relu0 pool0 denseblock1 transition1 denseblock2 transition2
@@ -49,5 +48,4 @@ class FPNDenseNet121(FPNGenerator):
             zero_init_last=zero_init_last,
             dropout=dropout,
             in_channels=in_channels,
-            blend_balances=blend_balances,
         )

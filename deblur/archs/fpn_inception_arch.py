@@ -38,7 +38,6 @@ class FPNInception(FPNGenerator):
         zero_init_last: bool = True,
         dropout: float = 0.0,
         in_channels: int = 3,
-        blend_balances: tuple[float, ...] = (),
     ):
         try:
             import timm
@@ -57,7 +56,6 @@ class FPNInception(FPNGenerator):
             dropout=dropout,
             separable=False,
             in_channels=in_channels,
-            blend_balances=blend_balances,
         )
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:

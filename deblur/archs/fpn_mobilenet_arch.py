@@ -6,10 +6,6 @@ Layout and range: input and output are ``(B, 3, H, W)`` RGB float in ``[-1, 1]``
 residual to the deconvolved one (channels 3..5). A kernel-aware refiner (``in_channels=7``) also gets the
 deconvolution's residual ``y - k * x`` in luma (``deblur.deconv.WienerPlan``): the blurred frame's content
 where the kernel passes little, so it sees where the deconvolution guessed and where the kernel is wrong.
-A blending refiner (``blend_balances``, n of them) takes the blurred frame and its deconvolutions at n Wiener
-balances, ``(B, 3 + 3n, H, W)``, and outputs their per-pixel convex combination: its last conv gives one logit per
-input image, softmax-normalised over them. It can only choose, per pixel, how much to regularise (or to keep the
-blurred frame where every deconvolution rings); it cannot paint detail of its own.
 
 Design (DeblurGANv2, Kupyn et al. 2019):
 
@@ -49,9 +45,6 @@ REFINER_INPUTS = {
     6: "blurred + deconvolved RGB (a refiner)",
     7: "blurred + deconvolved RGB + the deconvolution's luma residual y - k*x (a kernel-aware refiner)",
 }
-#: a blending refiner's starting logit for the deconvolution at balance x 1 (the others 0): softmax weight
-#: e^6 / (e^6 + n) = 0.99 for n = 4 other inputs, so the untrained refiner is about the deconvolution it is given
-BLEND_START_LOGIT = 6.0
 
 
 def make_norm(norm_layer: str, channels: int) -> nn.Module:
@@ -136,19 +129,9 @@ class FPNGenerator(nn.Module):
         dropout: float = 0.0,
         separable: bool = False,
         in_channels: int = 3,
-        blend_balances: tuple[float, ...] = (),
     ):
         super().__init__()
-        self.blend_balances = tuple(float(b) for b in blend_balances)
-        if self.blend_balances:
-            if in_channels != 3 + 3 * len(self.blend_balances) or 1.0 not in self.blend_balances:
-                raise ValueError(f"a blending refiner takes the blurred frame and one deconvolution per balance in "
-                                 f"blend_balances (multiples of the deblurrer's balance, 1.0 among them): "
-                                 f"in_channels {3 + 3 * len(self.blend_balances)}, got in_channels {in_channels} and "
-                                 f"blend_balances {list(self.blend_balances)}")
-            if any(b <= 0 for b in self.blend_balances):
-                raise ValueError(f"blend_balances must be > 0, got {list(self.blend_balances)}")
-        elif in_channels not in REFINER_INPUTS:
+        if in_channels not in REFINER_INPUTS:
             raise ValueError(f"'in_channels' must be one of {sorted(REFINER_INPUTS)} ("
                              + ", ".join(f"{c}: {what}" for c, what in REFINER_INPUTS.items()) + f"), got {in_channels}")
         if in_channels != 3:
@@ -185,15 +168,11 @@ class FPNGenerator(nn.Module):
         self.smooth = conv_norm_relu(4 * nf, nf, norm_layer, separable)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.smooth2 = conv_norm_relu(nf, nf // 2, norm_layer, separable)
-        blend = len(self.blend_balances)
-        self.final = nn.Conv2d(nf // 2, blend + 1 if blend else 3, 3, padding=1)
+        self.final = nn.Conv2d(nf // 2, 3, 3, padding=1)
         if zero_init_last:
             # the residual starts at zero: the untrained model is exactly the identity (it trains faster from there)
             nn.init.zeros_(self.final.weight)
             nn.init.zeros_(self.final.bias)
-            if blend:  # a blend starts at about the deconvolution with balance x 1
-                with torch.no_grad():
-                    self.final.bias[1 + self.blend_balances.index(1.0)] = BLEND_START_LOGIT
 
     #: the smallest side the backbone takes; inputs are padded to it (and to a multiple of STRIDE) and cropped back
     min_side: int = STRIDE
@@ -217,8 +196,7 @@ class FPNGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B,3,H,W) RGB float in [-1,1], H,W >= 32 -> restored (B,3,H,W) RGB float in [-1,1]."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            what = (f"blurred + {len(self.blend_balances)} deconvolutions (a blending refiner)" if self.blend_balances
-                    else REFINER_INPUTS[self.in_channels])
+            what = REFINER_INPUTS[self.in_channels]
             raise ValueError(f"expected a (B,{self.in_channels},H,W) {what} tensor in [-1,1], got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         if h < STRIDE or w < STRIDE:
@@ -249,9 +227,6 @@ class FPNGenerator(nn.Module):
         smoothed = self.dropout(self.smooth(torch.cat(heads, dim=1)))
         smoothed = self.smooth2(self._up(smoothed, 2, lat0) + lat0)
         out = self.final(self._up(smoothed, 2, padded))[:, :, :h, :w]
-        if self.blend_balances:  # per-pixel softmax weights over the input images: a convex combination of them
-            weights = torch.softmax(out.float(), dim=1).to(x.dtype)
-            return (weights[:, :, None] * x.unflatten(1, (-1, 3))).sum(1)
         out = torch.tanh(out.to(x.dtype))  # autocast gives bf16 here; the output has the input's dtype
         if not self.learn_residual:
             return out
@@ -287,7 +262,6 @@ class FPNMobileNetV2(FPNGenerator):
         zero_init_last: bool = True,
         dropout: float = 0.0,
         in_channels: int = 3,
-        blend_balances: tuple[float, ...] = (),
     ):
         features = mobilenet_v2(weights=None).features
         super().__init__(
@@ -302,7 +276,6 @@ class FPNMobileNetV2(FPNGenerator):
             dropout=dropout,
             separable=self.separable,
             in_channels=in_channels,
-            blend_balances=blend_balances,
         )
 
 

@@ -298,16 +298,13 @@ class Trainer:
         blur = batch["blur"].to(self.device, non_blocking=True)
         sharp = batch["sharp"].to(self.device, non_blocking=True)
         if self.kernel_deblurrer is not None:  # refiner: [blurred, deconvolved] (B,6,H,W), both RGB [-1,1]
-            # (a blending refiner: [blurred, deconvolved at each of model.blend_balances], (B,3+3n,H,W))
-            balances = self.gen_cfg.blend_balances
-            deconv, res = self.kernel_deblurrer.restore((blur + 1.0) / 2.0, residual=True, balances=balances)
+            deconv, res = self.kernel_deblurrer.restore((blur + 1.0) / 2.0, residual=True)
             deconv, res = deconv.clone(), res.clone()
             swap = self._true_kernel_crops(batch) if train else []
             if swap:  # these crops: their true kernel, rotated and stretched (a wrong estimate to repair)
                 idx, kernels = zip(*swap)
                 idx = list(idx)
-                got, got_res = self.kernel_deblurrer.deconvolve((blur[idx] + 1.0) / 2.0, torch.stack(kernels),
-                                                                residual=True, balances=balances)
+                got, got_res = self.kernel_deblurrer.deconvolve((blur[idx] + 1.0) / 2.0, torch.stack(kernels), residual=True)
                 deconv[idx], res[idx] = got, got_res
             parts = [blur, deconv * 2.0 - 1.0]
             if self.gen_cfg.in_channels == 7:  # and the luma residual y - k*x, on the images' scale (x2)
@@ -443,8 +440,7 @@ class Trainer:
             with self._autocast():
                 restored = model(blur)
             if self.kernel_deblurrer is not None:
-                c = 3 + 3 * list(self.gen_cfg.blend_balances or [1.0]).index(1.0)  # the deconvolution at balance x 1
-                scores["psnr_deconv"].append(psnr((blur[:, c:c + 3].float() + 1) / 2, (sharp.float() + 1) / 2, data_range=1.0))
+                scores["psnr_deconv"].append(psnr((blur[:, 3:6].float() + 1) / 2, (sharp.float() + 1) / 2, data_range=1.0))
             restored, blur, sharp = ((t.float() + 1) / 2 for t in (restored, blur[:, :3], sharp))
             scores["psnr"].append(psnr(restored, sharp, data_range=1.0))
             scores["ssim"].append(ssim(restored, sharp, data_range=1.0))
